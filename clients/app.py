@@ -1,0 +1,83 @@
+"""The fedsim ``ClientApp``: Flower Message API handlers for train, evaluate and query.
+
+Messages carry the global model as an ``ArrayRecord`` and a ``ConfigRecord`` with
+``fedsim.run-dir`` (where the worker finds the run's spec and partition) and
+``server-round``. Replies carry the updated ``ArrayRecord`` (train only), a
+``MetricRecord`` with ``num-examples``, loss and accuracy, and a ``ConfigRecord``
+``client`` naming the partition id, so the server can keep per-client results.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from .client import LocalClient
+from .worker import worker_run
+
+RUN_DIR_KEY = "fedsim.run-dir"
+FAIL_KEY = "fedsim.fail-clients"  # fault injection: partition ids that raise (simulation.fail_clients)
+
+client_app = ClientApp()
+
+
+def _client_for(msg: Message, context: Context) -> tuple[LocalClient, ConfigRecord]:
+    config = msg.content["config"]
+    run = worker_run(str(config[RUN_DIR_KEY]))
+    partition_id = int(context.node_config["partition-id"])
+    failing = config.get(FAIL_KEY, [])
+    if isinstance(failing, list) and partition_id in failing:
+        raise RuntimeError(f"client {partition_id} failed on purpose ({FAIL_KEY})")
+    return LocalClient(partition_id, run), config
+
+
+def _load_global(client: LocalClient, msg: Message):
+    model = client.run.model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=True)
+    return model
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Load the global weights, train locally, reply with the new weights and metrics."""
+    started = time.perf_counter()
+    client, config = _client_for(msg, context)
+    model = _load_global(client, msg)
+    stats = client.fit(model, int(config["server-round"]))
+    metrics = MetricRecord({
+        "num-examples": stats.num_examples,
+        "train-loss": stats.loss,
+        "train-accuracy": stats.accuracy,
+        "train-steps": stats.steps,
+        "client-seconds": time.perf_counter() - started,
+    })
+    content = RecordDict({
+        "arrays": ArrayRecord(model.state_dict()),
+        "metrics": metrics,
+        "client": ConfigRecord({"partition-id": client.client_id}),
+    })
+    return Message(content=content, reply_to=msg)
+
+
+@client_app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global weights on the client's held-out split."""
+    client, _ = _client_for(msg, context)
+    model = _load_global(client, msg)
+    stats = client.evaluate(model)
+    metrics = MetricRecord({
+        "num-examples": stats.num_examples,
+        "eval-loss": stats.loss,
+        "eval-accuracy": stats.accuracy,
+    })
+    content = RecordDict({"metrics": metrics, "client": ConfigRecord({"partition-id": client.client_id})})
+    return Message(content=content, reply_to=msg)
+
+
+@client_app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Tell the server which partition this node hosts (for seeded sampling by partition id)."""
+    record = ConfigRecord({"partition-id": int(context.node_config["partition-id"])})
+    return Message(content=RecordDict({"client": record}), reply_to=msg)

@@ -1,0 +1,133 @@
+"""The one local training and evaluation loop every strategy uses.
+
+Images arrive as uint8 HWC arrays (memory-mapped views of the cached dataset); they are
+normalised into one float tensor on the target device per call, then mini-batches are
+index slices of it. All shuffling comes from a ``torch.Generator`` seeded by the caller
+with ``(seed, round, client id)``, so results do not depend on which worker runs a client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class SGDRecipe:
+    """Local optimisation hyper-parameters."""
+
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainStats:
+    """What one local training call did."""
+
+    num_examples: int
+    loss: float  # mean cross-entropy over all processed samples
+    accuracy: float  # running training accuracy over all processed samples
+    steps: int
+
+
+@dataclass
+class EvalStats:
+    """Loss/accuracy of a model on a labelled array, plus the predictions."""
+
+    num_examples: int
+    loss: float
+    accuracy: float
+    predictions: np.ndarray
+
+
+def to_tensor(
+    images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> torch.Tensor:
+    """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W) on ``device``."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+    x = x.permute(0, 3, 1, 2).float().div_(255.0)
+    m = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def seeded_generator(*seed_parts: int) -> torch.Generator:
+    """A CPU generator whose seed is a stable hash of ``seed_parts`` (e.g. seed, round, client)."""
+    seed = int(np.random.SeedSequence(list(seed_parts)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def train(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: SGDRecipe,
+    generator: torch.Generator,
+) -> TrainStats:
+    """Run ``recipe.epochs`` epochs of mini-batch SGD on ``(x, y)`` in place; return statistics."""
+    n = len(y)
+    if n == 0:
+        return TrainStats(0, float("nan"), float("nan"), 0)
+    model.train()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
+    )
+    total_loss = torch.zeros((), device=x.device)
+    total_correct = torch.zeros((), device=x.device, dtype=torch.long)
+    steps = 0
+    for _ in range(recipe.epochs):
+        order = torch.randperm(n, generator=generator).to(x.device)
+        for start in range(0, n, recipe.batch_size):
+            idx = order[start : start + recipe.batch_size]
+            if len(idx) < 2 and n >= 2 and _has_batchnorm(model):
+                continue  # BatchNorm cannot train on a single sample
+            logits = model(x[idx])
+            loss = F.cross_entropy(logits, y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.detach() * len(idx)
+            total_correct += (logits.detach().argmax(1) == y[idx]).sum()
+            steps += 1
+    processed = n * recipe.epochs
+    return TrainStats(
+        num_examples=n,
+        loss=float(total_loss) / processed,
+        accuracy=float(total_correct) / processed,
+        steps=steps,
+    )
+
+
+def _has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> EvalStats:
+    """Mean cross-entropy, accuracy and argmax predictions of ``model`` on ``(x, y)``."""
+    n = len(y)
+    if n == 0:
+        return EvalStats(0, float("nan"), float("nan"), np.zeros(0, dtype=np.int64))
+    model.eval()
+    total_loss = torch.zeros((), device=x.device)
+    predictions = []
+    for start in range(0, n, batch_size):
+        logits = model(x[start : start + batch_size])
+        total_loss += F.cross_entropy(logits, y[start : start + batch_size], reduction="sum")
+        predictions.append(logits.argmax(1))
+    pred = torch.cat(predictions)
+    return EvalStats(
+        num_examples=n,
+        loss=float(total_loss) / n,
+        accuracy=float((pred == y).float().mean()),
+        predictions=pred.cpu().numpy(),
+    )

@@ -1,0 +1,24 @@
+"""Datasets, partitioners and partition statistics (imported as ``fedsim.datasets``)."""
+
+from .cache import CachedDataset, materialize, resolve_cache_dir, resolve_data_dir
+from .partitioners import (
+    Partition,
+    PartitionError,
+    build_partition,
+    dirichlet,
+    dirichlet_per_client,
+    iid,
+    quantity,
+    shards,
+    split_train_val,
+)
+from .sources import DatasetError, ImageArrays, load_cifar, load_npz, make_synthetic, select_classes
+from .statistics import counts_frame, format_summary, plot_heatmap, summary
+
+__all__ = [
+    "CachedDataset", "DatasetError", "ImageArrays", "Partition", "PartitionError",
+    "build_partition", "counts_frame", "dirichlet", "dirichlet_per_client", "format_summary",
+    "iid", "load_cifar", "load_npz", "make_synthetic", "materialize", "plot_heatmap",
+    "quantity", "resolve_cache_dir", "resolve_data_dir", "select_classes", "shards",
+    "split_train_val", "summary",
+]

@@ -1,0 +1,160 @@
+"""Decode a dataset once into uint8 ``.npy`` files that every process memory-maps.
+
+Ray actors are separate processes. Handing them the dataset as memory-mapped ``.npy`` files
+means one copy in the page cache shared by all workers, no pickling, and no per-round reads
+(DESIGN.md, "data is read once per process"). The cache directory is keyed by everything
+that determines the arrays (source, file identity, class subset, synthetic parameters) and
+is created atomically, so concurrent runs never see half-written files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedsim.config import DataConfig
+
+from .sources import DatasetError, ImageArrays, load_cifar, load_npz, make_synthetic, select_classes
+
+ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
+SYNTHETIC_SEED = 0  # the synthetic dataset is fixed; the experiment seed drives everything else
+
+
+def resolve_data_dir(data: DataConfig) -> Path:
+    """``data.data_dir``, else ``$FEDSIM_DATA_DIR``, else ``./data``."""
+    return Path(data.data_dir or os.environ.get("FEDSIM_DATA_DIR", "") or "data").expanduser()
+
+
+def resolve_cache_dir(data: DataConfig) -> Path:
+    """``data.cache_dir``, else ``$FEDSIM_CACHE_DIR``, else ``~/.cache/fedsim``."""
+    default = Path.home() / ".cache" / "fedsim"
+    return Path(data.cache_dir or os.environ.get("FEDSIM_CACHE_DIR", "") or default).expanduser()
+
+
+def resolve_npz_path(data: DataConfig) -> Path:
+    path = Path(data.path).expanduser()
+    return path if path.is_absolute() else resolve_data_dir(data) / path
+
+
+@dataclass(frozen=True)
+class CachedDataset:
+    """A dataset materialised in the cache: the folder and the statistics workers need."""
+
+    folder: Path
+    class_names: tuple[str, ...]
+    num_train: int
+    num_test: int
+    mean: tuple[float, ...]  # per channel, on [0, 1]
+    std: tuple[float, ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def load(self, mmap: bool = True) -> dict[str, np.ndarray]:
+        """The four arrays, memory-mapped read-only by default."""
+        return {
+            name: np.load(self.folder / f"{name}.npy", mmap_mode="r" if mmap else None)
+            for name in ARRAY_NAMES
+        }
+
+    @classmethod
+    def open(cls, folder: str | Path) -> "CachedDataset":
+        folder = Path(folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        return cls(
+            folder=folder,
+            class_names=tuple(meta["class_names"]),
+            num_train=meta["num_train"],
+            num_test=meta["num_test"],
+            mean=tuple(meta["mean"]),
+            std=tuple(meta["std"]),
+        )
+
+
+def _cache_key(data: DataConfig) -> tuple[str, dict[str, object]]:
+    identity: dict[str, object] = {"dataset": data.dataset, "classes": list(data.classes)}
+    if data.dataset == "synthetic":
+        identity.update(
+            train=data.synthetic_train, test=data.synthetic_test,
+            num_classes=data.synthetic_classes, noise=data.synthetic_noise, seed=SYNTHETIC_SEED,
+        )
+    elif data.dataset == "npz":
+        path = resolve_npz_path(data).resolve()
+        if not path.is_file():
+            load_npz(path)  # raises the explanatory DatasetError
+        stat = path.stat()
+        identity.update(path=str(path), size=stat.st_size, mtime=int(stat.st_mtime))
+    else:
+        identity.update(root=str(resolve_data_dir(data).resolve()))
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{data.dataset}-{digest}", identity
+
+
+def _read_source(data: DataConfig) -> ImageArrays:
+    if data.dataset == "synthetic":
+        arrays = make_synthetic(
+            data.synthetic_train, data.synthetic_test, data.synthetic_classes,
+            data.synthetic_noise, seed=SYNTHETIC_SEED,
+        )
+    elif data.dataset == "npz":
+        arrays = load_npz(resolve_npz_path(data))
+    elif data.dataset in ("cifar10", "cifar100"):
+        arrays = load_cifar(data.dataset, resolve_data_dir(data), data.download)
+    else:
+        raise DatasetError(f"unknown dataset {data.dataset!r}")
+    return select_classes(arrays, list(data.classes))
+
+
+def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
+    channels = x.shape[-1]
+    flat = x.reshape(-1, channels)
+    mean = np.zeros(channels)
+    sq = np.zeros(channels)
+    for start in range(0, len(flat), 1 << 22):  # chunked: no float copy of the whole set
+        chunk = flat[start : start + (1 << 22)].astype(np.float64) / 255.0
+        mean += chunk.sum(0)
+        sq += (chunk**2).sum(0)
+    mean /= len(flat)
+    std = np.sqrt(np.maximum(sq / len(flat) - mean**2, 1e-12))
+    return mean.tolist(), std.tolist()
+
+
+def materialize(data: DataConfig) -> CachedDataset:
+    """Return the cached dataset, decoding the source into the cache on first use."""
+    key, identity = _cache_key(data)
+    cache_root = resolve_cache_dir(data)
+    folder = cache_root / key
+    if (folder / "meta.json").is_file():
+        return CachedDataset.open(folder)
+    arrays = _read_source(data)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
+    try:
+        for name in ARRAY_NAMES:
+            np.save(staging / f"{name}.npy", getattr(arrays, name))
+        mean, std = _channel_stats(arrays.x_train)
+        meta = {
+            "identity": identity,
+            "class_names": arrays.class_names,
+            "num_train": len(arrays.y_train),
+            "num_test": len(arrays.y_test),
+            "mean": mean,
+            "std": std,
+        }
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            staging.rename(folder)
+        except OSError:  # another process won the race; its copy is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CachedDataset.open(folder)

@@ -1,0 +1,41 @@
+"""fedsim: federated-learning simulation on Flower + Ray.
+
+The Python API mirrors the CLI::
+
+    import fedsim
+    config = fedsim.load_config("configs/quickstart.toml", ["train.rounds=3"])
+    report = fedsim.partition(config)          # label distribution of the partition
+    result = fedsim.run(config)                # run directory + pandas tables
+    result.rounds, result.clients, result.summary
+
+Sub-packages: ``fedsim.datasets``, ``fedsim.models``, ``fedsim.strategies``, ``fedsim.clients``.
+Attributes are imported lazily so that worker processes only load what they use.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "ExperimentConfig": "fedsim.config",
+    "ConfigError": "fedsim.config",
+    "load_config": "fedsim.config",
+    "run": "fedsim.experiment",
+    "partition": "fedsim.partition_report",
+    "PartitionReport": "fedsim.partition_report",
+    "load_run": "fedsim.results",
+    "RunResult": "fedsim.results",
+    "plot_run": "fedsim.plots",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'fedsim' has no attribute {name!r}")
+
+
+__all__ = sorted(_API)

@@ -1,0 +1,177 @@
+"""One experiment end to end: validate, load data, partition, simulate, publish the run directory.
+
+``prepare`` does everything that can fail on bad input *before* anything is written to the
+final location or Ray is started; ``run`` then drives Flower's simulation runtime and
+publishes the run directory atomically (``fedsim.rundir``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from flwr.app import ArrayRecord
+
+from fedsim import plots, rundir
+from fedsim.config import ExperimentConfig, validate, validate_against_dataset
+from fedsim.datasets import CachedDataset, Partition, build_partition, counts_frame, materialize, plot_heatmap, split_train_val
+from fedsim.datasets import summary as partition_summary
+from fedsim.models import FedsimNet, build_model
+from fedsim.results import RunResult, load_run
+from fedsim.spec import PartitionIndex, RunSpec
+
+
+@dataclass
+class PreparedRun:
+    """A validated experiment whose data, partition and staging folder are ready."""
+
+    config: ExperimentConfig
+    dataset: CachedDataset
+    partition: Partition
+    counts: np.ndarray
+    staging: Path
+    final: Path
+
+
+def make_partition(config: ExperimentConfig, dataset: CachedDataset) -> tuple[Partition, np.ndarray]:
+    """Partition the training labels as configured; returns the partition and its count matrix."""
+    labels = np.asarray(dataset.load()["y_train"])
+    p = config.partition
+    partition = build_partition(
+        labels, dataset.num_classes, p.scheme, p.num_clients, config.seed, alpha=p.alpha,
+        min_partition_size=p.min_partition_size, self_balancing=p.self_balancing,
+        samples_per_client=p.samples_per_client, classes_per_client=p.classes_per_client,
+    )
+    return partition, partition.counts(labels)
+
+
+def prepare(config: ExperimentConfig) -> PreparedRun:
+    """Validate, load and partition; create the staging folder with spec, partition and config."""
+    validate(config)
+    dataset = materialize(config.data)
+    validate_against_dataset(config, dataset.num_train, dataset.num_classes)
+    partition, counts = make_partition(config, dataset)
+    final = rundir.final_run_path(config)
+    staging = rundir.create_staging(final)
+    try:
+        _write_inputs(config, dataset, partition, counts, staging)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return PreparedRun(config, dataset, partition, counts, staging, final)
+
+
+def _write_inputs(config: ExperimentConfig, dataset: CachedDataset, partition: Partition,
+                  counts: np.ndarray, folder: Path) -> None:
+    rundir.write_config(config, folder)
+    splits = [split_train_val(idx, config.partition.val_fraction, config.seed, cid)
+              for cid, idx in enumerate(partition.indices)]
+    PartitionIndex.from_lists([s[0] for s in splits], [s[1] for s in splits]).save(folder)
+    counts_frame(counts, dataset.class_names).to_csv(folder / "partition_counts.csv")
+    t, e = config.train, config.evaluation
+    RunSpec(
+        run_dir=str(folder.resolve()), dataset_folder=str(dataset.folder.resolve()),
+        mean=dataset.mean, std=dataset.std, num_classes=dataset.num_classes,
+        model=config.model.name, representation_dim=config.model.representation_dim,
+        seed=config.seed, local_epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
+        momentum=t.momentum, weight_decay=t.weight_decay, eval_batch_size=e.batch_size,
+        device=config.simulation.device,
+    ).save(folder)
+
+
+def initial_model(config: ExperimentConfig, dataset: CachedDataset) -> FedsimNet:
+    """The global model's initial weights, determined by the seed alone."""
+    torch.manual_seed(config.seed)
+    channels = int(np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape[-1])
+    return build_model(config.model.name, dataset.num_classes, config.model.representation_dim, channels)
+
+
+def finalize(prepared: PreparedRun, final_arrays: ArrayRecord | None, confusion: np.ndarray | None) -> Path:
+    """Write tables in the chosen format, summary, confusion matrix and figures; publish."""
+    folder, config = prepared.staging, prepared.config
+    rounds = pd.read_csv(folder / "rounds.csv")
+    clients = pd.read_csv(folder / "clients.csv")
+    if config.output.format == "parquet":
+        rounds.to_parquet(folder / "rounds.parquet", index=False)
+        clients.to_parquet(folder / "clients.parquet", index=False)
+        (folder / "rounds.csv").unlink()
+        (folder / "clients.csv").unlink()
+    names = list(prepared.dataset.class_names)
+    if confusion is not None:
+        frame = pd.DataFrame(confusion, index=pd.Index(names, name="true"), columns=names)
+        frame.to_csv(folder / "confusion_matrix.csv")
+    if final_arrays is not None:
+        torch.save(final_arrays.to_torch_state_dict(), folder / "final_model.pt")
+    (folder / "summary.json").write_text(json.dumps(summarize(rounds, clients, prepared), indent=2))
+    if config.output.figures:
+        figures = folder / "figures"
+        figures.mkdir(exist_ok=True)
+        title = f"{config.strategy.name} / {config.model.name} / {config.partition.scheme}"
+        plots.plot_accuracy(rounds, figures / "accuracy.png", title)
+        plots.plot_loss(rounds, figures / "loss.png", title)
+        plot_heatmap(prepared.counts, names, figures / "label_distribution.png")
+    return rundir.publish(folder, prepared.final)
+
+
+def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, prepared: PreparedRun) -> dict:
+    """The headline numbers of a run, for ``summary.json``."""
+    config = prepared.config
+    tested = rounds.dropna(subset=["test_accuracy"]) if "test_accuracy" in rounds else rounds.iloc[:0]
+    trained = rounds[rounds["round"] > 0]
+    failures = int((clients["status"] == "failed").sum()) if len(clients) else 0
+    def last(column: str) -> float | None:
+        data = rounds[column].dropna() if column in rounds else []
+        return float(data.iloc[-1]) if len(data) else None
+    return {
+        "rounds": int(config.train.rounds),
+        "clients": int(config.partition.num_clients),
+        "strategy": config.strategy.name,
+        "model": config.model.name,
+        "dataset": config.data.dataset,
+        "partition": config.partition.scheme,
+        "seed": config.seed,
+        "final_test_accuracy": last("test_accuracy"),
+        "best_test_accuracy": float(tested["test_accuracy"].max()) if len(tested) else None,
+        "final_test_loss": last("test_loss"),
+        "final_test_f1": last("test_f1"),
+        "final_fed_eval_accuracy": last("fed_eval_accuracy"),
+        "total_megabytes": float((trained["bytes_down"].sum() + trained["bytes_up"].sum()) / 1e6),
+        "client_failures": failures,
+        "wall_seconds": float(trained["wall_seconds"].sum()),
+        "partition_summary": partition_summary(prepared.counts),
+    }
+
+
+def run(
+    config: ExperimentConfig,
+    progress: bool = True,
+    verbose: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+) -> RunResult:
+    """Run one experiment on Flower's simulation runtime and return its results."""
+    from fedsim.app import build_server_app, run_state
+    from fedsim.simulate import run_simulation
+
+    prepared = prepare(config)
+    try:
+        state = run_state(prepared)
+        server_app = build_server_app(prepared, state, progress=progress, on_round=on_round)
+        run_simulation(server_app, prepared.config, verbose=verbose)
+        if state.error is not None:
+            raise state.error
+        if state.final_arrays is None:
+            raise RuntimeError("the simulation ended before the server finished its rounds")
+        final = finalize(prepared, state.final_arrays, state.recorder.confusion)
+    except BaseException as error:
+        if prepared.staging.exists():
+            failed = rundir.mark_failed(prepared.staging, prepared.final, error)
+            error.add_note(f"partial output kept in {failed}")
+        raise
+    return load_run(final)

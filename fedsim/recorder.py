@@ -1,0 +1,62 @@
+"""Streams per-round and per-client rows into the (staging) run directory as the run goes.
+
+Rows are appended to ``rounds.csv`` and ``clients.csv`` after every round, so a long run
+can be watched (and a crashed run inspected) while it is in progress. Columns are fixed up
+front; values a round did not produce (e.g. no evaluation that round) are left empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+ROUND_COLUMNS = (
+    "round", "clients_sampled", "clients_succeeded", "clients_failed",
+    "train_loss", "train_accuracy", "fed_eval_loss", "fed_eval_accuracy",
+    "test_loss", "test_accuracy", "test_precision", "test_recall", "test_f1",
+    "bytes_down", "bytes_up", "wall_seconds",
+)
+CLIENT_COLUMNS = ("round", "phase", "client_id", "status", "num_examples", "loss", "accuracy",
+                  "seconds", "error")
+
+
+class RunRecorder:
+    """Appends rows to CSV files in ``folder`` and keeps the latest confusion matrix."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.rounds_path = self.folder / "rounds.csv"
+        self.clients_path = self.folder / "clients.csv"
+        self.confusion: np.ndarray | None = None
+        self.round_rows: list[dict] = []
+        for path, columns in ((self.rounds_path, ROUND_COLUMNS), (self.clients_path, CLIENT_COLUMNS)):
+            with path.open("w", newline="") as handle:
+                csv.writer(handle).writerow(columns)
+
+    @staticmethod
+    def _cell(value: object) -> object:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return value
+
+    def _append(self, path: Path, columns: tuple[str, ...], rows: list[dict]) -> None:
+        unknown = {k for row in rows for k in row} - set(columns)
+        if unknown:
+            raise KeyError(f"unexpected result columns {sorted(unknown)}")
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            for row in rows:
+                writer.writerow([self._cell(row.get(c)) for c in columns])
+
+    def add_round(self, row: dict) -> None:
+        self.round_rows.append(row)
+        self._append(self.rounds_path, ROUND_COLUMNS, [row])
+
+    def add_clients(self, rows: list[dict]) -> None:
+        self._append(self.clients_path, CLIENT_COLUMNS, rows)
+
+    def set_confusion(self, matrix: np.ndarray) -> None:
+        self.confusion = matrix

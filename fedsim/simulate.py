@@ -1,0 +1,52 @@
+"""Start Flower's simulation runtime (Ray backend) for a ServerApp and fedsim's ClientApp."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+from flwr.serverapp import ServerApp
+
+from fedsim.config import ExperimentConfig
+
+
+def backend_config(config: ExperimentConfig, verbose: bool) -> dict:
+    """Ray backend settings: per-client resources and a quiet Ray unless ``verbose``."""
+    sim = config.simulation
+    init_args: dict = {
+        "num_cpus": sim.ray_num_cpus or os.cpu_count() or 1,
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+    }
+    return {
+        "client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": sim.num_gpus_per_client},
+        "init_args": init_args,
+    }
+
+
+def run_simulation(server_app: ServerApp, config: ExperimentConfig, verbose: bool = False) -> None:
+    """Run ``server_app`` against ``partition.num_clients`` simulated nodes hosting fedsim's ClientApp."""
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    from fedsim.clients.app import client_app
+
+    flwr_logger = logging.getLogger("flwr")
+    previous = flwr_logger.level
+    if not verbose:
+        flwr_logger.setLevel(logging.ERROR)
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    try:
+        with warnings.catch_warnings():
+            if not verbose:
+                warnings.simplefilter("ignore")
+            flwr_run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=config.partition.num_clients,
+                backend_config=backend_config(config, verbose),
+                verbose_logging=verbose,
+            )
+    finally:
+        flwr_logger.setLevel(previous)
