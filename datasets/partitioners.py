@@ -184,7 +184,7 @@ def shards(
 
 def quantity(
     labels: np.ndarray, num_clients: int, alpha: float, seed: int, min_partition_size: int = 10,
-    max_tries: int = 100,
+    max_tries: int = 10000,
 ) -> list[np.ndarray]:
     """NIID-Bench quantity skew: IID labels, client sizes proportional to Dir(alpha * 1_N)."""
     rng = np.random.default_rng(seed)

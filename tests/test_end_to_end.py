@@ -1,0 +1,71 @@
+"""End to end through Flower's simulation runtime with the Ray backend (synthetic data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedsim.experiment import run
+from fedsim.sampling import TRAIN, sample_clients
+from fedsim.server import TooFewClientsError
+
+
+def test_run_directory_is_complete_accuracy_rises_and_sampling_reproduces(small_config) -> None:
+    config = small_config(**{"train.fraction_train": 0.5, "output.name": "first"})
+    result = run(config, progress=False)
+    folder = result.path
+    for name in ("config.toml", "spec.json", "partition.npz", "partition_counts.csv", "rounds.csv",
+                 "clients.csv", "summary.json", "confusion_matrix.csv", "final_model.pt",
+                 "figures/accuracy.png", "figures/loss.png", "figures/label_distribution.png"):
+        assert (folder / name).is_file(), name
+    assert not list(folder.parent.glob(".first.staging-*")), "staging folder was published"
+
+    rounds = result.rounds
+    assert rounds["round"].tolist() == [0, 1, 2, 3]
+    assert (rounds.loc[1:, "clients_sampled"] == 5).all()
+    assert (rounds.loc[1:, "bytes_up"] > 0).all() and (rounds.loc[1:, "bytes_down"] > 0).all()
+    final = rounds["test_accuracy"].iloc[-1]
+    assert final > 0.3, f"accuracy {final} not above chance (0.1)"
+    assert final > rounds["test_accuracy"].iloc[0]
+    assert rounds[["test_precision", "test_recall", "test_f1", "fed_eval_accuracy"]].iloc[-1].notna().all()
+
+    train_rows = result.clients[result.clients["phase"] == "train"]
+    for r in (1, 2, 3):
+        ids = sorted(train_rows.loc[train_rows["round"] == r, "client_id"])
+        assert ids == sample_clients(config.seed, r, TRAIN, 10, 5), "server sampled by seeded partition id"
+    assert (train_rows["status"] == "ok").all()
+    assert train_rows["num_examples"].sum() > 0
+
+    assert int(result.confusion_matrix.to_numpy().sum()) == 200  # rows = true labels of the test set
+    assert result.summary["final_test_accuracy"] == pytest.approx(final)
+    assert json.loads((folder / "summary.json").read_text())["client_failures"] == 0
+
+    again = run(small_config(**{"train.fraction_train": 0.5, "output.name": "second"}), progress=False)
+    pd.testing.assert_series_equal(again.clients["client_id"], result.clients["client_id"])
+    np.testing.assert_allclose(again.rounds["test_accuracy"], rounds["test_accuracy"], atol=1e-6)
+
+
+def test_failing_clients_are_recorded_and_the_round_continues(small_config) -> None:
+    config = small_config(**{"train.rounds": 2, "simulation.fail_clients": [2, 5],
+                             "evaluation.federated_every": 0, "output.name": "flaky"})
+    result = run(config, progress=False)
+    failed = result.clients[result.clients["status"] == "failed"]
+    assert sorted(set(failed["client_id"])) == [2, 5]
+    assert len(failed) == 4  # two clients x two rounds
+    assert failed["error"].str.contains("failed on purpose").all()
+    assert (result.rounds.loc[1:, "clients_succeeded"] == 8).all()
+    assert result.summary["client_failures"] == 4
+
+
+def test_too_many_failures_stop_with_a_clear_error_and_no_result(small_config, tmp_path: Path) -> None:
+    config = small_config(**{"train.rounds": 2, "simulation.fail_clients": list(range(1, 10)),
+                             "output.name": "broken"})
+    with pytest.raises(TooFewClientsError, match=r"round 1: only 1 of 10 sampled clients succeeded"):
+        run(config, progress=False)
+    runs = tmp_path / "runs"
+    assert not (runs / "broken").exists()
+    assert "TooFewClientsError" in (runs / "broken.failed" / "error.txt").read_text()
