@@ -48,7 +48,7 @@ class CentralEvaluator:
               mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
               batch_size: int) -> "CentralEvaluator":
         model = model.to(device)
-        x = to_tensor(np.asarray(images), mean, std, device)
+        x = to_tensor(np.array(images), mean, std, device)  # a writable copy of the memory map
         y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
         return cls(model, x, y, model.num_classes, batch_size)
 

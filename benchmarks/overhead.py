@@ -1,0 +1,157 @@
+"""Framework overhead: fedsim on Flower + Ray vs a minimal in-process FedAvg loop, same SGD steps.
+
+Workload (defaults): LeNet-5, 100 clients x 50 synthetic samples, 20 clients per round,
+5 rounds, no evaluation. Both sides train exactly the same clients (fedsim's seeded
+sampler) with the same local loop (``fedsim.clients.training.train``) and the same
+per-(seed, round, client) generators; the in-process loop averages state dicts with numpy.
+Repetitions are interleaved (fedsim, loop, fedsim, loop, ...) because this machine is noisy,
+and the ratio compares medians measured in the same invocation.
+
+    python benchmarks/overhead.py                # defaults, 3 repetitions
+    python benchmarks/overhead.py --repetitions 5 --clients 200 --per-round 40
+
+Prints per-round medians, the overhead ratio (median fedsim round / median loop round) and
+clients trained per second on each side; ``--json`` also writes the numbers to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+
+import numpy as np
+import torch
+
+from fedsim.clients.client import LocalClient
+from fedsim.clients.worker import worker_run
+from fedsim.config import ExperimentConfig, load_config
+from fedsim.experiment import initial_model, prepare, run
+from fedsim.sampling import TRAIN, sample_clients, sample_size
+
+
+def workload(args: argparse.Namespace, out: Path, name: str) -> ExperimentConfig:
+    return load_config(None, {
+        "seed": args.seed,
+        "data.dataset": "synthetic",
+        "data.synthetic_train": args.clients * args.samples,
+        "data.synthetic_test": 100,
+        "partition.scheme": "iid",
+        "partition.num_clients": args.clients,
+        "partition.val_fraction": 0.0,
+        "model.name": args.model,
+        "train.rounds": args.rounds,
+        "train.clients_per_round": args.per_round,
+        "train.batch_size": args.batch_size,
+        "train.lr": 0.05,
+        "evaluation.centralized_every": 0,
+        "evaluation.federated_every": 0,
+        "output.dir": str(out),
+        "output.name": name,
+        "output.figures": False,
+    })
+
+
+def fedsim_rounds(config: ExperimentConfig) -> tuple[list[float], float]:
+    """Per-round wall seconds of a real fedsim run, and the whole run's wall time."""
+    started = time.perf_counter()
+    result = run(config, progress=False)
+    total = time.perf_counter() - started
+    rounds = result.rounds[result.rounds["round"] > 0]["wall_seconds"].tolist()
+    shutil.rmtree(result.path)
+    return rounds, total
+
+
+def loop_rounds(config: ExperimentConfig) -> list[float]:
+    """The same rounds in one process: sample, train each client in turn, average."""
+    prepared = prepare(config)
+    try:
+        worker = worker_run(str(prepared.staging.resolve()))
+        model = worker.model()
+        global_state = {k: v.detach().cpu().numpy().copy()
+                        for k, v in initial_model(config, prepared.dataset).state_dict().items()}
+        k = sample_size(config.partition.num_clients, config.train.fraction_train, config.train.clients_per_round)
+        times = []
+        for server_round in range(1, config.train.rounds + 1):
+            started = time.perf_counter()
+            total = {key: np.zeros_like(v, dtype=np.float64) for key, v in global_state.items()}
+            weight = 0
+            for client_id in sample_clients(config.seed, server_round, TRAIN, config.partition.num_clients, k):
+                model.load_state_dict({key: torch.from_numpy(v) for key, v in global_state.items()})
+                stats = LocalClient(client_id, worker).fit(model, server_round)
+                for key, value in model.state_dict().items():
+                    total[key] += value.detach().cpu().numpy() * stats.num_examples
+                weight += stats.num_examples
+            global_state = {key: (v / weight).astype(global_state[key].dtype) for key, v in total.items()}
+            times.append(time.perf_counter() - started)
+        return times
+    finally:
+        shutil.rmtree(prepared.staging, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="lenet5")
+    parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=50, help="samples per client")
+    parser.add_argument("--per-round", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, help="also write the measurements here")
+    args = parser.parse_args(argv)
+    if args.repetitions < 1 or args.rounds < 1 or not (1 <= args.per_round <= args.clients):
+        parser.error("need repetitions >= 1, rounds >= 1 and 1 <= per-round <= clients")
+
+    out = Path(tempfile.mkdtemp(prefix="fedsim-bench-"))
+    fed_rounds: list[float] = []
+    fed_totals: list[float] = []
+    loop_times: list[float] = []
+    try:
+        for rep in range(args.repetitions):
+            rounds, total = fedsim_rounds(workload(args, out, f"fedsim-{rep}"))
+            fed_rounds += rounds
+            fed_totals.append(total)
+            loop_times += loop_rounds(workload(args, out, f"loop-{rep}"))
+            print(f"repetition {rep + 1}/{args.repetitions}: fedsim rounds {np.round(rounds, 3).tolist()} "
+                  f"(run {total:.1f} s), loop rounds {np.round(loop_times[-args.rounds:], 3).tolist()}",
+                  flush=True)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+    fed_median = statistics.median(fed_rounds)
+    loop_median = statistics.median(loop_times)
+    results = {
+        "workload": vars(args) | {"json": None},
+        "fedsim_round_median_s": fed_median,
+        "loop_round_median_s": loop_median,
+        "overhead_ratio": fed_median / loop_median,
+        "fedsim_clients_per_s": args.per_round / fed_median,
+        "loop_clients_per_s": args.per_round / loop_median,
+        "fedsim_run_median_s_incl_startup": statistics.median(fed_totals),
+        "cpus": os.cpu_count(),
+    }
+    print(f"\nworkload: {args.model}, {args.clients} clients x {args.samples} samples, "
+          f"{args.per_round} clients/round, {args.rounds} rounds, {args.repetitions} repetitions, "
+          f"{os.cpu_count()} CPUs")
+    print(f"median round: fedsim {fed_median:.3f} s | in-process loop {loop_median:.3f} s")
+    print(f"overhead ratio (fedsim / loop): {results['overhead_ratio']:.2f}")
+    print(f"clients per second: fedsim {results['fedsim_clients_per_s']:.1f} | "
+          f"loop {results['loop_clients_per_s']:.1f}")
+    print(f"fedsim run incl. Ray start-up (median): {results['fedsim_run_median_s_incl_startup']:.1f} s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

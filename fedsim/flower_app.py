@@ -1,0 +1,53 @@
+"""fedsim as a Flower App, for users who live in the Flower CLI (``flwr run .``).
+
+``pyproject.toml`` registers ``server_app`` and ``client_app`` below as the project's Flower
+app. The ServerApp reads the ``[tool.flwr.app.config]`` values ``config-file`` (a fedsim TOML
+config, relative to the working directory) and ``overrides`` (``"section.key=value"`` pairs
+separated by ``;``), prepares the run exactly like ``fedsim run`` (validation, dataset cache,
+partition, run directory) and drives the same round loop. The federation's number of
+simulated nodes must equal ``partition.num_clients``.
+"""
+
+from __future__ import annotations
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim.clients.app import client_app
+from fedsim.config import ExperimentConfig, load_config
+
+server_app = ServerApp()
+
+
+def config_from_run_config(run_config: dict) -> ExperimentConfig:
+    """Build the experiment config from a Flower run config."""
+    path = str(run_config.get("config-file", "") or "") or None
+    overrides = [o for o in str(run_config.get("overrides", "") or "").split(";") if o.strip()]
+    return load_config(path, overrides)
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Prepare the run, execute the rounds, publish the run directory."""
+    from fedsim import rundir
+    from fedsim.app import execute, run_state
+    from fedsim.experiment import finalize, prepare
+
+    config = config_from_run_config(dict(context.run_config))
+    nodes = len(list(grid.get_node_ids()))
+    if nodes and nodes != config.partition.num_clients:
+        raise ValueError(
+            f"the federation runs {nodes} nodes but partition.num_clients = "
+            f"{config.partition.num_clients}; set options.num-supernodes to match"
+        )
+    prepared = prepare(config)
+    state = run_state(prepared)
+    execute(grid, prepared, state, progress=False)
+    if state.error is not None:
+        rundir.mark_failed(prepared.staging, prepared.final, state.error)
+        raise state.error
+    final = finalize(prepared, state.final_arrays, state.recorder.confusion)
+    print(f"fedsim run directory: {final}")
+
+
+__all__ = ["client_app", "server_app"]
