@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import time
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp.typing import ClientAppCallable
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from .client import LocalClient
 from .worker import worker_run
@@ -20,7 +23,23 @@ from .worker import worker_run
 RUN_DIR_KEY = "fedsim.run-dir"
 FAIL_KEY = "fedsim.fail-clients"  # fault injection: partition ids that raise (simulation.fail_clients)
 
-client_app = ClientApp()
+DP_ADAPTIVE_KEY = "fedsim.dp-adaptive"  # set by fedsim.strategies' dp-adaptive-client
+
+
+def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Apply Flower's client-side DP clipping mod when the strategy asks for it.
+
+    The client-side DP wrappers (``dp-fixed-client``, ``dp-adaptive-client``) send a clipping
+    norm in the train config; other strategies do not, and their messages pass through.
+    """
+    config = msg.content.config_records.get("config") if msg.has_content() else None
+    if msg.metadata.message_type != MessageType.TRAIN or config is None or KEY_CLIPPING_NORM not in config:
+        return call_next(msg, context)
+    mod = adaptiveclipping_mod if config.get(DP_ADAPTIVE_KEY, False) else fixedclipping_mod
+    return mod(msg, context, call_next)
+
+
+client_app = ClientApp(mods=[dp_clipping_mod])
 
 
 def _client_for(msg: Message, context: Context) -> tuple[LocalClient, ConfigRecord]:
@@ -45,7 +64,7 @@ def train(msg: Message, context: Context) -> Message:
     started = time.perf_counter()
     client, config = _client_for(msg, context)
     model = _load_global(client, msg)
-    stats = client.fit(model, int(config["server-round"]))
+    stats = client.fit(model, int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
     metrics = MetricRecord({
         "num-examples": stats.num_examples,
         "train-loss": stats.loss,

@@ -35,12 +35,12 @@ class LocalClient:
     def num_train(self) -> int:
         return len(self.run.partition.train_of(self.client_id))
 
-    def fit(self, model: torch.nn.Module, server_round: int) -> training.TrainStats:
+    def fit(self, model: torch.nn.Module, server_round: int, proximal_mu: float = 0.0) -> training.TrainStats:
         """Local SGD on the client's training split; randomness from (seed, round, client)."""
         x, y = self._tensors(self.run.partition.train_of(self.client_id))
         generator = training.seeded_generator(self.run.spec.seed, server_round, self.client_id)
         torch.manual_seed(generator.initial_seed())  # dropout etc. draw from the global RNG
-        return training.train(model, x, y, self.run.recipe, generator)
+        return training.train(model, x, y, self.run.recipe, generator, proximal_mu)
 
     def evaluate(self, model: torch.nn.Module) -> training.EvalStats:
         """Loss and accuracy on the client's held-out split."""

@@ -72,8 +72,13 @@ def train(
     y: torch.Tensor,
     recipe: SGDRecipe,
     generator: torch.Generator,
+    proximal_mu: float = 0.0,
 ) -> TrainStats:
-    """Run ``recipe.epochs`` epochs of mini-batch SGD on ``(x, y)`` in place; return statistics."""
+    """Run ``recipe.epochs`` epochs of mini-batch SGD on ``(x, y)`` in place; return statistics.
+
+    ``proximal_mu > 0`` adds FedProx's proximal term (mu / 2) * ||w - w_start||^2, where
+    w_start are the weights the call started from (the received global model).
+    """
     n = len(y)
     if n == 0:
         return TrainStats(0, float("nan"), float("nan"), 0)
@@ -81,6 +86,7 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     total_loss = torch.zeros((), device=x.device)
     total_correct = torch.zeros((), device=x.device, dtype=torch.long)
     steps = 0
@@ -92,10 +98,12 @@ def train(
                 continue  # BatchNorm cannot train on a single sample
             logits = model(x[idx])
             loss = F.cross_entropy(logits, y[idx])
+            total_loss += loss.detach() * len(idx)
+            if anchor is not None:
+                loss = loss + proximal_term(model, anchor, proximal_mu)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += loss.detach() * len(idx)
             total_correct += (logits.detach().argmax(1) == y[idx]).sum()
             steps += 1
     processed = n * recipe.epochs
@@ -105,6 +113,11 @@ def train(
         accuracy=float(total_correct) / processed,
         steps=steps,
     )
+
+
+def proximal_term(model: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx: (mu / 2) * sum over parameters of ||w - w_anchor||^2."""
+    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
 
 
 def _has_batchnorm(model: nn.Module) -> bool:

@@ -24,6 +24,8 @@ _API = {
     "ConfigError": "fedsim.config",
     "load_config": "fedsim.config",
     "run": "fedsim.experiment",
+    "compare": "fedsim.compare",
+    "ComparisonResult": "fedsim.compare",
     "partition": "fedsim.partition_report",
     "PartitionReport": "fedsim.partition_report",
     "load_run": "fedsim.results",

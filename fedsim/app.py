@@ -11,15 +11,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from fedsim.experiment import PreparedRun, initial_model
 from fedsim.recorder import RunRecorder
-from fedsim.server import CentralEvaluator, run_rounds
-from fedsim.spec import resolve_device
-from fedsim.strategies import build_strategy
+from fedsim.clients.training import to_tensor
+from fedsim.sampling import sample_size
+from fedsim.server import CentralEvaluator, run_centralized, run_rounds
+from fedsim.spec import PartitionIndex, resolve_device
+from fedsim.strategies import StrategyContext, build_strategy
 
 
 @dataclass
@@ -35,19 +38,20 @@ def run_state(prepared: PreparedRun) -> RunState:
     return RunState(recorder=RunRecorder(prepared.staging))
 
 
-def execute(grid: Grid, prepared: PreparedRun, state: RunState, progress: bool = True,
-            on_round: Callable[[dict], None] | None = None) -> None:
-    """The server's work for one run: strategy + initial weights + evaluator -> round loop."""
+def _evaluator(prepared: PreparedRun) -> CentralEvaluator:
+    """The server-side test-set evaluator (its own model instance)."""
     config = prepared.config
-    strategy = build_strategy(config.strategy.name, config.strategy.kwargs)
-    model = initial_model(config, prepared.dataset)
-    initial = ArrayRecord(model.state_dict())
     test = prepared.dataset.load()
-    evaluator = CentralEvaluator.build(
-        model, np.asarray(test["x_test"]), np.asarray(test["y_test"]), prepared.dataset.mean,
-        prepared.dataset.std, resolve_device(config.simulation.device), config.evaluation.batch_size,
+    return CentralEvaluator.build(
+        initial_model(config, prepared.dataset), np.asarray(test["x_test"]), np.asarray(test["y_test"]),
+        prepared.dataset.mean, prepared.dataset.std, resolve_device(config.simulation.device),
+        config.evaluation.batch_size,
     )
-    bar = tqdm(total=config.train.rounds, desc="rounds", unit="round", disable=not progress, leave=True)
+
+
+def _progress(config_rounds: int, progress: bool, on_round: Callable[[dict], None] | None):
+    """A tqdm bar over rounds showing the latest accuracy, plus the caller's callback."""
+    bar = tqdm(total=config_rounds, desc="rounds", unit="round", disable=not progress, leave=True)
 
     def report(row: dict) -> None:
         if row["round"] > 0:
@@ -58,9 +62,43 @@ def execute(grid: Grid, prepared: PreparedRun, state: RunState, progress: bool =
         if on_round:
             on_round(row)
 
+    return bar, report
+
+
+def execute(grid: Grid, prepared: PreparedRun, state: RunState, progress: bool = True,
+            on_round: Callable[[dict], None] | None = None) -> None:
+    """The server's work for one run: strategy + initial weights + evaluator -> round loop."""
+    config = prepared.config
+    context = StrategyContext(config.train.lr, sample_size(
+        config.partition.num_clients, config.train.fraction_train, config.train.clients_per_round))
+    strategy = build_strategy(config.strategy.name, config.strategy.kwargs, context)
+    initial = ArrayRecord(initial_model(config, prepared.dataset).state_dict())
+    evaluator = _evaluator(prepared)
+    bar, report = _progress(config.train.rounds, progress, on_round)
     try:
         state.final_arrays = run_rounds(grid, config, strategy, initial, evaluator, state.recorder, report)
     except BaseException as error:  # surfaced by the caller with the run directory marked failed
+        state.error = error
+    finally:
+        bar.close()
+
+
+def execute_centralized(prepared: PreparedRun, state: RunState, progress: bool = True,
+                        on_round: Callable[[dict], None] | None = None) -> None:
+    """The centralized baseline in this process: union of the clients' training splits."""
+    config = prepared.config
+    device = resolve_device(config.simulation.device)
+    split = PartitionIndex.load(prepared.staging)
+    union = np.sort(split.train_indices)
+    train_set = prepared.dataset.load()
+    x = to_tensor(np.asarray(train_set["x_train"][union]), prepared.dataset.mean, prepared.dataset.std, device)
+    y = torch.from_numpy(np.asarray(train_set["y_train"][union], dtype=np.int64)).to(device)
+    model = initial_model(config, prepared.dataset).to(device)
+    evaluator = _evaluator(prepared)
+    bar, report = _progress(config.train.rounds, progress, on_round)
+    try:
+        state.final_arrays = run_centralized(config, model, x, y, evaluator, state.recorder, report)
+    except BaseException as error:
         state.error = error
     finally:
         bar.close()

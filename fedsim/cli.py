@@ -1,4 +1,4 @@
-"""The ``fedsim`` command line: ``run``, ``partition``, ``plot``.
+"""The ``fedsim`` command line: ``run``, ``compare``, ``partition``, ``plot``.
 
 Errors in user input (config values, missing data, an existing run directory) print one
 clear message to stderr and exit with status 2; nothing is written in that case.
@@ -36,6 +36,15 @@ def _load(args: argparse.Namespace) -> ExperimentConfig:
     return load_config(args.config, overrides)
 
 
+def _seeds(text: str) -> list[int] | None:
+    if not text.strip():
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError as err:
+        raise ConfigError(f"--seeds {text!r}: must be comma-separated integers, e.g. 0,1,2") from err
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsim", description="Federated learning simulation on Flower + Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +56,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--verbose", "-v", action="store_true", help="show Flower and Ray logs")
     run.add_argument("--no-progress", action="store_true", help="hide the per-round progress bar")
+
+    comp = sub.add_parser("compare", help="compare strategies on the identical partition, init and sampling")
+    _config_args(comp)
+    comp.add_argument("--strategies", required=True,
+                      help="comma-separated specs name[:key=value[:key=value]], e.g. "
+                           "fedavg,uniform,ema:beta=0.5,fedprox:proximal_mu=0.01,centralized")
+    comp.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's seed)")
+    comp.add_argument("--target", type=float, help="accuracy for the rounds-to-target column")
+    comp.add_argument("--output", "-o", help="parent folder (output.dir)")
+    comp.add_argument("--name", help="comparison directory name (default compare-<time>)")
+    comp.add_argument("--overwrite", action="store_true", help="replace an existing comparison directory")
+    comp.add_argument("--verbose", "-v", action="store_true", help="show Flower and Ray logs")
+    comp.add_argument("--no-progress", action="store_true", help="hide the per-round progress bars")
 
     part = sub.add_parser("partition", help="partition a dataset and report its label distribution")
     _config_args(part)
@@ -74,6 +96,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"run directory: {result.path}")
             if acc is not None:
                 print(f"final test accuracy: {acc:.4f}")
+        elif args.command == "compare":
+            from fedsim.compare import compare
+
+            config = _load(args)
+            seeds = _seeds(args.seeds)
+            result = compare(config, args.strategies, seeds, target=args.target,
+                             progress=not args.no_progress, verbose=args.verbose,
+                             on_run=lambda label, seed: print(f"== {label} (seed {seed})", flush=True))
+            columns = [c for c in ("strategy", "runs_ok", "runs_failed", "final_accuracy_mean",
+                                   "final_accuracy_std", "best_accuracy_mean", "rounds_to_target_mean",
+                                   "total_mb_mean") if c in result.by_strategy]
+            print(result.by_strategy[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+            failed = result.summary[result.summary["status"] == "failed"] if len(result.summary) else []
+            for _, row in (failed.iterrows() if len(failed) else []):
+                print(f"FAILED {row['strategy']} (seed {row['seed']}): {row['error']}", file=sys.stderr)
+            print(f"comparison directory: {result.path}")
         elif args.command == "partition":
             from fedsim.partition_report import partition
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 DATASETS = ("synthetic", "cifar10", "cifar100", "npz")
+RUN_MODES = ("federated", "one-shot", "centralized")
 PARTITION_SCHEMES = ("iid", "dirichlet", "dirichlet-per-client", "shards", "quantity")
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 RESULT_FORMATS = ("csv", "parquet")
@@ -67,8 +68,17 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Rounds, sampling and the local SGD recipe."""
+    """Rounds, sampling and the local SGD recipe.
 
+    ``mode``: ``federated`` (rounds of sample -> train -> aggregate); ``one-shot`` (seed 001:
+    every client trains once from the same initial weights for ``local_epochs`` epochs and the
+    server aggregates once; needs ``rounds = 1`` and all clients, and evaluates every client's
+    own model on the test set too); ``centralized`` (a baseline: the same model trained on the
+    union of all clients' training data for ``rounds`` x ``local_epochs`` epochs, one row per
+    round, no Flower runtime).
+    """
+
+    mode: str = "federated"
     rounds: int = 5
     fraction_train: float = 1.0  # share of clients sampled per round ...
     clients_per_round: int = 0  # ... or an exact count (> 0 overrides fraction_train)
@@ -96,6 +106,7 @@ class EvaluationConfig:
     fraction_evaluate: float = 1.0
     clients_per_eval: int = 0  # > 0 overrides fraction_evaluate
     batch_size: int = 512
+    client_models: bool = False  # also evaluate every client's uploaded model on the test set
 
 
 @dataclass
@@ -331,9 +342,26 @@ def validate(config: ExperimentConfig) -> None:
     _check(e, 0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
     _check(e, t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
 
+    _check(e, t.mode in RUN_MODES, "train.mode", t.mode, f"allowed: {', '.join(RUN_MODES)}")
+    if t.mode == "one-shot":
+        _check(e, t.rounds == 1, "train.rounds", t.rounds,
+               "one-shot mode aggregates exactly once: set train.rounds = 1")
+        _check(e, t.fraction_train == 1 and t.clients_per_round in (0, p.num_clients),
+               "train.fraction_train", t.fraction_train,
+               "one-shot mode trains every client: leave fraction_train = 1 and clients_per_round = 0")
+
     s = c.strategy
     _check(e, s.name in STRATEGY_NAMES, "strategy.name", s.name,
            f"allowed: {', '.join(STRATEGY_NAMES)}")
+    if s.name in STRATEGY_NAMES:
+        from fedsim.sampling import sample_size
+        from fedsim.strategies import StrategyContext, StrategyError, build_strategy
+
+        context = StrategyContext(t.lr, sample_size(p.num_clients, t.fraction_train, t.clients_per_round))
+        try:
+            build_strategy(s.name, s.kwargs, context)
+        except StrategyError as err:
+            e.append(f"strategy.kwargs = {s.kwargs!r}: {err}")
 
     v = c.evaluation
     _check(e, v.centralized_every >= 0, "evaluation.centralized_every", v.centralized_every,

@@ -132,7 +132,8 @@ def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, prepared: PreparedRun
     return {
         "rounds": int(config.train.rounds),
         "clients": int(config.partition.num_clients),
-        "strategy": config.strategy.name,
+        "strategy": rundir.run_label(config),
+        "mode": config.train.mode,
         "model": config.model.name,
         "dataset": config.data.dataset,
         "partition": config.partition.scheme,
@@ -156,14 +157,17 @@ def run(
     on_round: Callable[[dict], None] | None = None,
 ) -> RunResult:
     """Run one experiment on Flower's simulation runtime and return its results."""
-    from fedsim.app import build_server_app, run_state
+    from fedsim.app import build_server_app, execute_centralized, run_state
     from fedsim.simulate import run_simulation
 
     prepared = prepare(config)
     try:
         state = run_state(prepared)
-        server_app = build_server_app(prepared, state, progress=progress, on_round=on_round)
-        run_simulation(server_app, prepared.config, verbose=verbose)
+        if config.train.mode == "centralized":
+            execute_centralized(prepared, state, progress=progress, on_round=on_round)
+        else:
+            server_app = build_server_app(prepared, state, progress=progress, on_round=on_round)
+            run_simulation(server_app, prepared.config, verbose=verbose)
         if state.error is not None:
             raise state.error
         if state.final_arrays is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -73,3 +74,63 @@ def plot_run(path: str | Path) -> list[Path]:
         plot_heatmap(result.partition_counts.to_numpy(), list(result.partition_counts.columns),
                      figures / "label_distribution.png"),
     ]
+
+
+def plot_comparison(tidy: pd.DataFrame, path: Path, x: str = "round") -> Path:
+    """Test accuracy vs ``round`` or ``cumulative_mb``: mean over seeds with a min-max band.
+
+    Strategies that communicate nothing (the centralized baseline) appear on the MB plot as a
+    dashed horizontal line at their final accuracy.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    acc = tidy[tidy["metric"] == "test_accuracy"]
+    for label, part in acc.groupby("strategy", sort=False):
+        if x == "round":
+            frame = part.pivot_table(index="round", columns="seed", values="value")
+            xs = frame.index.to_numpy(dtype=float)
+        else:
+            mb = tidy[(tidy["strategy"] == label) & (tidy["metric"] == "cumulative_mb")]
+            frame = part.pivot_table(index="round", columns="seed", values="value")
+            mb_mean = mb.pivot_table(index="round", columns="seed", values="value").mean(axis=1)
+            if float(mb_mean.max()) == 0.0:
+                ax.axhline(float(frame.mean(axis=1).iloc[-1]), ls="--", color="grey", label=f"{label} (no communication)")
+                continue
+            xs = mb_mean.reindex(frame.index).to_numpy(dtype=float)
+        mean = frame.mean(axis=1).to_numpy()
+        line, = ax.plot(xs, mean, marker="o", ms=3, label=f"{label} (n={frame.shape[1]})")
+        if frame.shape[1] > 1:
+            ax.fill_between(xs, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("round" if x == "round" else "cumulative MB communicated (model arrays)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("mean over seeds, band = min..max")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_confusions(matrices: dict[str, pd.DataFrame], path: Path) -> Path:
+    """Final confusion matrices side by side (rows = true labels), first seed of each strategy."""
+    plt = _pyplot()
+    n = max(len(matrices), 1)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 0.5, 3.4), squeeze=False)
+    for ax, (label, frame) in zip(axes[0], matrices.items()):
+        values = frame.to_numpy()
+        ax.imshow(values, cmap="Blues")
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        if values.shape[0] <= 10:
+            names = [str(c)[:5] for c in frame.columns]
+            ax.set_xticks(range(len(names)), names, rotation=90, fontsize=7)
+            ax.set_yticks(range(len(names)), names, fontsize=7)
+            if values.shape[0] <= 4:
+                for (i, j), v in np.ndenumerate(values):
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

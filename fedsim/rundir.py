@@ -25,7 +25,14 @@ class RunDirectoryExists(FileExistsError):
 
 def default_run_name(config: ExperimentConfig) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return f"{config.strategy.name}-{config.data.dataset}-{config.partition.scheme}-s{config.seed}-{stamp}"
+    return f"{run_label(config)}-{config.data.dataset}-{config.partition.scheme}-s{config.seed}-{stamp}"
+
+
+def run_label(config: ExperimentConfig) -> str:
+    """``centralized``, or the strategy name (with ``-oneshot`` in one-shot mode)."""
+    if config.train.mode == "centralized":
+        return "centralized"
+    return config.strategy.name + ("-oneshot" if config.train.mode == "one-shot" else "")
 
 
 def final_run_path(config: ExperimentConfig) -> Path:

@@ -21,7 +21,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.clients.app import FAIL_KEY, RUN_DIR_KEY
-from fedsim.clients.training import evaluate, to_tensor
+from fedsim.clients.training import SGDRecipe, evaluate, seeded_generator, to_tensor, train
 from fedsim.config import ExperimentConfig
 from fedsim.metrics import confusion_matrix, macro_scores
 from fedsim.models import FedsimNet
@@ -49,7 +49,7 @@ class CentralEvaluator:
               batch_size: int) -> "CentralEvaluator":
         model = model.to(device)
         x = to_tensor(np.array(images), mean, std, device)  # a writable copy of the memory map
-        y = torch.from_numpy(np.asarray(labels, dtype=np.int64)).to(device)
+        y = torch.from_numpy(np.array(labels, dtype=np.int64)).to(device)
         return cls(model, x, y, model.num_classes, batch_size)
 
     def __call__(self, arrays: ArrayRecord) -> tuple[dict[str, float], np.ndarray]:
@@ -119,6 +119,56 @@ def _client_rows(server_round: int, phase: str, sent: list[int], replies: list[M
     return rows, ok
 
 
+def evaluate_client_models(server_round: int, replies: list[Message], client_of: dict[int, int],
+                           evaluator: CentralEvaluator) -> list[dict]:
+    """Test-set metrics of each client's own uploaded model (phase ``local-test``)."""
+    rows = []
+    for reply in replies:
+        metrics, _ = evaluator(reply.content["arrays"])
+        rows.append({"round": server_round, "phase": "local-test",
+                     "client_id": client_of[reply.metadata.src_node_id], "status": "ok",
+                     "num_examples": len(evaluator.y_test), "loss": metrics["test_loss"],
+                     "accuracy": metrics["test_accuracy"]})
+    return sorted(rows, key=lambda r: r["client_id"])
+
+
+def run_centralized(config: ExperimentConfig, model: FedsimNet, x: torch.Tensor, y: torch.Tensor,
+                    evaluator: CentralEvaluator, recorder: RunRecorder,
+                    on_round: Callable[[dict], None] | None = None) -> ArrayRecord:
+    """The centralized baseline: the same model and recipe on the union of the clients' data.
+
+    Each "round" is ``local_epochs`` epochs over the union, so ``rounds`` rounds spend the
+    same number of epochs as a federated run in which every client trains every round.
+    """
+    t = config.train
+    recipe = SGDRecipe(t.local_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay)
+    arrays = ArrayRecord(model.state_dict())
+    if config.evaluation.centralized_every > 0:
+        metrics, matrix = evaluator(arrays)
+        recorder.add_round({"round": 0, **metrics, "bytes_down": 0, "bytes_up": 0, "wall_seconds": 0.0})
+        recorder.set_confusion(matrix)
+        if on_round:
+            on_round({"round": 0, **metrics})
+    union_id = config.partition.num_clients  # a generator stream no client uses
+    for server_round in range(1, t.rounds + 1):
+        started = time.perf_counter()
+        generator = seeded_generator(config.seed, server_round, union_id)
+        torch.manual_seed(generator.initial_seed())
+        stats = train(model, x, y, recipe, generator)
+        arrays = ArrayRecord(model.state_dict())
+        row: dict = {"round": server_round, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
+                     "bytes_down": 0, "bytes_up": 0}
+        if _due(config.evaluation.centralized_every, server_round, t.rounds):
+            metrics, matrix = evaluator(arrays)
+            row.update(metrics)
+            recorder.set_confusion(matrix)
+        row["wall_seconds"] = time.perf_counter() - started
+        recorder.add_round(row)
+        if on_round:
+            on_round(row)
+    return arrays
+
+
 def _weighted(rows: list[dict], key: str) -> float:
     good = [r for r in rows if r["status"] == "ok" and np.isfinite(r[key])]
     total = sum(r["num_examples"] for r in good)
@@ -175,6 +225,8 @@ def run_rounds(
                 f"(simulation.min_success_fraction = {sim.min_success_fraction} needs {needed}). "
                 f"Failures: {errors[:2000]}"
             )
+        if config.evaluation.client_models or config.train.mode == "one-shot":
+            recorder.add_clients(evaluate_client_models(server_round, ok, client_of, evaluator))
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is not None:
             arrays = new_arrays

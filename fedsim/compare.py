@@ -1,0 +1,203 @@
+"""``fedsim compare``: several strategies on the identical partition, initial weights and sampling.
+
+Every compared run uses the same config except the strategy (or the ``centralized``
+baseline). Partition, initial weights and the client-sampling sequence depend only on the
+dataset, the partition settings and the seed, so for each seed all strategies see exactly the
+same clients in the same rounds (tested). Runs are executed one after another; a strategy that
+fails is reported in the summary and the others still run.
+
+The comparison directory holds ``runs/<label>-s<seed>/`` (ordinary run directories), a tidy
+table ``tidy.csv`` (strategy, seed, round, metric, value), ``summary.csv`` (one row per
+strategy and seed), ``summary_by_strategy.csv`` (mean and std over seeds) and figures:
+accuracy vs round, accuracy vs cumulative MB communicated (mean with a min-max band over
+seeds), and the final confusion matrices side by side.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedsim.config import ConfigError, ExperimentConfig, validate
+from fedsim.rundir import RunDirectoryExists, create_staging, publish, write_config
+from fedsim.strategies import STRATEGY_NAMES, StrategyError, parse_strategy_spec
+
+CENTRALIZED = "centralized"
+TIDY_METRICS = ("test_accuracy", "test_loss", "test_f1", "train_loss", "train_accuracy",
+                "fed_eval_accuracy", "cumulative_mb")
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """One compared entry: a label for tables and figures, a strategy name and its kwargs."""
+
+    label: str
+    name: str
+    kwargs: dict
+    mode: str = "federated"
+
+    def apply(self, config: ExperimentConfig, seed: int) -> ExperimentConfig:
+        out = copy.deepcopy(config)
+        out.seed = seed
+        if self.name == CENTRALIZED:
+            out.train.mode = CENTRALIZED
+        else:
+            out.strategy.name = self.name
+            out.strategy.kwargs = dict(self.kwargs)
+            if out.train.mode == CENTRALIZED:
+                out.train.mode = "federated"
+        return out
+
+
+def parse_strategies(specs: str | list[str]) -> list[StrategySpec]:
+    """``"fedavg,ema:beta=0.5,centralized"`` (or a list of such specs) -> StrategySpecs."""
+    items = [s for part in ([specs] if isinstance(specs, str) else specs) for s in part.split(",")]
+    items = [s.strip() for s in items if s.strip()]
+    if not items:
+        raise StrategyError("no strategies given; e.g. --strategies fedavg,uniform,centralized")
+    parsed = []
+    for item in items:
+        name, kwargs = parse_strategy_spec(item)
+        if name != CENTRALIZED and name not in STRATEGY_NAMES:
+            raise StrategyError(f"unknown strategy {name!r} in {item!r}; allowed: "
+                                f"{', '.join(STRATEGY_NAMES)}, {CENTRALIZED}")
+        if name == CENTRALIZED and kwargs:
+            raise StrategyError(f"{item!r}: the centralized baseline takes no arguments")
+        parsed.append(StrategySpec(label=item, name=name, kwargs=kwargs))
+    labels = [p.label for p in parsed]
+    if len(set(labels)) != len(labels):
+        raise StrategyError(f"strategies listed twice: {labels}")
+    return parsed
+
+
+def _dir_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", label)
+
+
+@dataclass
+class ComparisonResult:
+    """A finished comparison: its folder and tables."""
+
+    path: Path
+    tidy: pd.DataFrame
+    summary: pd.DataFrame
+    by_strategy: pd.DataFrame
+
+
+def _rounds_to_target(rounds: pd.DataFrame, target: float | None) -> float:
+    if target is None:
+        return float("nan")
+    reached = rounds[(rounds["round"] > 0) & (rounds["test_accuracy"] >= target)]
+    return float(reached["round"].iloc[0]) if len(reached) else float("nan")
+
+
+def compare(
+    config: ExperimentConfig,
+    strategies: str | list[str],
+    seeds: list[int] | None = None,
+    target: float | None = None,
+    progress: bool = True,
+    verbose: bool = False,
+    on_run: Callable[[str, int], None] | None = None,
+) -> ComparisonResult:
+    """Run every strategy for every seed on identical data; write and return the comparison."""
+    from fedsim.experiment import run
+
+    specs = parse_strategies(strategies)
+    seeds = list(seeds) if seeds else [config.seed]
+    if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds = {seeds}: must be distinct integers >= 0")
+    if target is not None and not 0 < target <= 1:
+        raise ConfigError(f"target = {target}: must be an accuracy in (0, 1]")
+    for spec in specs:  # refuse bad input before anything is written
+        try:
+            validate(spec.apply(config, seeds[0]))
+        except ConfigError as err:
+            raise ConfigError(f"strategy {spec.label!r}: {err}") from err
+
+    final = Path(config.output.dir).expanduser() / (config.output.name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    if final.exists() and not config.output.overwrite:
+        raise RunDirectoryExists(f"comparison directory {final} already exists; choose another "
+                                 "--name or pass --overwrite")
+    staging = create_staging(final)
+    write_config(config, staging)
+    rows, tidy_parts, confusions = [], [], {}
+    for seed in seeds:
+        for spec in specs:
+            if on_run:
+                on_run(spec.label, seed)
+            run_config = spec.apply(config, seed)
+            run_config.output.dir = str(staging / "runs")
+            run_config.output.name = f"{_dir_name(spec.label)}-s{seed}"
+            run_config.output.overwrite = False
+            row = {"strategy": spec.label, "seed": seed}
+            try:
+                result = run(run_config, progress=progress, verbose=verbose)
+            except Exception as error:  # reported, and the other strategies still run
+                rows.append({**row, "status": "failed",
+                             "error": "".join(traceback.format_exception_only(error)).strip()})
+                continue
+            rounds = result.rounds.copy()
+            trained = rounds["round"] > 0
+            rounds["cumulative_mb"] = ((rounds["bytes_down"].fillna(0) + rounds["bytes_up"].fillna(0))
+                                       .where(trained, 0).cumsum() / 1e6)
+            tested = rounds.dropna(subset=["test_accuracy"])
+            rows.append({**row, "status": "ok",
+                         "final_accuracy": float(tested["test_accuracy"].iloc[-1]) if len(tested) else np.nan,
+                         "best_accuracy": float(tested["test_accuracy"].max()) if len(tested) else np.nan,
+                         "rounds_to_target": _rounds_to_target(tested, target),
+                         "total_mb": float(rounds["cumulative_mb"].iloc[-1]),
+                         "wall_seconds": float(rounds["wall_seconds"].sum()),
+                         "client_failures": int(result.summary.get("client_failures", 0)),
+                         "run_dir": str(Path("runs") / result.path.name)})
+            present = [m for m in TIDY_METRICS if m in rounds]
+            long = rounds.melt(id_vars=["round"], value_vars=present, var_name="metric").dropna()
+            long.insert(0, "seed", seed)
+            long.insert(0, "strategy", spec.label)
+            tidy_parts.append(long)
+            if result.confusion_matrix is not None and spec.label not in confusions:
+                confusions[spec.label] = result.confusion_matrix
+
+    tidy = (pd.concat(tidy_parts, ignore_index=True) if tidy_parts
+            else pd.DataFrame(columns=["strategy", "seed", "round", "metric", "value"]))
+    summary = pd.DataFrame(rows)
+    by_strategy = summarize_by_strategy(summary, [s.label for s in specs])
+    tidy.to_csv(staging / "tidy.csv", index=False)
+    summary.to_csv(staging / "summary.csv", index=False)
+    by_strategy.to_csv(staging / "summary_by_strategy.csv", index=False)
+    if config.output.figures and len(tidy):
+        from fedsim import plots
+
+        figures = staging / "figures"
+        figures.mkdir(exist_ok=True)
+        plots.plot_comparison(tidy, figures / "accuracy_vs_round.png", x="round")
+        plots.plot_comparison(tidy, figures / "accuracy_vs_mb.png", x="cumulative_mb")
+        plots.plot_confusions(confusions, figures / "confusion_matrices.png")
+    if final.exists():
+        shutil.rmtree(final)
+    publish(staging, final)
+    return ComparisonResult(final, tidy, summary, by_strategy)
+
+
+def summarize_by_strategy(summary: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation over seeds of the successful runs, one row per strategy."""
+    out = []
+    for label in order:
+        part = summary[summary["strategy"] == label]
+        ok = part[part["status"] == "ok"] if "status" in part else part.iloc[:0]
+        row: dict = {"strategy": label, "runs_ok": len(ok), "runs_failed": len(part) - len(ok)}
+        for column in ("final_accuracy", "best_accuracy", "rounds_to_target", "total_mb", "wall_seconds"):
+            values = ok[column].astype(float) if column in ok else pd.Series(dtype=float)
+            row[f"{column}_mean"] = float(values.mean()) if len(values) else np.nan
+            row[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan
+        out.append(row)
+    return pd.DataFrame(out)

@@ -1,0 +1,112 @@
+"""The weighted-averaging family (METHODS.md sections 0.1, 2.1, 2.2).
+
+* :class:`WeightedFedAvg` (``fedavg``) -- w' = sum_k n_k w_k / sum_k n_k, Flower's FedAvg with the
+  weight read from any MetricRecord key (``weighted_by_key``, default ``num-examples``).
+* :class:`UniformAvg` (``uniform``) -- the plain mean of the client models.
+* :class:`SequentialEMA` (``ema``) -- seed 001's "Polyak averaging": starting from the first
+  client's model, ``w <- beta * w_i + (1 - beta) * w`` for the others in turn. The order is by
+  partition id (ascending), so the result is deterministic; the effective weights are
+  :func:`ema_weights`: the last client gets beta, the first (1 - beta)^(K-1). It is
+  order-dependent and kept to reproduce seed 001, not as a default.
+
+All three differ from Flower's ``aggregate_arrayrecords`` in one respect: every array keeps its
+dtype. Floating arrays are averaged in float64 and cast back; integer buffers (BatchNorm's
+``num_batches_tracked``) are averaged and rounded, so an integer buffer stays an integer.
+BatchNorm running means and variances are averaged like any other array.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+
+def aggregate_arrays(records: list[ArrayRecord], weights: np.ndarray | list[float]) -> ArrayRecord:
+    """Weighted mean of ArrayRecords with weights normalised to sum 1; dtypes are preserved."""
+    w = np.asarray(weights, dtype=np.float64)
+    if len(records) != len(w) or not len(records):
+        raise ValueError(f"need one weight per record, got {len(w)} weights for {len(records)} records")
+    if (w < 0).any() or w.sum() <= 0:
+        raise ValueError(f"weights must be non-negative with a positive sum, got {w.tolist()}")
+    w = w / w.sum()
+    out: dict[str, Array] = {}
+    for key in records[0].keys():
+        first = records[0][key].numpy()
+        total = np.zeros(first.shape, dtype=np.float64)
+        for record, weight in zip(records, w):
+            total += record[key].numpy().astype(np.float64) * weight
+        if np.issubdtype(first.dtype, np.integer):
+            total = np.rint(total)
+        out[key] = Array(np.asarray(total.astype(first.dtype)))
+    return ArrayRecord(out)
+
+
+def ema_weights(num_models: int, beta: float) -> np.ndarray:
+    """Effective weights of ``w <- beta * w_i + (1 - beta) * w`` over models 0..K-1 in order.
+
+    Model 0 gets (1 - beta)^(K-1); model i >= 1 gets beta * (1 - beta)^(K-1-i). For K = 10 and
+    beta = 0.5 that is [1/512, 1/512, 1/256, ..., 1/4, 1/2]. The weights sum to 1.
+    """
+    if num_models < 1:
+        raise ValueError("need at least one model")
+    k = num_models
+    weights = np.array([beta * (1 - beta) ** (k - 1 - i) for i in range(k)], dtype=np.float64)
+    weights[0] = (1 - beta) ** (k - 1)
+    return weights
+
+
+def reply_order_key(msg: Message) -> tuple[int, int]:
+    """Sort replies by the partition id the client reports (node id as a fallback)."""
+    client = msg.content.config_records.get("client")
+    if client is not None and "partition-id" in client:
+        return (0, int(client["partition-id"]))
+    return (1, int(msg.metadata.src_node_id))
+
+
+class WeightedFedAvg(FedAvg):
+    """FedAvg (McMahan et al. 2017): mean weighted by ``weighted_by_key``; dtypes preserved."""
+
+    def _weights(self, replies: list[Message]) -> np.ndarray:
+        return np.array([float(next(iter(m.content.metric_records.values()))[self.weighted_by_key])
+                         for m in replies])
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        valid, _ = self._check_and_log_replies(replies, is_train=True)
+        if not valid:
+            return None, None
+        valid = sorted(valid, key=reply_order_key)
+        records = [next(iter(m.content.array_records.values())) for m in valid]
+        arrays = aggregate_arrays(records, self._weights(valid))
+        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
+        return arrays, metrics
+
+
+class UniformAvg(WeightedFedAvg):
+    """Plain (unweighted) mean of the client models."""
+
+    def _weights(self, replies: list[Message]) -> np.ndarray:
+        return np.ones(len(replies))
+
+
+class SequentialEMA(WeightedFedAvg):
+    """Seed 001's sequential exponential moving average, clients ordered by partition id.
+
+    Parameters
+    ----------
+    beta : float (default: 0.5)
+        Weight of each newly folded-in client model, in (0, 1].
+    """
+
+    def __init__(self, beta: float = 0.5, **kwargs) -> None:  # noqa: ANN003 - FedAvg's arguments
+        if not 0 < beta <= 1:
+            raise ValueError(f"beta = {beta}: must be in (0, 1]")
+        super().__init__(**kwargs)
+        self.beta = beta
+
+    def _weights(self, replies: list[Message]) -> np.ndarray:
+        return ema_weights(len(replies), self.beta)

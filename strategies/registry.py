@@ -1,0 +1,197 @@
+"""Strategies by name: fedsim's averaging family and every applicable ``flwr.serverapp.strategy``.
+
+fedsim's round loop samples clients itself (seeded, by partition id) and hands the strategy a
+grid exposing only the sampled nodes, so every strategy is built with ``fraction_train =
+fraction_evaluate = 1`` and minimum node counts of 1. Users pass the remaining keyword
+arguments (``strategy.kwargs`` or ``name:key=value:key=value`` specs); unknown names and
+arguments are refused with the list of what exists.
+
+Not offered: ``FedXgbBagging`` and ``FedXgbCyclic``, which aggregate serialized XGBoost trees,
+not the PyTorch models fedsim's clients train.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ConfigRecord
+from flwr.serverapp import Grid
+from flwr.serverapp import strategy as flwr_strategy
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.clients.app import DP_ADAPTIVE_KEY  # tells the client which clipping mod to apply
+
+from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
+
+
+class StrategyError(ValueError):
+    """Unknown strategy name or keyword argument."""
+
+
+@dataclass(frozen=True)
+class StrategyContext:
+    """What some strategies' defaults derive from (the experiment's recipe and sample size)."""
+
+    lr: float = 0.01
+    clients_per_round: int = 1
+
+
+class _ClientSideAdaptiveClipping(flwr_strategy.DifferentialPrivacyClientSideAdaptiveClipping):
+    """Flower's client-side adaptive clipping wrapper, marking its messages for the client mod."""
+
+    def configure_train(self, server_round: int, arrays, config: ConfigRecord, grid: Grid):  # noqa: ANN001, ANN201
+        config[DP_ADAPTIVE_KEY] = True
+        return super().configure_train(server_round, arrays, config, grid)
+
+
+@dataclass(frozen=True)
+class StrategyEntry:
+    """How to build one named strategy."""
+
+    cls: type[Strategy]
+    summary: str
+    defaults: Callable[[StrategyContext], dict[str, Any]] = field(default=lambda ctx: {})
+    wraps: bool = False  # a DP wrapper: takes a `base` strategy name
+
+
+STRATEGIES: dict[str, StrategyEntry] = {
+    "fedavg": StrategyEntry(WeightedFedAvg, "FedAvg, weighted by num-examples (or weighted_by_key)"),
+    "uniform": StrategyEntry(UniformAvg, "plain mean of client models"),
+    "ema": StrategyEntry(SequentialEMA, "seed 001 sequential EMA w <- beta*w_i + (1-beta)*w, by partition id"),
+    "fedavgm": StrategyEntry(flwr_strategy.FedAvgM, "FedAvg with server momentum (Hsu et al. 2019)"),
+    "fedprox": StrategyEntry(flwr_strategy.FedProx, "FedAvg + client proximal term (proximal_mu)"),
+    "fedadam": StrategyEntry(flwr_strategy.FedAdam, "adaptive server optimiser Adam (Reddi et al. 2021)"),
+    "fedyogi": StrategyEntry(flwr_strategy.FedYogi, "adaptive server optimiser Yogi"),
+    "fedadagrad": StrategyEntry(flwr_strategy.FedAdagrad, "adaptive server optimiser Adagrad"),
+    "fedmedian": StrategyEntry(flwr_strategy.FedMedian, "coordinate-wise median"),
+    "fedtrimmedavg": StrategyEntry(flwr_strategy.FedTrimmedAvg, "coordinate-wise trimmed mean (beta)"),
+    "krum": StrategyEntry(flwr_strategy.Krum, "Krum (num_malicious_nodes)"),
+    "multikrum": StrategyEntry(flwr_strategy.MultiKrum, "Multi-Krum (num_malicious_nodes, num_nodes_to_select)"),
+    "bulyan": StrategyEntry(flwr_strategy.Bulyan, "Bulyan (num_malicious_nodes; needs n >= 4f + 3)"),
+    "qfedavg": StrategyEntry(
+        flwr_strategy.QFedAvg, "q-FedAvg fair aggregation (q, client_learning_rate = train.lr)",
+        defaults=lambda ctx: {"client_learning_rate": ctx.lr, "train_loss_key": "train-loss"},
+    ),
+    "dp-fixed-server": StrategyEntry(
+        flwr_strategy.DifferentialPrivacyServerSideFixedClipping,
+        "central DP, server-side fixed clipping around `base` (noise_multiplier, clipping_norm)",
+        defaults=lambda ctx: {"num_sampled_clients": ctx.clients_per_round}, wraps=True,
+    ),
+    "dp-adaptive-server": StrategyEntry(
+        flwr_strategy.DifferentialPrivacyServerSideAdaptiveClipping,
+        "central DP, server-side adaptive clipping around `base` (noise_multiplier)",
+        defaults=lambda ctx: {"num_sampled_clients": ctx.clients_per_round}, wraps=True,
+    ),
+    "dp-fixed-client": StrategyEntry(
+        flwr_strategy.DifferentialPrivacyClientSideFixedClipping,
+        "central DP, clients clip (fixedclipping_mod) around `base` (noise_multiplier, clipping_norm)",
+        defaults=lambda ctx: {"num_sampled_clients": ctx.clients_per_round}, wraps=True,
+    ),
+    "dp-adaptive-client": StrategyEntry(
+        _ClientSideAdaptiveClipping,
+        "central DP, clients clip adaptively (adaptiveclipping_mod) around `base` (noise_multiplier)",
+        defaults=lambda ctx: {"num_sampled_clients": ctx.clients_per_round}, wraps=True,
+    ),
+}
+STRATEGY_NAMES = tuple(STRATEGIES)
+NOT_OFFERED = {
+    "fedxgbbagging": "aggregates XGBoost trees, not PyTorch models",
+    "fedxgbcyclic": "aggregates XGBoost trees, not PyTorch models",
+}
+
+# Arguments fedsim sets itself: sampling happens in fedsim's round loop.
+SAMPLING_ARGS = {
+    "fraction_train": 1.0,
+    "fraction_evaluate": 1.0,
+    "min_train_nodes": 1,
+    "min_evaluate_nodes": 1,
+    "min_available_nodes": 1,
+}
+_INTERNAL_ARGS = {"strategy", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn",
+                  "evaluate_metrics_aggr_fn"}
+
+
+def _parameters(cls: type) -> dict[str, inspect.Parameter]:
+    """Keyword parameters of ``cls.__init__``, following ``**kwargs`` into the base classes."""
+    params: dict[str, inspect.Parameter] = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        signature = inspect.signature(vars(klass)["__init__"]).parameters
+        for name, param in signature.items():
+            if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                params.setdefault(name, param)
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.values()):
+            break
+    return params
+
+
+def strategy_arguments(name: str) -> list[str]:
+    """The keyword arguments a user may pass to strategy ``name``."""
+    entry = STRATEGIES[name]
+    allowed = [p for p in _parameters(entry.cls) if p not in SAMPLING_ARGS and p not in _INTERNAL_ARGS]
+    return (["base"] if entry.wraps else []) + allowed
+
+
+def _unknown_name(name: str) -> StrategyError:
+    if name.replace("-", "").replace("_", "") in NOT_OFFERED:
+        key = name.replace("-", "").replace("_", "")
+        return StrategyError(f"strategy {name!r} is not offered: it {NOT_OFFERED[key]}")
+    return StrategyError(f"unknown strategy {name!r}; allowed: {', '.join(STRATEGY_NAMES)}")
+
+
+def build_strategy(name: str, kwargs: dict[str, Any] | None = None,
+                   context: StrategyContext | None = None) -> Strategy:
+    """Instantiate strategy ``name`` with ``kwargs``; errors list what exists."""
+    if name not in STRATEGIES:
+        raise _unknown_name(name)
+    entry = STRATEGIES[name]
+    context = context or StrategyContext()
+    kwargs = dict(kwargs or {})
+    allowed = strategy_arguments(name)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise StrategyError(
+            f"strategy {name!r} has no argument(s) {', '.join(unknown)}; allowed: "
+            f"{', '.join(allowed) or '(none)'} (sampling is set by train.fraction_train / "
+            "train.clients_per_round)"
+        )
+    params = _parameters(entry.cls)
+    arguments = {k: v for k, v in SAMPLING_ARGS.items() if k in params}
+    arguments.update(entry.defaults(context))
+    arguments.update(kwargs)
+    if entry.wraps:
+        base = arguments.pop("base", "fedavg")
+        if base not in STRATEGIES or STRATEGIES[base].wraps:
+            raise StrategyError(f"strategy {name!r}: base = {base!r} must be one of the non-DP "
+                                f"strategies: {', '.join(n for n in STRATEGY_NAMES if not STRATEGIES[n].wraps)}")
+        arguments["strategy"] = build_strategy(base, {}, context)
+    missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty
+               and p not in arguments]
+    if missing:
+        raise StrategyError(f"strategy {name!r} needs argument(s) {', '.join(missing)} "
+                            f"(e.g. --set strategy.kwargs.{missing[0]}=...)")
+    try:
+        return entry.cls(**arguments)
+    except (TypeError, ValueError) as err:
+        raise StrategyError(f"strategy {name!r} rejected its arguments {kwargs}: {err}") from err
+
+
+def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"name:key=value:key=value"`` -> (name, kwargs); values are read as TOML, else strings."""
+    import tomllib
+
+    name, *pairs = [part.strip() for part in spec.split(":")]
+    kwargs: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise StrategyError(f"strategy spec {spec!r}: {pair!r} must look like key=value")
+        key, raw = (s.strip() for s in pair.split("=", 1))
+        try:
+            kwargs[key] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            kwargs[key] = raw
+    return name, kwargs
