@@ -104,13 +104,20 @@ def execute_centralized(prepared: PreparedRun, state: RunState, progress: bool =
         bar.close()
 
 
-def build_server_app(prepared: PreparedRun, state: RunState, progress: bool = True,
-                     on_round: Callable[[dict], None] | None = None) -> ServerApp:
-    """A ``ServerApp`` whose main runs :func:`execute` for ``prepared``."""
+def build_server_app(
+    jobs: list[tuple[PreparedRun, RunState]],
+    progress: bool = True,
+    on_round: Callable[[dict], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> ServerApp:
+    """A ``ServerApp`` whose main runs :func:`execute` for each prepared run in turn."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
-        execute(grid, prepared, state, progress, on_round)
+        for index, (prepared, state) in enumerate(jobs):
+            if on_start:
+                on_start(index)
+            execute(grid, prepared, state, progress, on_round)
 
     return app

@@ -3,8 +3,9 @@
 Every compared run uses the same config except the strategy (or the ``centralized``
 baseline). Partition, initial weights and the client-sampling sequence depend only on the
 dataset, the partition settings and the seed, so for each seed all strategies see exactly the
-same clients in the same rounds (tested). Runs are executed one after another; a strategy that
-fails is reported in the summary and the others still run.
+same clients in the same rounds (tested). The federated runs share one Flower simulation runtime
+(``fedsim.experiment.run_many``) and execute one after another; a strategy that fails is
+reported in the summary and the others still run.
 
 The comparison directory holds ``runs/<label>-s<seed>/`` (ordinary run directories), a tidy
 table ``tidy.csv`` (strategy, seed, round, metric, value), ``summary.csv`` (one row per
@@ -110,7 +111,7 @@ def compare(
     on_run: Callable[[str, int], None] | None = None,
 ) -> ComparisonResult:
     """Run every strategy for every seed on identical data; write and return the comparison."""
-    from fedsim.experiment import run
+    from fedsim.experiment import run_many
 
     specs = parse_strategies(strategies)
     seeds = list(seeds) if seeds else [config.seed]
@@ -131,41 +132,42 @@ def compare(
     staging = create_staging(final)
     write_config(config, staging)
     rows, tidy_parts, confusions = [], [], {}
-    for seed in seeds:
-        for spec in specs:
-            if on_run:
-                on_run(spec.label, seed)
-            run_config = spec.apply(config, seed)
-            run_config.output.dir = str(staging / "runs")
-            run_config.output.name = f"{_dir_name(spec.label)}-s{seed}"
-            run_config.output.overwrite = False
-            row = {"strategy": spec.label, "seed": seed}
-            try:
-                result = run(run_config, progress=progress, verbose=verbose)
-            except Exception as error:  # reported, and the other strategies still run
-                rows.append({**row, "status": "failed",
-                             "error": "".join(traceback.format_exception_only(error)).strip()})
-                continue
-            rounds = result.rounds.copy()
-            trained = rounds["round"] > 0
-            rounds["cumulative_mb"] = ((rounds["bytes_down"].fillna(0) + rounds["bytes_up"].fillna(0))
-                                       .where(trained, 0).cumsum() / 1e6)
-            tested = rounds.dropna(subset=["test_accuracy"])
-            rows.append({**row, "status": "ok",
-                         "final_accuracy": float(tested["test_accuracy"].iloc[-1]) if len(tested) else np.nan,
-                         "best_accuracy": float(tested["test_accuracy"].max()) if len(tested) else np.nan,
-                         "rounds_to_target": _rounds_to_target(tested, target),
-                         "total_mb": float(rounds["cumulative_mb"].iloc[-1]),
-                         "wall_seconds": float(rounds["wall_seconds"].sum()),
-                         "client_failures": int(result.summary.get("client_failures", 0)),
-                         "run_dir": str(Path("runs") / result.path.name)})
-            present = [m for m in TIDY_METRICS if m in rounds]
-            long = rounds.melt(id_vars=["round"], value_vars=present, var_name="metric").dropna()
-            long.insert(0, "seed", seed)
-            long.insert(0, "strategy", spec.label)
-            tidy_parts.append(long)
-            if result.confusion_matrix is not None and spec.label not in confusions:
-                confusions[spec.label] = result.confusion_matrix
+    entries = [(spec, seed) for seed in seeds for spec in specs]
+    run_configs = []
+    for spec, seed in entries:
+        run_config = spec.apply(config, seed)
+        run_config.output.dir = str(staging / "runs")
+        run_config.output.name = f"{_dir_name(spec.label)}-s{seed}"
+        run_config.output.overwrite = False
+        run_configs.append(run_config)
+    outcomes = run_many(run_configs, progress=progress, verbose=verbose,
+                        on_start=(lambda i: on_run(*entries[i])) if on_run else None)
+    for (spec, seed), result in zip(entries, outcomes):
+        row = {"strategy": spec.label, "seed": seed}
+        if isinstance(result, BaseException):  # reported; the other strategies still ran
+            text = "".join(traceback.format_exception_only(result)).strip()
+            rows.append({**row, "status": "failed", "error": text.replace(str(staging), str(final))})
+            continue
+        rounds = result.rounds.copy()
+        trained = rounds["round"] > 0
+        rounds["cumulative_mb"] = ((rounds["bytes_down"].fillna(0) + rounds["bytes_up"].fillna(0))
+                                   .where(trained, 0).cumsum() / 1e6)
+        tested = rounds.dropna(subset=["test_accuracy"])
+        rows.append({**row, "status": "ok", "error": "",
+                     "final_accuracy": float(tested["test_accuracy"].iloc[-1]) if len(tested) else np.nan,
+                     "best_accuracy": float(tested["test_accuracy"].max()) if len(tested) else np.nan,
+                     "rounds_to_target": _rounds_to_target(tested, target),
+                     "total_mb": float(rounds["cumulative_mb"].iloc[-1]),
+                     "wall_seconds": float(rounds["wall_seconds"].sum()),
+                     "client_failures": int(result.summary.get("client_failures", 0)),
+                     "run_dir": str(Path("runs") / result.path.name)})
+        present = [m for m in TIDY_METRICS if m in rounds]
+        long = rounds.melt(id_vars=["round"], value_vars=present, var_name="metric").dropna()
+        long.insert(0, "seed", seed)
+        long.insert(0, "strategy", spec.label)
+        tidy_parts.append(long)
+        if result.confusion_matrix is not None and spec.label not in confusions:
+            confusions[spec.label] = result.confusion_matrix
 
     tidy = (pd.concat(tidy_parts, ignore_index=True) if tidy_parts
             else pd.DataFrame(columns=["strategy", "seed", "round", "metric", "value"]))

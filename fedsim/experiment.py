@@ -157,25 +157,82 @@ def run(
     on_round: Callable[[dict], None] | None = None,
 ) -> RunResult:
     """Run one experiment on Flower's simulation runtime and return its results."""
+    (outcome,) = run_many([config], progress=progress, verbose=verbose, on_round=on_round)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def run_many(
+    configs: list[ExperimentConfig],
+    progress: bool = True,
+    verbose: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> list[RunResult | BaseException]:
+    """Run several experiments, the federated ones inside **one** Flower simulation runtime.
+
+    Starting Ray and its actors costs seconds per run; runs that share the client count and
+    per-client resources (a strategy comparison) therefore share one runtime, executed one
+    after another by the same ServerApp. Each run keeps its own run directory, and a run that
+    fails is returned as its exception (its partial output kept as ``<name>.failed``) while the
+    others go on. Input errors of any config are raised before anything is written.
+    """
     from fedsim.app import build_server_app, execute_centralized, run_state
     from fedsim.simulate import run_simulation
 
-    prepared = prepare(config)
-    try:
-        state = run_state(prepared)
-        if config.train.mode == "centralized":
+    for config in configs:
+        validate(config)
+    outcomes: list[RunResult | BaseException | None] = [None] * len(configs)
+    jobs: list[tuple[int, PreparedRun, object]] = []
+    for index, config in enumerate(configs):
+        try:
+            prepared = prepare(config)
+        except Exception as error:  # noqa: BLE001 - reported per run
+            outcomes[index] = error
+            continue
+        jobs.append((index, prepared, run_state(prepared)))
+
+    federated = [(i, p, s) for i, p, s in jobs if p.config.train.mode != "centralized"]
+    for index, prepared, state in jobs:
+        if prepared.config.train.mode == "centralized":
+            if on_start:
+                on_start(index)
             execute_centralized(prepared, state, progress=progress, on_round=on_round)
+    for group in _simulation_groups(federated):
+        server_app = build_server_app([(p, s) for _, p, s in group], progress=progress,
+                                      on_round=on_round,
+                                      on_start=(lambda k, g=group: on_start(g[k][0])) if on_start else None)
+        try:
+            run_simulation(server_app, group[0][1].config, verbose=verbose)
+        except Exception as error:  # noqa: BLE001 - the runtime itself failed: every run in it
+            for _, _, state in group:
+                if state.error is None and state.final_arrays is None:
+                    state.error = error
+
+    for index, prepared, state in jobs:
+        try:
+            if state.error is not None:
+                raise state.error
+            if state.final_arrays is None:
+                raise RuntimeError("the simulation ended before the server finished its rounds")
+            outcomes[index] = load_run(finalize(prepared, state.final_arrays, state.recorder.confusion))
+        except Exception as error:  # noqa: BLE001 - reported per run
+            if prepared.staging.exists():
+                failed = rundir.mark_failed(prepared.staging, prepared.final, error)
+                error.add_note(f"partial output kept in {failed}")
+            outcomes[index] = error
+    return [o if o is not None else RuntimeError("run did not execute") for o in outcomes]
+
+
+def _simulation_groups(jobs: list) -> list[list]:
+    """Consecutive federated jobs that can share one runtime (same nodes and resources)."""
+    groups: list[list] = []
+    for job in jobs:
+        sim, n = job[1].config.simulation, job[1].config.partition.num_clients
+        key = (n, sim.num_cpus_per_client, sim.num_gpus_per_client, sim.ray_num_cpus)
+        if groups and groups[-1][0] == key:
+            groups[-1][1].append(job)
         else:
-            server_app = build_server_app(prepared, state, progress=progress, on_round=on_round)
-            run_simulation(server_app, prepared.config, verbose=verbose)
-        if state.error is not None:
-            raise state.error
-        if state.final_arrays is None:
-            raise RuntimeError("the simulation ended before the server finished its rounds")
-        final = finalize(prepared, state.final_arrays, state.recorder.confusion)
-    except BaseException as error:
-        if prepared.staging.exists():
-            failed = rundir.mark_failed(prepared.staging, prepared.final, error)
-            error.add_note(f"partial output kept in {failed}")
-        raise
-    return load_run(final)
+            groups.append((key, [job]))
+    return [g[1] for g in groups]

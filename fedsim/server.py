@@ -29,6 +29,10 @@ from fedsim.recorder import RunRecorder
 from fedsim.sampling import EVALUATE, TRAIN, SampledGrid, sample_clients, sample_size
 
 
+class AggregationError(RuntimeError):
+    """The strategy produced no global model from a round's successful replies."""
+
+
 class TooFewClientsError(RuntimeError):
     """Fewer sampled clients succeeded in a round than ``simulation.min_success_fraction``."""
 
@@ -228,8 +232,13 @@ def run_rounds(
         if config.evaluation.client_models or config.train.mode == "one-shot":
             recorder.add_clients(evaluate_client_models(server_round, ok, client_of, evaluator))
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
-        if new_arrays is not None:
-            arrays = new_arrays
+        if new_arrays is None:
+            raise AggregationError(
+                f"round {server_round}: strategy {type(strategy).__name__} returned no aggregate "
+                f"from {len(ok)} successful replies; check its requirements (e.g. Bulyan needs "
+                "n >= 4 * num_malicious_nodes + 3 clients per round, Krum n > 2f + 2)"
+            )
+        arrays = new_arrays
         row: dict = {
             "round": server_round,
             "clients_sampled": len(sent_to),
