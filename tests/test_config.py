@@ -39,7 +39,7 @@ def test_defaults_are_valid_and_overrides_are_typed(tmp_path: Path) -> None:
         ("train.local_epochs=-2", "train.local_epochs = -2: must be >= 1"),
         ("model.name=vgg99", "model.name = 'vgg99': allowed: niid_cnn"),
         ("model.representation_dim=-4", "model.representation_dim = -4: must be >= 0"),
-        ("strategy.name=fedfoo", "strategy.name = 'fedfoo': allowed: fedavg"),
+        ("strategy.name=fedfoo", "strategy.name = 'fedfoo': allowed: fedavg, uniform, ema"),
         ("data.dataset=mnist", "data.dataset = 'mnist': allowed: synthetic, cifar10, cifar100, npz"),
         ("data.dataset=npz", "dataset 'npz' needs data.path"),
         ("data.classes=[3, 3]", "data.classes = [3, 3]: class ids must be distinct"),
@@ -66,7 +66,7 @@ def test_bad_values_are_named(override: str, message: str) -> None:
         ("train.rounds=2.5", "train.rounds = 2.5: must be an integer"),
         ("train.lr=fast", "train.lr = 'fast': must be a number"),
         ("output.figures=1", "output.figures = 1: must be true or false"),
-        ("train.epochs=3", "unknown config key 'train.epochs'; allowed keys in [train]: rounds"),
+        ("train.epochs=3", "unknown config key 'train.epochs'; allowed keys in [train]: mode, rounds"),
         ("optimizer.lr=3", "unknown config key 'optimizer.lr'"),
         ("data.classes=3", "data.classes = 3: must be a list"),
         ("nonsense", "must look like section.key=value"),
@@ -119,3 +119,13 @@ def test_parse_override_reads_toml_values() -> None:
     assert parse_override("model.name=resnet8") == ("model.name", "resnet8")
     assert parse_override('output.name="x y"') == ("output.name", "x y")
     assert parse_override("data.classes=[1,2]") == ("data.classes", [1, 2])
+
+
+def test_run_modes_are_checked() -> None:
+    with pytest.raises(ConfigError, match="train.mode = 'async': allowed: federated, one-shot, centralized"):
+        load_config(None, ["train.mode=async"])
+    with pytest.raises(ConfigError, match="one-shot mode aggregates exactly once: set train.rounds = 1"):
+        load_config(None, ["train.mode=one-shot", "train.rounds=3"])
+    with pytest.raises(ConfigError, match="one-shot mode trains every client"):
+        load_config(None, ["train.mode=one-shot", "train.rounds=1", "train.fraction_train=0.5"])
+    assert load_config(None, ["train.mode=one-shot", "train.rounds=1"]).train.mode == "one-shot"
