@@ -18,9 +18,12 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from .client import LocalClient
+from .distill import distill_round, evaluate_views
 from .worker import worker_run
 
 RUN_DIR_KEY = "fedsim.run-dir"
+DISTILL_KEY = "fedsim.distill"  # latent-distill messages (fedsim.strategies.distillation)
+SEND_OUTPUTS_KEY = "fedsim.send-outputs"
 FAIL_KEY = "fedsim.fail-clients"  # fault injection: partition ids that raise (simulation.fail_clients)
 
 DP_ADAPTIVE_KEY = "fedsim.dp-adaptive"  # set by fedsim.strategies' dp-adaptive-client
@@ -63,6 +66,13 @@ def train(msg: Message, context: Context) -> Message:
     """Load the global weights, train locally, reply with the new weights and metrics."""
     started = time.perf_counter()
     client, config = _client_for(msg, context)
+    if config.get(DISTILL_KEY, False):
+        values, outputs = distill_round(client, msg.content["arrays"], int(config["server-round"]),
+                                        bool(config.get(SEND_OUTPUTS_KEY, True)))
+        values["client-seconds"] = time.perf_counter() - started
+        content = RecordDict({"arrays": outputs, "metrics": MetricRecord(values),
+                              "client": ConfigRecord({"partition-id": client.client_id})})
+        return Message(content=content, reply_to=msg)
     model = _load_global(client, msg)
     stats = client.fit(model, int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
     metrics = MetricRecord({
@@ -83,7 +93,11 @@ def train(msg: Message, context: Context) -> Message:
 @client_app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global weights on the client's held-out split."""
-    client, _ = _client_for(msg, context)
+    client, config = _client_for(msg, context)
+    if config.get(DISTILL_KEY, False):
+        content = RecordDict({"metrics": MetricRecord(evaluate_views(client)),
+                              "client": ConfigRecord({"partition-id": client.client_id})})
+        return Message(content=content, reply_to=msg)
     model = _load_global(client, msg)
     stats = client.evaluate(model)
     metrics = MetricRecord({

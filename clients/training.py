@@ -8,6 +8,7 @@ with ``(seed, round, client id)``, so results do not depend on which worker runs
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,6 +67,17 @@ def seeded_generator(*seed_parts: int) -> torch.Generator:
     return generator
 
 
+Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+"""``(model, x_batch, y_batch, batch_indices) -> (loss, logits)``: what one SGD step minimises."""
+
+
+def cross_entropy_objective(model: nn.Module, xb: torch.Tensor, yb: torch.Tensor,
+                            idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The default objective: cross-entropy on the labels."""
+    logits = model(xb)
+    return F.cross_entropy(logits, yb), logits
+
+
 def train(
     model: nn.Module,
     x: torch.Tensor,
@@ -73,11 +85,14 @@ def train(
     recipe: SGDRecipe,
     generator: torch.Generator,
     proximal_mu: float = 0.0,
+    objective: Objective = cross_entropy_objective,
 ) -> TrainStats:
     """Run ``recipe.epochs`` epochs of mini-batch SGD on ``(x, y)`` in place; return statistics.
 
-    ``proximal_mu > 0`` adds FedProx's proximal term (mu / 2) * ||w - w_start||^2, where
-    w_start are the weights the call started from (the received global model).
+    ``objective`` is the per-batch loss (cross-entropy by default; distillation passes its own,
+    which receives the batch's indices to look up per-sample targets). ``proximal_mu > 0`` adds
+    FedProx's proximal term (mu / 2) * ||w - w_start||^2, where w_start are the weights the call
+    started from (the received global model).
     """
     n = len(y)
     if n == 0:
@@ -87,6 +102,7 @@ def train(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    single_sample_breaks = _has_batchnorm(model)
     total_loss = torch.zeros((), device=x.device)
     total_correct = torch.zeros((), device=x.device, dtype=torch.long)
     steps = 0
@@ -94,10 +110,9 @@ def train(
         order = torch.randperm(n, generator=generator).to(x.device)
         for start in range(0, n, recipe.batch_size):
             idx = order[start : start + recipe.batch_size]
-            if len(idx) < 2 and n >= 2 and _has_batchnorm(model):
+            if len(idx) < 2 and n >= 2 and single_sample_breaks:
                 continue  # BatchNorm cannot train on a single sample
-            logits = model(x[idx])
-            loss = F.cross_entropy(logits, y[idx])
+            loss, logits = objective(model, x[idx], y[idx], idx)
             total_loss += loss.detach() * len(idx)
             if anchor is not None:
                 loss = loss + proximal_term(model, anchor, proximal_mu)

@@ -9,15 +9,17 @@ receive new weights in place (DESIGN.md: "models are built once per worker").
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from fedsim.datasets import CachedDataset
 from fedsim.models import FedsimNet, build_model
-from fedsim.spec import PartitionIndex, RunSpec, resolve_device
+from fedsim.spec import TRANSFER_FILE, PartitionIndex, RunSpec, TransferIndex, resolve_device
 
-from .training import SGDRecipe
+from .state import ClientStateStore
+from .training import SGDRecipe, seeded_generator, to_tensor
 
 
 @dataclass
@@ -30,6 +32,9 @@ class WorkerRun:
     partition: PartitionIndex
     device: torch.device
     models: dict[tuple[str, int, int], FedsimNet] = field(default_factory=dict)
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    transfer: TransferIndex | None = None
+    store: ClientStateStore | None = None
 
     @property
     def recipe(self) -> SGDRecipe:
@@ -43,6 +48,41 @@ class WorkerRun:
             in_channels = int(self.x_train.shape[-1])
             self.models[key] = build_model(key[0], key[1], key[2], in_channels).to(self.device)
         return self.models[key]
+
+
+    def normalized(self, name: str, images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images/labels as device tensors, built once per worker under ``name``."""
+        if name not in self.tensors:
+            order = np.arange(len(labels))
+            x = to_tensor(np.asarray(images[order]), self.spec.mean, self.spec.std, self.device)
+            y = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.device)
+            self.tensors[name] = (x, y)
+        return self.tensors[name]
+
+    def transfer_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """latent-distill: the transfer set (held-out training samples) on the device."""
+        idx = self.transfer.transfer
+        return self.normalized("transfer", self.x_train[idx], self.y_train[idx])
+
+    def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole test set on the device (T_uni)."""
+        arrays = CachedDataset.open(self.spec.dataset_folder).load(mmap=True)
+        return self.normalized("test", arrays["x_test"], arrays["y_test"])
+
+    def client_model(self, client_id: int) -> FedsimNet:
+        """Client ``client_id``'s own persistent model (latent-distill), loaded from the store.
+
+        A client seen for the first time starts from weights seeded by (seed, client id).
+        """
+        model = self.model(self.spec.architecture_of(client_id))
+        state = self.store.load(client_id)
+        if state is None:
+            torch.manual_seed(seeded_generator(self.spec.seed, 0, client_id).initial_seed())
+            fresh = build_model(self.spec.architecture_of(client_id), self.spec.num_classes,
+                                self.spec.representation_dim, int(self.x_train.shape[-1]))
+            state = fresh.state_dict()
+        model.load_state_dict(state)
+        return model
 
 
 _RUNS: dict[str, WorkerRun] = {}
@@ -61,6 +101,8 @@ def worker_run(run_dir: str) -> WorkerRun:
         y_train=np.asarray(arrays["y_train"]),
         partition=PartitionIndex.load(run_dir),
         device=resolve_device(spec.device),
+        transfer=TransferIndex.load(run_dir) if (Path(run_dir) / TRANSFER_FILE).is_file() else None,
+        store=ClientStateStore(Path(run_dir) / "client_state"),
     )
     _RUNS.clear()  # one run at a time per worker: free the previous run's models
     _RUNS[run_dir] = run

@@ -13,6 +13,7 @@ from .partitioners import (
     split_train_val,
 )
 from .sources import DatasetError, ImageArrays, load_cifar, load_npz, make_synthetic, select_classes
+from .transfer import check_disjoint, holdout_transfer, tpriv_indices
 from .statistics import counts_frame, format_summary, plot_heatmap, summary
 
 __all__ = [
@@ -20,5 +21,5 @@ __all__ = [
     "build_partition", "counts_frame", "dirichlet", "dirichlet_per_client", "format_summary",
     "iid", "load_cifar", "load_npz", "make_synthetic", "materialize", "plot_heatmap",
     "quantity", "resolve_cache_dir", "resolve_data_dir", "select_classes", "shards",
-    "split_train_val", "summary",
+    "split_train_val", "summary", "check_disjoint", "holdout_transfer", "tpriv_indices",
 ]

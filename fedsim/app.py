@@ -12,17 +12,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
 from fedsim.experiment import PreparedRun, initial_model
 from fedsim.recorder import RunRecorder
-from fedsim.clients.training import to_tensor
+from fedsim.clients.distill import transfer_outputs
+from fedsim.clients.training import SGDRecipe, seeded_generator, to_tensor, train
 from fedsim.sampling import sample_size
 from fedsim.server import CentralEvaluator, run_centralized, run_rounds
-from fedsim.spec import PartitionIndex, resolve_device
-from fedsim.strategies import StrategyContext, build_strategy
+from fedsim.spec import PartitionIndex, TransferIndex, resolve_device
+from fedsim.strategies import LatentDistillation, StrategyContext, build_strategy
 
 
 @dataclass
@@ -72,15 +73,51 @@ def execute(grid: Grid, prepared: PreparedRun, state: RunState, progress: bool =
     context = StrategyContext(config.train.lr, sample_size(
         config.partition.num_clients, config.train.fraction_train, config.train.clients_per_round))
     strategy = build_strategy(config.strategy.name, config.strategy.kwargs, context)
-    initial = ArrayRecord(initial_model(config, prepared.dataset).state_dict())
     evaluator = _evaluator(prepared)
+    transfer_labels = None
+    if isinstance(strategy, LatentDistillation):
+        transfer_labels, initial = _distillation_start(prepared, strategy, evaluator, state)
+    else:
+        initial = ArrayRecord(initial_model(config, prepared.dataset).state_dict())
     bar, report = _progress(config.train.rounds, progress, on_round)
     try:
-        state.final_arrays = run_rounds(grid, config, strategy, initial, evaluator, state.recorder, report)
+        state.final_arrays = run_rounds(grid, config, strategy, initial, evaluator, state.recorder, report,
+                                        transfer_labels=transfer_labels)
     except BaseException as error:  # surfaced by the caller with the run directory marked failed
         state.error = error
     finally:
         bar.close()
+
+
+def _distillation_start(prepared: PreparedRun, strategy: LatentDistillation, evaluator: CentralEvaluator,
+                        state: RunState) -> tuple[np.ndarray, ArrayRecord]:
+    """Transfer-set labels, and with ``distill.teacher = "server"`` the trained teacher's targets.
+
+    The teacher has the run's ``model.name`` architecture and representation width; it trains
+    with cross-entropy on the labelled transfer set for ``distill.teacher_epochs`` epochs (the
+    one training loop), is evaluated on the test set (``summary.json``: teacher_test_accuracy),
+    and its logits and representations on the transfer set become every round's targets.
+    """
+    config = prepared.config
+    transfer = TransferIndex.load(prepared.staging).transfer
+    train_set = prepared.dataset.load()
+    labels = np.asarray(train_set["y_train"][transfer], dtype=np.int64)
+    if config.distill.teacher != "server":
+        return labels, strategy.initial_arrays()
+    device = resolve_device(config.simulation.device)
+    x = to_tensor(np.asarray(train_set["x_train"][transfer]), prepared.dataset.mean, prepared.dataset.std, device)
+    y = torch.from_numpy(labels.copy()).to(device)
+    teacher = initial_model(config, prepared.dataset).to(device)
+    t = config.train
+    recipe = SGDRecipe(config.distill.teacher_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay)
+    generator = seeded_generator(config.seed, 0, config.partition.num_clients, 0x7EAC)
+    torch.manual_seed(generator.initial_seed())
+    train(teacher, x, y, recipe, generator)
+    metrics, _ = evaluator(ArrayRecord(teacher.state_dict()))
+    state.recorder.extras["teacher_test_accuracy"] = metrics["test_accuracy"]
+    logits, reps = transfer_outputs(teacher, x)
+    strategy.set_teacher(ArrayRecord({"logits": Array(logits.astype(np.float32)), "reps": Array(reps.astype(np.float32))}))
+    return labels, strategy.initial_arrays()
 
 
 def execute_centralized(prepared: PreparedRun, state: RunState, progress: bool = True,

@@ -141,7 +141,7 @@ def compare(
         run_config.output.overwrite = False
         run_configs.append(run_config)
     outcomes = run_many(run_configs, progress=progress, verbose=verbose,
-                        on_start=(lambda i: on_run(*entries[i])) if on_run else None)
+                        on_start=(lambda i: on_run(entries[i][0].label, entries[i][1])) if on_run else None)
     for (spec, seed), result in zip(entries, outcomes):
         row = {"strategy": spec.label, "seed": seed}
         if isinstance(result, BaseException):  # reported; the other strategies still ran

@@ -64,6 +64,9 @@ class ModelConfig:
 
     name: str = "lenet5"
     representation_dim: int = 0  # r > 0 adds Linear(flat, r) + bias-free Linear(r, C)
+    # latent-distill only: client architectures, assigned round-robin by client id
+    # ("name" or "name@r"; every r must equal representation_dim). [] = every client uses `name`.
+    architectures: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +98,32 @@ class StrategyConfig:
 
     name: str = "fedavg"
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DistillConfig:
+    """Federated distillation with a latent representation layer (strategy ``latent-distill``).
+
+    Each round a sampled client (1) digests: distils toward the current targets on the transfer
+    set with ``lambda_ce * CE + lambda_kd * T^2 * KL + lambda_rep * MSE(rep / tau)``, (2) revisits:
+    trains on its private data, (3) computes logits and representations on the transfer set and
+    sends them. Targets are the consensus (mean over the round's clients, FedMD) or, with
+    ``teacher = "server"``, a server model trained on the labelled transfer set (seed 004).
+    """
+
+    transfer_size: int = 1024
+    transfer_classes: list[int] = field(default_factory=list)  # holdout only from these classes
+    teacher: str = "consensus"  # consensus | server
+    teacher_epochs: int = 20
+    lambda_ce: float = 0.0  # CE on the transfer set's labels while digesting
+    lambda_kd: float = 1.0
+    lambda_rep: float = 1.0
+    temperature: float = 4.0
+    tau: float = 1.0
+    digest_epochs: int = 1
+    digest_batch_size: int = 64
+    digest_lr: float = 0.0  # 0 = train.lr
+    tpriv_size: int = 1000  # per-client test subset matching the client's class mix
 
 
 @dataclass
@@ -143,6 +172,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -363,6 +393,8 @@ def validate(config: ExperimentConfig) -> None:
         except StrategyError as err:
             e.append(f"strategy.kwargs = {s.kwargs!r}: {err}")
 
+    _validate_distill(c, e)
+
     v = c.evaluation
     _check(e, v.centralized_every >= 0, "evaluation.centralized_every", v.centralized_every,
            "must be >= 0 (0 = never)")
@@ -400,6 +432,57 @@ def validate(config: ExperimentConfig) -> None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(e))
 
 
+def parse_architecture(entry: str) -> tuple[str, int | None]:
+    """``"name"`` or ``"name@r"`` -> (name, r or None)."""
+    name, _, width = entry.partition("@")
+    if width and not width.isdigit():
+        raise ConfigError(f"model.architectures entry {entry!r}: write name or name@r with an integer r")
+    return name, int(width) if width else None
+
+
+def _validate_distill(c: ExperimentConfig, e: list[str]) -> None:
+    from fedsim.models import MODEL_NAMES
+
+    m, d = c.model, c.distill
+    distilling = c.strategy.name == "latent-distill"
+    widths, names = set(), set()
+    for entry in m.architectures:
+        try:
+            name, width = parse_architecture(entry)
+        except ConfigError as err:
+            e.append(str(err))
+            continue
+        names.add(name)
+        _check(e, name in MODEL_NAMES, "model.architectures", m.architectures,
+               f"unknown architecture {name!r}; allowed: {', '.join(MODEL_NAMES)}")
+        widths.add(m.representation_dim if width is None else width)
+    _check(e, widths <= {m.representation_dim}, "model.architectures", m.architectures,
+           f"mismatched representation widths {sorted(widths)}: every client shares r = "
+           f"model.representation_dim ({m.representation_dim}) so that representations are comparable")
+    heterogeneous = bool(names) and names != {m.name}
+    _check(e, distilling or not heterogeneous, "model.architectures", m.architectures,
+           f"clients with other architectures than model.name need strategy latent-distill; "
+           f"{c.strategy.name!r} averages weights")
+    if not distilling:
+        return
+    _check(e, c.train.mode == "federated", "train.mode", c.train.mode, "latent-distill runs in federated mode")
+    _check(e, d.transfer_size >= 1, "distill.transfer_size", d.transfer_size, "must be >= 1")
+    _check(e, d.teacher in ("consensus", "server"), "distill.teacher", d.teacher, "allowed: consensus, server")
+    _check(e, d.teacher_epochs >= 1, "distill.teacher_epochs", d.teacher_epochs, "must be >= 1")
+    for key in ("lambda_ce", "lambda_kd", "lambda_rep"):
+        _check(e, getattr(d, key) >= 0, f"distill.{key}", getattr(d, key), "must be >= 0")
+    _check(e, d.temperature > 0, "distill.temperature", d.temperature, "must be > 0")
+    _check(e, d.tau > 0, "distill.tau", d.tau, "must be > 0")
+    _check(e, d.digest_epochs >= 0, "distill.digest_epochs", d.digest_epochs, "must be >= 0")
+    _check(e, d.digest_batch_size >= 1, "distill.digest_batch_size", d.digest_batch_size, "must be >= 1")
+    _check(e, d.digest_lr >= 0, "distill.digest_lr", d.digest_lr, "must be >= 0 (0 = train.lr)")
+    _check(e, d.tpriv_size >= 1, "distill.tpriv_size", d.tpriv_size, "must be >= 1")
+    _check(e, d.lambda_rep == 0 or m.representation_dim > 0, "distill.lambda_rep", d.lambda_rep,
+           "the representation loss needs model.representation_dim > 0")
+    _check(e, c.evaluation.client_models is False, "evaluation.client_models", True,
+           "latent-distill evaluates every client's own model already (T_priv, T_uni)")
+
+
 def _valid_device(device: str) -> bool:
     if device in ("auto", "cpu", "cuda"):
         return True
@@ -423,5 +506,11 @@ def validate_against_dataset(config: ExperimentConfig, num_train: int, num_class
     if p.scheme == "shards":
         _check(e, p.classes_per_client <= num_classes, "partition.classes_per_client",
                p.classes_per_client, f"must be <= the dataset's {num_classes} classes")
+    if config.strategy.name == "latent-distill":
+        d = config.distill
+        _check(e, d.transfer_size < num_train, "distill.transfer_size", d.transfer_size,
+               f"must leave private data: the training set has {num_train} samples")
+        _check(e, all(k < num_classes for k in d.transfer_classes), "distill.transfer_classes",
+               d.transfer_classes, f"class ids must be < {num_classes}")
     if e:
         raise ConfigError("invalid configuration for this dataset:\n  " + "\n  ".join(e))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +19,22 @@ from flwr.app import ArrayRecord
 
 from fedsim import plots, rundir
 from fedsim.config import ExperimentConfig, validate, validate_against_dataset
-from fedsim.datasets import CachedDataset, Partition, build_partition, counts_frame, materialize, plot_heatmap, split_train_val
+from fedsim.datasets import (
+    CachedDataset,
+    Partition,
+    build_partition,
+    check_disjoint,
+    counts_frame,
+    holdout_transfer,
+    materialize,
+    plot_heatmap,
+    split_train_val,
+    tpriv_indices,
+)
 from fedsim.datasets import summary as partition_summary
 from fedsim.models import FedsimNet, build_model
 from fedsim.results import RunResult, load_run
-from fedsim.spec import PartitionIndex, RunSpec
+from fedsim.spec import PartitionIndex, RunSpec, TransferIndex
 
 
 @dataclass
@@ -38,16 +49,30 @@ class PreparedRun:
     final: Path
 
 
-def make_partition(config: ExperimentConfig, dataset: CachedDataset) -> tuple[Partition, np.ndarray]:
-    """Partition the training labels as configured; returns the partition and its count matrix."""
+def make_partition(config: ExperimentConfig, dataset: CachedDataset
+                   ) -> tuple[Partition, np.ndarray, np.ndarray | None]:
+    """Partition the training labels as configured.
+
+    Returns the partition (indices into the training set), its client x class count matrix and,
+    for ``latent-distill``, the transfer set held out before partitioning (else None).
+    """
     labels = np.asarray(dataset.load()["y_train"])
     p = config.partition
+    transfer = None
+    pool = np.arange(len(labels))
+    if config.strategy.name == "latent-distill":
+        transfer = holdout_transfer(labels, config.distill.transfer_size, config.seed,
+                                    list(config.distill.transfer_classes))
+        pool = np.setdiff1d(pool, transfer)
     partition = build_partition(
-        labels, dataset.num_classes, p.scheme, p.num_clients, config.seed, alpha=p.alpha,
+        labels[pool], dataset.num_classes, p.scheme, p.num_clients, config.seed, alpha=p.alpha,
         min_partition_size=p.min_partition_size, self_balancing=p.self_balancing,
         samples_per_client=p.samples_per_client, classes_per_client=p.classes_per_client,
     )
-    return partition, partition.counts(labels)
+    partition.indices = [pool[idx] for idx in partition.indices]
+    if transfer is not None:
+        check_disjoint(partition.indices, transfer)
+    return partition, partition.counts(labels), transfer
 
 
 def prepare(config: ExperimentConfig) -> PreparedRun:
@@ -55,11 +80,13 @@ def prepare(config: ExperimentConfig) -> PreparedRun:
     validate(config)
     dataset = materialize(config.data)
     validate_against_dataset(config, dataset.num_train, dataset.num_classes)
-    partition, counts = make_partition(config, dataset)
+    partition, counts, transfer = make_partition(config, dataset)
     final = rundir.final_run_path(config)
     staging = rundir.create_staging(final)
     try:
         _write_inputs(config, dataset, partition, counts, staging)
+        if transfer is not None:
+            _write_transfer(config, dataset, transfer, staging)
     except BaseException:
         import shutil
 
@@ -83,7 +110,20 @@ def _write_inputs(config: ExperimentConfig, dataset: CachedDataset, partition: P
         seed=config.seed, local_epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr,
         momentum=t.momentum, weight_decay=t.weight_decay, eval_batch_size=e.batch_size,
         device=config.simulation.device,
+        architectures=tuple(config.model.architectures),
+        distill=asdict(config.distill) if config.strategy.name == "latent-distill" else None,
     ).save(folder)
+
+
+def _write_transfer(config: ExperimentConfig, dataset: CachedDataset, transfer: np.ndarray, folder: Path) -> None:
+    """latent-distill: the transfer set and each client's T_priv (test subset with its class mix)."""
+    split = PartitionIndex.load(folder)
+    y_train = np.asarray(dataset.load()["y_train"])
+    y_test = np.asarray(dataset.load()["y_test"])
+    tpriv = [tpriv_indices(y_test, np.bincount(y_train[split.train_of(c)], minlength=dataset.num_classes),
+                           config.distill.tpriv_size, config.seed, c)
+             for c in range(split.num_clients)]
+    TransferIndex.from_lists(transfer, tpriv).save(folder)
 
 
 def initial_model(config: ExperimentConfig, dataset: CachedDataset) -> FedsimNet:
@@ -93,7 +133,8 @@ def initial_model(config: ExperimentConfig, dataset: CachedDataset) -> FedsimNet
     return build_model(config.model.name, dataset.num_classes, config.model.representation_dim, channels)
 
 
-def finalize(prepared: PreparedRun, final_arrays: ArrayRecord | None, confusion: np.ndarray | None) -> Path:
+def finalize(prepared: PreparedRun, final_arrays: ArrayRecord | None, confusion: np.ndarray | None,
+             extras: dict | None = None) -> Path:
     """Write tables in the chosen format, summary, confusion matrix and figures; publish."""
     folder, config = prepared.staging, prepared.config
     rounds = pd.read_csv(folder / "rounds.csv")
@@ -107,9 +148,9 @@ def finalize(prepared: PreparedRun, final_arrays: ArrayRecord | None, confusion:
     if confusion is not None:
         frame = pd.DataFrame(confusion, index=pd.Index(names, name="true"), columns=names)
         frame.to_csv(folder / "confusion_matrix.csv")
-    if final_arrays is not None:
+    if final_arrays is not None and config.strategy.name != "latent-distill":
         torch.save(final_arrays.to_torch_state_dict(), folder / "final_model.pt")
-    (folder / "summary.json").write_text(json.dumps(summarize(rounds, clients, prepared), indent=2))
+    (folder / "summary.json").write_text(json.dumps(summarize(rounds, clients, prepared, extras), indent=2))
     if config.output.figures:
         figures = folder / "figures"
         figures.mkdir(exist_ok=True)
@@ -120,9 +161,13 @@ def finalize(prepared: PreparedRun, final_arrays: ArrayRecord | None, confusion:
     return rundir.publish(folder, prepared.final)
 
 
-def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, prepared: PreparedRun) -> dict:
+def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, prepared: PreparedRun,
+              extras: dict | None = None) -> dict:
     """The headline numbers of a run, for ``summary.json``."""
     config = prepared.config
+    extras = dict(extras or {})
+    if "tpriv_accuracy" in rounds and rounds["tpriv_accuracy"].notna().any():
+        extras["final_tpriv_accuracy"] = float(rounds["tpriv_accuracy"].dropna().iloc[-1])
     tested = rounds.dropna(subset=["test_accuracy"]) if "test_accuracy" in rounds else rounds.iloc[:0]
     trained = rounds[rounds["round"] > 0]
     failures = int((clients["status"] == "failed").sum()) if len(clients) else 0
@@ -147,6 +192,7 @@ def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, prepared: PreparedRun
         "client_failures": failures,
         "wall_seconds": float(trained["wall_seconds"].sum()),
         "partition_summary": partition_summary(prepared.counts),
+        **extras,
     }
 
 
@@ -216,7 +262,8 @@ def run_many(
                 raise state.error
             if state.final_arrays is None:
                 raise RuntimeError("the simulation ended before the server finished its rounds")
-            outcomes[index] = load_run(finalize(prepared, state.final_arrays, state.recorder.confusion))
+            outcomes[index] = load_run(finalize(prepared, state.final_arrays, state.recorder.confusion,
+                                                state.recorder.extras))
         except Exception as error:  # noqa: BLE001 - reported per run
             if prepared.staging.exists():
                 failed = rundir.mark_failed(prepared.staging, prepared.final, error)

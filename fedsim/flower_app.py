@@ -46,7 +46,7 @@ def main(grid: Grid, context: Context) -> None:
     if state.error is not None:
         rundir.mark_failed(prepared.staging, prepared.final, state.error)
         raise state.error
-    final = finalize(prepared, state.final_arrays, state.recorder.confusion)
+    final = finalize(prepared, state.final_arrays, state.recorder.confusion, state.recorder.extras)
     print(f"fedsim run directory: {final}")
 
 

@@ -32,7 +32,7 @@ def partition(config: ExperimentConfig, output_dir: str | Path | None = None) ->
     validate(config)
     dataset = materialize(config.data)
     validate_against_dataset(config, dataset.num_train, dataset.num_classes)
-    _, counts = make_partition(config, dataset)
+    _, counts, _ = make_partition(config, dataset)
     report = PartitionReport(counts_frame(counts, dataset.class_names), summary(np.asarray(counts)))
     if output_dir is not None:
         folder = Path(output_dir)

@@ -21,9 +21,12 @@ def plot_accuracy(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
     """Test (centralized) and federated-evaluation accuracy vs round."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for column, label in (("test_accuracy", "test (centralized)"),
+    for column, label in (("test_accuracy", "test set (global model, or mean of client models: T_uni)"),
+                          ("tpriv_accuracy", "clients' models on T_priv"),
                           ("fed_eval_accuracy", "clients' held-out (federated)"),
                           ("train_accuracy", "local training")):
+        if column not in rounds:
+            continue
         data = rounds[["round", column]].dropna()
         if len(data):
             ax.plot(data["round"], data[column], marker="o", label=label)

@@ -17,10 +17,11 @@ ROUND_COLUMNS = (
     "round", "clients_sampled", "clients_succeeded", "clients_failed",
     "train_loss", "train_accuracy", "fed_eval_loss", "fed_eval_accuracy",
     "test_loss", "test_accuracy", "test_precision", "test_recall", "test_f1",
+    "tpriv_accuracy", "tpriv_std", "tuni_std", "consensus_accuracy",
     "bytes_down", "bytes_up", "wall_seconds",
 )
 CLIENT_COLUMNS = ("round", "phase", "client_id", "status", "num_examples", "loss", "accuracy",
-                  "seconds", "error")
+                  "tpriv_accuracy", "seconds", "error")
 
 
 class RunRecorder:
@@ -31,6 +32,7 @@ class RunRecorder:
         self.rounds_path = self.folder / "rounds.csv"
         self.clients_path = self.folder / "clients.csv"
         self.confusion: np.ndarray | None = None
+        self.extras: dict[str, object] = {}  # run-level facts for summary.json (e.g. the teacher's accuracy)
         self.round_rows: list[dict] = []
         for path, columns in ((self.rounds_path, ROUND_COLUMNS), (self.clients_path, CLIENT_COLUMNS)):
             with path.open("w", newline="") as handle:

@@ -115,6 +115,7 @@ def _client_rows(server_round: int, phase: str, sent: list[int], replies: list[M
         rows.append({**row, "status": "ok", "num_examples": int(metrics["num-examples"]),
                      "loss": float(metrics[f"{prefix}-loss"]),
                      "accuracy": float(metrics[f"{prefix}-accuracy"]),
+                     "tpriv_accuracy": float(metrics["tpriv-accuracy"]) if "tpriv-accuracy" in metrics else np.nan,
                      "seconds": float(metrics.get("client-seconds", np.nan)) if phase == "train" else np.nan})
     for client_id in sorted(set(sent) - answered):
         rows.append({"round": server_round, "phase": phase, "client_id": client_id,
@@ -173,6 +174,18 @@ def run_centralized(config: ExperimentConfig, model: FedsimNet, x: torch.Tensor,
     return arrays
 
 
+def _view_means(rows: list[dict]) -> dict[str, float]:
+    """Mean and spread over clients of their own models' T_uni and T_priv accuracy."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    uni = np.array([r["accuracy"] for r in ok], dtype=float)
+    priv = np.array([r["tpriv_accuracy"] for r in ok], dtype=float)
+    if not len(ok):
+        return {}
+    return {"test_accuracy": float(uni.mean()), "tuni_std": float(uni.std()),
+            "tpriv_accuracy": float(np.nanmean(priv)), "tpriv_std": float(np.nanstd(priv)),
+            "test_loss": float(np.mean([r["loss"] for r in ok]))}
+
+
 def _weighted(rows: list[dict], key: str) -> float:
     good = [r for r in rows if r["status"] == "ok" and np.isfinite(r[key])]
     total = sum(r["num_examples"] for r in good)
@@ -191,8 +204,16 @@ def run_rounds(
     evaluator: CentralEvaluator,
     recorder: RunRecorder,
     on_round: Callable[[dict], None] | None = None,
+    transfer_labels: np.ndarray | None = None,
 ) -> ArrayRecord:
-    """Run ``config.train.rounds`` rounds of ``strategy``; return the final global arrays."""
+    """Run ``config.train.rounds`` rounds of ``strategy``; return the final global arrays.
+
+    Strategies without a global model (``strategy.global_model = False``, e.g. latent-distill)
+    carry their targets in ``arrays`` instead: the centralized evaluation is skipped, the round's
+    test accuracy is the mean of the clients' own models on the test set (T_uni), and with
+    ``transfer_labels`` the consensus logits' accuracy on the transfer set is recorded.
+    """
+    global_model = getattr(strategy, "global_model", True)
     num_clients = config.partition.num_clients
     sim = config.simulation
     node_of = map_partitions_to_nodes(grid, num_clients, timeout=min(sim.round_timeout, 600.0))
@@ -205,7 +226,7 @@ def run_rounds(
     rounds = config.train.rounds
 
     arrays = initial_arrays
-    if config.evaluation.centralized_every > 0:
+    if global_model and config.evaluation.centralized_every > 0:
         metrics, matrix = evaluator(arrays)
         recorder.add_round({"round": 0, **metrics, "bytes_down": 0, "bytes_up": 0, "wall_seconds": 0.0})
         recorder.set_confusion(matrix)
@@ -229,7 +250,7 @@ def run_rounds(
                 f"(simulation.min_success_fraction = {sim.min_success_fraction} needs {needed}). "
                 f"Failures: {errors[:2000]}"
             )
-        if config.evaluation.client_models or config.train.mode == "one-shot":
+        if global_model and (config.evaluation.client_models or config.train.mode == "one-shot"):
             recorder.add_clients(evaluate_client_models(server_round, ok, client_of, evaluator))
         new_arrays, _ = strategy.aggregate_train(server_round, replies)
         if new_arrays is None:
@@ -263,8 +284,13 @@ def run_rounds(
             row["fed_eval_loss"] = _weighted(eval_rows, "loss")
             row["fed_eval_accuracy"] = _weighted(eval_rows, "accuracy")
             row["bytes_down"] += array_bytes(eval_messages)
+            if not global_model:
+                row.update(_view_means(eval_rows))
 
-        if _due(config.evaluation.centralized_every, server_round, rounds):
+        if not global_model and transfer_labels is not None and "logits" in arrays:
+            row["consensus_accuracy"] = float(
+                (arrays["logits"].numpy().argmax(1) == transfer_labels).mean())
+        if global_model and _due(config.evaluation.centralized_every, server_round, rounds):
             metrics, matrix = evaluator(arrays)
             row.update(metrics)
             recorder.set_confusion(matrix)

@@ -18,6 +18,7 @@ import torch
 
 SPEC_FILE = "spec.json"
 PARTITION_FILE = "partition.npz"
+TRANSFER_FILE = "transfer.npz"  # latent-distill: transfer-set indices (train) and T_priv (test)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,14 @@ class RunSpec:
     weight_decay: float
     eval_batch_size: int
     device: str
+    architectures: tuple[str, ...] = ()  # latent-distill: per-client architectures, round-robin
+    distill: dict | None = None  # latent-distill: the [distill] settings
+
+    def architecture_of(self, client_id: int) -> str:
+        """The architecture client ``client_id`` trains (``model`` unless architectures are given)."""
+        if not self.architectures:
+            return self.model
+        return self.architectures[client_id % len(self.architectures)].partition("@")[0]
 
     def save(self, folder: Path) -> Path:
         path = folder / SPEC_FILE
@@ -49,6 +58,7 @@ class RunSpec:
     def load(cls, folder: str | Path) -> "RunSpec":
         raw = json.loads((Path(folder) / SPEC_FILE).read_text())
         raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
+        raw["architectures"] = tuple(raw.get("architectures", ()))
         return cls(**raw)
 
 
@@ -104,3 +114,31 @@ class PartitionIndex:
     def load(cls, folder: str | Path) -> "PartitionIndex":
         with np.load(Path(folder) / PARTITION_FILE) as f:
             return cls(f["train_indices"], f["train_offsets"], f["val_indices"], f["val_offsets"])
+
+
+@dataclass(frozen=True)
+class TransferIndex:
+    """latent-distill: transfer-set indices into the training set, T_priv indices into the test set."""
+
+    transfer: np.ndarray
+    tpriv_indices: np.ndarray
+    tpriv_offsets: np.ndarray
+
+    def tpriv_of(self, client_id: int) -> np.ndarray:
+        return self.tpriv_indices[self.tpriv_offsets[client_id] : self.tpriv_offsets[client_id + 1]]
+
+    def save(self, folder: Path) -> Path:
+        path = folder / TRANSFER_FILE
+        np.savez(path, transfer=self.transfer, tpriv_indices=self.tpriv_indices, tpriv_offsets=self.tpriv_offsets)
+        return path
+
+    @classmethod
+    def from_lists(cls, transfer: np.ndarray, tpriv: list[np.ndarray]) -> "TransferIndex":
+        offsets = np.concatenate([[0], np.cumsum([len(t) for t in tpriv])]).astype(np.int64)
+        values = np.concatenate(tpriv).astype(np.int64) if tpriv else np.zeros(0, np.int64)
+        return cls(np.asarray(transfer, dtype=np.int64), values, offsets)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TransferIndex":
+        with np.load(Path(folder) / TRANSFER_FILE) as f:
+            return cls(f["transfer"], f["tpriv_indices"], f["tpriv_offsets"])

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.clients.app import DP_ADAPTIVE_KEY  # tells the client which clipping mod to apply
 
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
+from .distillation import LatentDistillation
 
 
 class StrategyError(ValueError):
@@ -75,6 +76,8 @@ STRATEGIES: dict[str, StrategyEntry] = {
         flwr_strategy.QFedAvg, "q-FedAvg fair aggregation (q, client_learning_rate = train.lr)",
         defaults=lambda ctx: {"client_learning_rate": ctx.lr, "train_loss_key": "train-loss"},
     ),
+    "latent-distill": StrategyEntry(
+        LatentDistillation, "federated distillation of logits + latent representations ([distill] settings)"),
     "dp-fixed-server": StrategyEntry(
         flwr_strategy.DifferentialPrivacyServerSideFixedClipping,
         "central DP, server-side fixed clipping around `base` (noise_multiplier, clipping_norm)",
@@ -165,7 +168,7 @@ def build_strategy(name: str, kwargs: dict[str, Any] | None = None,
     arguments.update(kwargs)
     if entry.wraps:
         base = arguments.pop("base", "fedavg")
-        if base not in STRATEGIES or STRATEGIES[base].wraps:
+        if base not in STRATEGIES or STRATEGIES[base].wraps or base == "latent-distill":
             raise StrategyError(f"strategy {name!r}: base = {base!r} must be one of the non-DP "
                                 f"strategies: {', '.join(n for n in STRATEGY_NAMES if not STRATEGIES[n].wraps)}")
         arguments["strategy"] = build_strategy(base, {}, context)

@@ -1,0 +1,84 @@
+"""The client's side of ``latent-distill``: digest, revisit, report outputs; evaluate T_priv / T_uni.
+
+Digest and revisit both run the one training loop (:func:`fedsim.clients.training.train`):
+digest with a distillation objective over the transfer set, revisit with cross-entropy over
+the client's private data. The client's model is loaded from and saved to the run's
+client-state store, so only sampled clients' models are ever in memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+
+from . import training
+from .client import LocalClient
+from .losses import distillation_loss
+
+
+@torch.no_grad()
+def transfer_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and representations of ``model`` on ``x`` (evaluation mode)."""
+    model.eval()
+    logits, reps = [], []
+    for start in range(0, len(x), batch_size):
+        z, r = model(x[start : start + batch_size], return_representation=True)
+        logits.append(z)
+        reps.append(r)
+    return torch.cat(logits).cpu().numpy(), torch.cat(reps).cpu().numpy()
+
+
+def digest(client: LocalClient, model: torch.nn.Module, targets: ArrayRecord, server_round: int) -> training.TrainStats:
+    """Distil toward ``targets`` (``logits`` and/or ``reps`` per transfer sample) on the transfer set."""
+    d = client.run.spec.distill
+    x, y = client.run.transfer_set()
+    teacher_logits = torch.from_numpy(targets["logits"].numpy()).to(x.device) if "logits" in targets else None
+    teacher_reps = torch.from_numpy(targets["reps"].numpy()).to(x.device) if "reps" in targets else None
+
+    def objective(model, xb, yb, idx):  # noqa: ANN001, ANN202 - training.Objective
+        logits, rep = model(xb, return_representation=True)
+        loss = distillation_loss(
+            logits, rep,
+            teacher_logits[idx] if teacher_logits is not None else None,
+            teacher_reps[idx] if teacher_reps is not None else None,
+            yb, d["lambda_ce"], d["lambda_kd"], d["lambda_rep"], d["temperature"], d["tau"],
+        )
+        return loss, logits
+
+    s = client.run.spec
+    recipe = training.SGDRecipe(d["digest_epochs"], d["digest_batch_size"], d["digest_lr"] or s.lr,
+                                s.momentum, s.weight_decay)
+    generator = training.seeded_generator(s.seed, server_round, client.client_id, 0xD1)
+    return training.train(model, x, y, recipe, generator, objective=objective)
+
+
+def distill_round(client: LocalClient, targets: ArrayRecord, server_round: int,
+                  send_outputs: bool) -> tuple[dict[str, float], ArrayRecord]:
+    """One round for one client: digest (when there are targets), revisit, report outputs."""
+    d = client.run.spec.distill
+    model = client.run.client_model(client.client_id)
+    digested = None
+    if len(targets.keys()) and d["digest_epochs"] > 0 and (d["lambda_kd"] or d["lambda_rep"] or d["lambda_ce"]):
+        digested = digest(client, model, targets, server_round)
+    stats = client.fit(model, server_round)
+    outputs = ArrayRecord()
+    if send_outputs:
+        x, _ = client.run.transfer_set()
+        logits, reps = transfer_outputs(model, x)
+        outputs = ArrayRecord({"logits": Array(logits.astype(np.float32)), "reps": Array(reps.astype(np.float32))})
+    client.run.store.save(client.client_id, model.state_dict())
+    metrics = {"num-examples": stats.num_examples, "train-loss": stats.loss, "train-accuracy": stats.accuracy,
+               "digest-loss": digested.loss if digested else float("nan")}
+    return metrics, outputs
+
+
+def evaluate_views(client: LocalClient) -> dict[str, float]:
+    """The client's own model on T_priv (its class mix) and T_uni (the whole test set)."""
+    model = client.run.client_model(client.client_id)
+    x, y = client.run.test_set()
+    uni = training.evaluate(model, x, y, client.run.spec.eval_batch_size)
+    tpriv = client.run.transfer.tpriv_of(client.client_id)
+    hits = uni.predictions[tpriv] == y.cpu().numpy()[tpriv]
+    return {"num-examples": int(len(tpriv)), "eval-loss": uni.loss, "eval-accuracy": uni.accuracy,
+            "tuni-accuracy": uni.accuracy, "tpriv-accuracy": float(hits.mean()) if len(tpriv) else float("nan")}
