@@ -24,6 +24,7 @@ from .worker import worker_run
 RUN_DIR_KEY = "fedsim.run-dir"
 DISTILL_KEY = "fedsim.distill"  # latent-distill messages (fedsim.strategies.distillation)
 SEND_OUTPUTS_KEY = "fedsim.send-outputs"
+PEER_PREFIX = "peer-"  # ArrayRecords of previous-round client models (crucial hook, committee = peers)
 FAIL_KEY = "fedsim.fail-clients"  # fault injection: partition ids that raise (simulation.fail_clients)
 
 DP_ADAPTIVE_KEY = "fedsim.dp-adaptive"  # set by fedsim.strategies' dp-adaptive-client
@@ -55,6 +56,12 @@ def _client_for(msg: Message, context: Context) -> tuple[LocalClient, ConfigReco
     return LocalClient(partition_id, run), config
 
 
+def _peers(msg: Message) -> list[tuple[int, dict]]:
+    """Previous-round client models the server attached for a ``crucial`` committee (``peer-<id>``)."""
+    return [(int(key.split("-", 1)[1]), record.to_torch_state_dict())
+            for key, record in msg.content.array_records.items() if key.startswith(PEER_PREFIX)]
+
+
 def _load_global(client: LocalClient, msg: Message):
     model = client.run.model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict(), strict=True)
@@ -74,13 +81,15 @@ def train(msg: Message, context: Context) -> Message:
                               "client": ConfigRecord({"partition-id": client.client_id})})
         return Message(content=content, reply_to=msg)
     model = _load_global(client, msg)
-    stats = client.fit(model, int(config["server-round"]), float(config.get("proximal-mu", 0.0)))
+    stats = client.fit(model, int(config["server-round"]), float(config.get("proximal-mu", 0.0)),
+                       peers=_peers(msg))
     metrics = MetricRecord({
         "num-examples": stats.num_examples,
         "train-loss": stats.loss,
         "train-accuracy": stats.accuracy,
         "train-steps": stats.steps,
         "client-seconds": time.perf_counter() - started,
+        **stats.hook_metrics,
     })
     content = RecordDict({
         "arrays": ArrayRecord(model.state_dict()),

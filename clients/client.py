@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from . import training
+from .hooks import HookContext, LocalData
 from .worker import WorkerRun
 
 
@@ -35,12 +36,54 @@ class LocalClient:
     def num_train(self) -> int:
         return len(self.run.partition.train_of(self.client_id))
 
-    def fit(self, model: torch.nn.Module, server_round: int, proximal_mu: float = 0.0) -> training.TrainStats:
-        """Local SGD on the client's training split; randomness from (seed, round, client)."""
-        x, y = self._tensors(self.run.partition.train_of(self.client_id))
+    def fit(self, model: torch.nn.Module, server_round: int, proximal_mu: float = 0.0,
+            peers: list[tuple[int, dict[str, torch.Tensor]]] | None = None) -> training.TrainStats:
+        """Local SGD on the client's training split; randomness from (seed, round, client).
+
+        With hooks configured, the data goes through their ``prepare`` stages first, every batch
+        through ``transform_batch`` and every loss through ``loss``; what they report is in
+        ``TrainStats.hook_metrics``.
+        """
         generator = training.seeded_generator(self.run.spec.seed, server_round, self.client_id)
         torch.manual_seed(generator.initial_seed())  # dropout etc. draw from the global RNG
-        return training.train(model, x, y, self.run.recipe, generator, proximal_mu)
+        hooks = self.run.hooks
+        if not hooks:
+            x, y = self._tensors(self.run.partition.train_of(self.client_id))
+            return training.train(model, x, y, self.run.recipe, generator, proximal_mu)
+        return self._fit_with_hooks(model, server_round, proximal_mu, peers or [], generator)
+
+    def _fit_with_hooks(self, model: torch.nn.Module, server_round: int, proximal_mu: float,
+                        peers: list, generator: torch.Generator) -> training.TrainStats:
+        spec, device = self.run.spec, self.run.device
+        order = np.sort(self.run.partition.train_of(self.client_id))
+        data = LocalData(training.to_uint8_tensor(self.run.x_train[order], device),
+                         torch.from_numpy(self.run.y_train[order]).to(device), spec.num_classes)
+        ctx = HookContext(
+            seed=spec.seed, server_round=server_round, client_id=self.client_id, device=device,
+            global_model=model, normalize=lambda xb: training.normalize(xb, spec.mean, spec.std),
+            build_model=lambda: self.run.fresh_model(spec.architecture_of(self.client_id)),
+            recipe=self.run.recipe, peers=peers,
+        )
+        hooks = self.run.hooks
+        for hook in hooks:
+            data = hook.prepare(data, ctx)
+
+        def prepare_batch(xb: torch.Tensor) -> torch.Tensor:
+            for hook in hooks:
+                xb = hook.transform_batch(xb, ctx)
+            return ctx.normalize(xb)
+
+        def objective(model, xb, yb, idx):  # noqa: ANN001, ANN202 - training.Objective
+            loss, logits = training.cross_entropy_objective(model, xb, yb, idx)
+            for hook in hooks:
+                loss = hook.loss(xb, yb, logits, loss, ctx)
+            return loss, logits
+
+        stats = training.train(model, data.images, data.labels, self.run.recipe, generator, proximal_mu,
+                               objective=objective, prepare_batch=prepare_batch)
+        stats.hook_metrics = {f"hook.{hook.name}.{key}": float(value)
+                              for hook in hooks for key, value in hook.report(ctx).items()}
+        return stats
 
     def evaluate(self, model: torch.nn.Module) -> training.EvalStats:
         """Loss and accuracy on the client's held-out split."""

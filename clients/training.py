@@ -9,7 +9,7 @@ with ``(seed, round, client id)``, so results do not depend on which worker runs
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ class TrainStats:
     loss: float  # mean cross-entropy over all processed samples
     accuracy: float  # running training accuracy over all processed samples
     steps: int
+    hook_metrics: dict[str, float] = field(default_factory=dict)  # what client hooks report
 
 
 @dataclass
@@ -48,15 +49,23 @@ class EvalStats:
     predictions: np.ndarray
 
 
+def to_uint8_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (N, H, W, C) array -> uint8 (N, C, H, W) tensor on ``device``."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).contiguous()
+
+
+def normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 with per-channel mean/std (on [0, 1]) removed."""
+    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return x.float().div_(255.0).sub_(m).div_(s)
+
+
 def to_tensor(
     images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
 ) -> torch.Tensor:
     """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W) on ``device``."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device)
-    x = x.permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
-    return x.sub_(m).div_(s)
+    return normalize(to_uint8_tensor(images, device), mean, std)
 
 
 def seeded_generator(*seed_parts: int) -> torch.Generator:
@@ -86,13 +95,15 @@ def train(
     generator: torch.Generator,
     proximal_mu: float = 0.0,
     objective: Objective = cross_entropy_objective,
+    prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainStats:
     """Run ``recipe.epochs`` epochs of mini-batch SGD on ``(x, y)`` in place; return statistics.
 
     ``objective`` is the per-batch loss (cross-entropy by default; distillation passes its own,
     which receives the batch's indices to look up per-sample targets). ``proximal_mu > 0`` adds
     FedProx's proximal term (mu / 2) * ||w - w_start||^2, where w_start are the weights the call
-    started from (the received global model).
+    started from (the received global model). ``prepare_batch`` turns ``x[idx]`` into the model's
+    input (fedsim's clients keep uint8 images and augment/normalise per batch).
     """
     n = len(y)
     if n == 0:
@@ -112,7 +123,8 @@ def train(
             idx = order[start : start + recipe.batch_size]
             if len(idx) < 2 and n >= 2 and single_sample_breaks:
                 continue  # BatchNorm cannot train on a single sample
-            loss, logits = objective(model, x[idx], y[idx], idx)
+            xb = x[idx] if prepare_batch is None else prepare_batch(x[idx])
+            loss, logits = objective(model, xb, y[idx], idx)
             total_loss += loss.detach() * len(idx)
             if anchor is not None:
                 loss = loss + proximal_term(model, anchor, proximal_mu)

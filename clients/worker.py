@@ -18,6 +18,7 @@ from fedsim.datasets import CachedDataset
 from fedsim.models import FedsimNet, build_model
 from fedsim.spec import TRANSFER_FILE, PartitionIndex, RunSpec, TransferIndex, resolve_device
 
+from .hooks import build_hooks
 from .state import ClientStateStore
 from .training import SGDRecipe, seeded_generator, to_tensor
 
@@ -35,6 +36,7 @@ class WorkerRun:
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     transfer: TransferIndex | None = None
     store: ClientStateStore | None = None
+    hooks: list = field(default_factory=list)  # the run's client hooks, built once per worker
 
     @property
     def recipe(self) -> SGDRecipe:
@@ -68,6 +70,11 @@ class WorkerRun:
         """The whole test set on the device (T_uni)."""
         arrays = CachedDataset.open(self.spec.dataset_folder).load(mmap=True)
         return self.normalized("test", arrays["x_test"], arrays["y_test"])
+
+    def fresh_model(self, name: str) -> FedsimNet:
+        """A newly initialised model (e.g. a hook's tiny committee member); seed it before calling."""
+        return build_model(name, self.spec.num_classes, self.spec.representation_dim,
+                           int(self.x_train.shape[-1])).to(self.device)
 
     def client_model(self, client_id: int) -> FedsimNet:
         """Client ``client_id``'s own persistent model (latent-distill), loaded from the store.
@@ -103,6 +110,7 @@ def worker_run(run_dir: str) -> WorkerRun:
         device=resolve_device(spec.device),
         transfer=TransferIndex.load(run_dir) if (Path(run_dir) / TRANSFER_FILE).is_file() else None,
         store=ClientStateStore(Path(run_dir) / "client_state"),
+        hooks=build_hooks(list(spec.hooks)),
     )
     _RUNS.clear()  # one run at a time per worker: free the previous run's models
     _RUNS[run_dir] = run

@@ -167,6 +167,7 @@ class ExperimentConfig:
     """Everything one experiment needs, validated as a whole by :func:`validate`."""
 
     seed: int = 0
+    hooks: list[dict[str, Any]] = field(default_factory=list)  # client hooks, in order ([[hooks]] tables)
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -185,7 +186,7 @@ class ExperimentConfig:
 SECTIONS: dict[str, type] = {
     f.name: typing.get_type_hints(ExperimentConfig)[f.name]
     for f in dataclasses.fields(ExperimentConfig)
-    if f.name != "seed"
+    if f.name not in ("seed", "hooks")
 }
 
 
@@ -233,12 +234,12 @@ def from_dict(raw: dict[str, Any]) -> ExperimentConfig:
     """Build a config from a nested dict (a parsed TOML file), checking names and types."""
     config = ExperimentConfig()
     for key, value in raw.items():
-        if key == "seed":
-            config.seed = _coerce("seed", value, int)
+        if key in ("seed", "hooks"):
+            set_value(config, key, value)
             continue
         if key not in SECTIONS:
             raise ConfigError(
-                f"unknown config section or key {key!r}; allowed: seed, {', '.join(SECTIONS)}"
+                f"unknown config section or key {key!r}; allowed: seed, hooks, {', '.join(SECTIONS)}"
             )
         if not isinstance(value, dict):
             raise ConfigError(f"[{key}] must be a table of settings, got {value!r}")
@@ -252,12 +253,15 @@ def set_value(config: ExperimentConfig, dotted_key: str, value: Any) -> None:
     if dotted_key == "seed":
         config.seed = _coerce("seed", value, int)
         return
+    if dotted_key == "hooks":
+        config.hooks = _coerce("hooks", value, list[dict[str, Any]])
+        return
     parts = dotted_key.split(".")
     section = parts[0]
     if section not in SECTIONS or len(parts) < 2:
         raise ConfigError(
             f"unknown config key {dotted_key!r}; keys look like 'section.key' with section "
-            f"one of: seed, {', '.join(SECTIONS)}"
+            f"one of: seed, hooks, {', '.join(SECTIONS)}"
         )
     section_obj = getattr(config, section)
     if section == "strategy" and parts[1] == "kwargs" and len(parts) == 3:
@@ -394,6 +398,7 @@ def validate(config: ExperimentConfig) -> None:
             e.append(f"strategy.kwargs = {s.kwargs!r}: {err}")
 
     _validate_distill(c, e)
+    _validate_hooks(c, e)
 
     v = c.evaluation
     _check(e, v.centralized_every >= 0, "evaluation.centralized_every", v.centralized_every,
@@ -481,6 +486,20 @@ def _validate_distill(c: ExperimentConfig, e: list[str]) -> None:
            "the representation loss needs model.representation_dim > 0")
     _check(e, c.evaluation.client_models is False, "evaluation.client_models", True,
            "latent-distill evaluates every client's own model already (T_priv, T_uni)")
+
+
+def _validate_hooks(c: ExperimentConfig, e: list[str]) -> None:
+    from fedsim.clients.hooks import HookError, build_hooks
+
+    try:
+        build_hooks(list(c.hooks))
+    except HookError as err:
+        e.append(f"hooks: {err}")
+        return
+    if c.hooks and c.strategy.name == "latent-distill":
+        e.append("hooks: client hooks apply to weight-based strategies; latent-distill has its own digest step")
+    if c.hooks and c.train.mode == "centralized":
+        e.append("hooks: the centralized baseline runs no clients; remove the hooks or use mode federated")
 
 
 def _valid_device(device: str) -> bool:

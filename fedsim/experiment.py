@@ -112,6 +112,7 @@ def _write_inputs(config: ExperimentConfig, dataset: CachedDataset, partition: P
         device=config.simulation.device,
         architectures=tuple(config.model.architectures),
         distill=asdict(config.distill) if config.strategy.name == "latent-distill" else None,
+        hooks=tuple(config.hooks),
     ).save(folder)
 
 

@@ -20,6 +20,7 @@ ROUND_COLUMNS = (
     "tpriv_accuracy", "tpriv_std", "tuni_std", "consensus_accuracy",
     "bytes_down", "bytes_up", "wall_seconds",
 )
+HOOK_COLUMNS = ("round", "client_id", "hook", "metric", "value")
 CLIENT_COLUMNS = ("round", "phase", "client_id", "status", "num_examples", "loss", "accuracy",
                   "tpriv_accuracy", "seconds", "error")
 
@@ -31,6 +32,7 @@ class RunRecorder:
         self.folder = Path(folder)
         self.rounds_path = self.folder / "rounds.csv"
         self.clients_path = self.folder / "clients.csv"
+        self.hooks_path = self.folder / "hooks.csv"
         self.confusion: np.ndarray | None = None
         self.extras: dict[str, object] = {}  # run-level facts for summary.json (e.g. the teacher's accuracy)
         self.round_rows: list[dict] = []
@@ -59,6 +61,18 @@ class RunRecorder:
 
     def add_clients(self, rows: list[dict]) -> None:
         self._append(self.clients_path, CLIENT_COLUMNS, rows)
+
+    def add_hook_stats(self, rows: list[dict]) -> None:
+        """Long-format hook statistics: round, client_id, hook, metric, value (``hooks.csv``)."""
+        if not rows:
+            return
+        new = not self.hooks_path.exists()
+        with self.hooks_path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(HOOK_COLUMNS)
+            for row in rows:
+                writer.writerow([row[c] for c in HOOK_COLUMNS])
 
     def set_confusion(self, matrix: np.ndarray) -> None:
         self.confusion = matrix

@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.clients.app import FAIL_KEY, RUN_DIR_KEY
+from fedsim.clients.app import FAIL_KEY, PEER_PREFIX, RUN_DIR_KEY
 from fedsim.clients.training import SGDRecipe, evaluate, seeded_generator, to_tensor, train
 from fedsim.config import ExperimentConfig
 from fedsim.metrics import confusion_matrix, macro_scores
@@ -124,6 +124,37 @@ def _client_rows(server_round: int, phase: str, sent: list[int], replies: list[M
     return rows, ok
 
 
+def hook_rows(server_round: int, replies: list[Message], client_of: dict[int, int]) -> list[dict]:
+    """The ``hook.<name>.<metric>`` entries of the clients' MetricRecords, one row each."""
+    rows = []
+    for reply in replies:
+        for key, value in reply.content["metrics"].items():
+            if key.startswith("hook."):
+                _, hook, metric = key.split(".", 2)
+                rows.append({"round": server_round, "client_id": client_of[reply.metadata.src_node_id],
+                             "hook": hook, "metric": metric, "value": float(value)})
+    return sorted(rows, key=lambda r: (r["client_id"], r["hook"], r["metric"]))
+
+
+def attach_peers(messages: list[Message], peers: list[tuple[int, ArrayRecord]]) -> None:
+    """Add the previous round's client models as ``peer-<client id>`` ArrayRecords (crucial committee)."""
+    seen: set[int] = set()
+    for msg in messages:
+        if id(msg.content) in seen:
+            continue
+        seen.add(id(msg.content))
+        for client_id, arrays in peers:
+            msg.content[f"{PEER_PREFIX}{client_id}"] = arrays
+
+
+def peer_committee_size(config: ExperimentConfig) -> int:
+    """How many previous-round client models the crucial hook's "peers" committee needs (0 = none)."""
+    for spec in config.hooks:
+        if spec.get("name") == "crucial" and spec.get("committee") == "peers":
+            return int(spec.get("k", 10))
+    return 0
+
+
 def evaluate_client_models(server_round: int, replies: list[Message], client_of: dict[int, int],
                            evaluator: CentralEvaluator) -> list[dict]:
     """Test-set metrics of each client's own uploaded model (phase ``local-test``)."""
@@ -224,6 +255,8 @@ def run_rounds(
     k_train = sample_size(num_clients, config.train.fraction_train, config.train.clients_per_round)
     k_eval = sample_size(num_clients, config.evaluation.fraction_evaluate, config.evaluation.clients_per_eval)
     rounds = config.train.rounds
+    committee = peer_committee_size(config)
+    peers: list[tuple[int, ArrayRecord]] = []
 
     arrays = initial_arrays
     if global_model and config.evaluation.centralized_every > 0:
@@ -238,6 +271,8 @@ def run_rounds(
         sampled = sample_clients(config.seed, server_round, TRAIN, num_clients, k_train)
         view = SampledGrid(grid, [node_of[c] for c in sampled])
         messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(base_config), view))
+        if peers:
+            attach_peers(messages, peers)
         sent_to = [client_of[m.metadata.dst_node_id] for m in messages]
         replies = list(grid.send_and_receive(messages, timeout=sim.round_timeout))
         rows, ok = _client_rows(server_round, "train", sent_to, replies, client_of)
@@ -250,6 +285,9 @@ def run_rounds(
                 f"(simulation.min_success_fraction = {sim.min_success_fraction} needs {needed}). "
                 f"Failures: {errors[:2000]}"
             )
+        recorder.add_hook_stats(hook_rows(server_round, ok, client_of))
+        if committee:
+            peers = sorted((client_of[m.metadata.src_node_id], m.content["arrays"]) for m in ok)[:committee]
         if global_model and (config.evaluation.client_models or config.train.mode == "one-shot"):
             recorder.add_clients(evaluate_client_models(server_round, ok, client_of, evaluator))
         new_arrays, _ = strategy.aggregate_train(server_round, replies)

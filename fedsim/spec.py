@@ -42,6 +42,7 @@ class RunSpec:
     device: str
     architectures: tuple[str, ...] = ()  # latent-distill: per-client architectures, round-robin
     distill: dict | None = None  # latent-distill: the [distill] settings
+    hooks: tuple[dict, ...] = ()  # client hooks: [{"name": ..., **params}, ...]
 
     def architecture_of(self, client_id: int) -> str:
         """The architecture client ``client_id`` trains (``model`` unless architectures are given)."""
@@ -59,6 +60,7 @@ class RunSpec:
         raw = json.loads((Path(folder) / SPEC_FILE).read_text())
         raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
         raw["architectures"] = tuple(raw.get("architectures", ()))
+        raw["hooks"] = tuple(raw.get("hooks", ()))
         return cls(**raw)
 
 

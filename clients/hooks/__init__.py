@@ -1,0 +1,74 @@
+"""Client hooks (``fedsim.clients.hooks``): pluggable stages of the local training loop.
+
+Built-ins: ``crucial`` (seed 000), ``select`` (seed 003), ``augment`` (seeds 000/002), ``kd``
+(seed 002). User hooks are named by import path ``"package.module:Class"``. Hooks are listed
+in the config's ``[[hooks]]`` tables, each with ``name`` plus its parameters, and run in that
+order. See :mod:`fedsim.clients.hooks.base` for the stages.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from .augmentation import AugmentHook
+from .base import Hook, HookContext, HookError, LocalData
+from .distillation import KDHook
+from .scoring import CrucialHook, SelectHook
+
+HOOKS: dict[str, type] = {"crucial": CrucialHook, "select": SelectHook, "augment": AugmentHook, "kd": KDHook}
+HOOK_NAMES = tuple(HOOKS)
+STAGES = ("prepare", "transform_batch", "loss", "report")
+
+
+def _resolve(name: str) -> type:
+    if name in HOOKS:
+        return HOOKS[name]
+    if ":" not in name:
+        raise HookError(f"unknown hook {name!r}; built-ins: {', '.join(HOOK_NAMES)}, or a user hook "
+                        "as 'package.module:Class'")
+    module_name, _, class_name = name.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise HookError(f"hook {name!r} cannot be imported ({err}); give 'package.module:Class' of an "
+                        "importable module") from err
+    if not any(callable(getattr(cls, stage, None)) for stage in STAGES):
+        raise HookError(f"hook {name!r} defines none of the stages {', '.join(STAGES)}")
+    return cls
+
+
+def build_hook(spec: dict[str, Any]) -> Hook:
+    """Instantiate one hook from ``{"name": ..., **params}``; errors name what is allowed."""
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise HookError(f"hook spec {spec!r} must be a table with a 'name' key, e.g. {{name = \"select\", rho = 0.3}}")
+    params = {k: v for k, v in spec.items() if k != "name"}
+    cls = _resolve(str(spec["name"]))
+    signature = inspect.signature(cls.__init__).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in signature.values()):
+        allowed = [p for p in signature if p != "self"]
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise HookError(f"hook {spec['name']!r} has no parameter(s) {', '.join(unknown)}; "
+                            f"allowed: {', '.join(allowed) or '(none)'}")
+    try:
+        hook = cls(**params)
+    except TypeError as err:
+        raise HookError(f"hook {spec['name']!r}: {err}") from err
+    if not getattr(hook, "name", None) or hook.name == "hook":
+        hook.name = str(spec["name"]).rpartition(":")[2].lower()
+    return hook
+
+
+def build_hooks(specs: list[dict[str, Any]]) -> list[Hook]:
+    """All configured hooks, in order; two hooks with the same name are refused."""
+    hooks = [build_hook(spec) for spec in specs]
+    names = [h.name for h in hooks]
+    if len(set(names)) != len(names):
+        raise HookError(f"hooks listed twice: {names}")
+    return hooks
+
+
+__all__ = ["HOOKS", "HOOK_NAMES", "AugmentHook", "CrucialHook", "Hook", "HookContext", "HookError", "KDHook",
+           "LocalData", "SelectHook", "build_hook", "build_hooks"]
