@@ -8,8 +8,8 @@ Setting (METHODS.md 1.5/1.6, scaled to a 2-core CPU budget):
   representation layer of width r = 64 (their perception modules end at 84 features);
 * a transfer set of 1,024 training images held out before partitioning (disjoint from every
   client);
-* 8 rounds; each round every client digests 1 epoch on the transfer set, revisits 2 epochs on
-  its private data (SGD lr 0.01, momentum 0.9); evaluation after rounds 4 and 8 on T_priv
+* 6 rounds (`--rounds`); each round every client digests 1 epoch on the transfer set, revisits 2 epochs on
+  its private data (SGD lr 0.01, momentum 0.9); evaluation after rounds 3 and 6 on T_priv
   (1,000 test images with the client's class mix) and T_uni (the full test set);
 * variants (``distill`` settings): CE only (no distillation), KD (lambda_kd = 1, T = 4),
   LKD (lambda_rep = 1, tau = 1), KD+LKD; targets from a **server teacher** (seed 004's
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("FEDSIM_DATA_DIR", "data")))
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--samples", type=int, default=500, help="private images per client")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "out" / "seed004")
     parser.add_argument("--docs", action="store_true")

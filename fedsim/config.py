@@ -410,7 +410,8 @@ def validate(config: ExperimentConfig) -> None:
     _check(e, 0 <= v.clients_per_eval <= p.num_clients, "evaluation.clients_per_eval",
            v.clients_per_eval, f"must be between 0 and partition.num_clients ({p.num_clients})")
     _check(e, v.batch_size >= 1, "evaluation.batch_size", v.batch_size, "must be >= 1")
-    _check(e, v.federated_every == 0 or p.val_fraction > 0, "evaluation.federated_every",
+    _check(e, v.federated_every == 0 or p.val_fraction > 0 or s.name == "latent-distill",
+           "evaluation.federated_every",
            v.federated_every, "federated evaluation needs partition.val_fraction > 0 (or set 0)")
 
     sim = c.simulation

@@ -1,0 +1,28 @@
+"""A user hook used by the tests (named by import path ``user_hooks:KeepEvenLabels``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class KeepEvenLabels:
+    """Train only on samples with an even label; report how many were kept."""
+
+    name = "keep_even"
+
+    def __init__(self, minimum: int = 1) -> None:
+        self.minimum = minimum
+
+    def prepare(self, data, ctx):  # noqa: ANN001, ANN201
+        keep = np.nonzero(data.labels.cpu().numpy() % 2 == 0)[0]
+        ctx.stats[self.name] = {"kept": float(len(keep))}
+        return data.subset(keep)
+
+    def transform_batch(self, xb, ctx):  # noqa: ANN001, ANN201
+        return xb
+
+    def loss(self, xb, yb, logits, base_loss, ctx):  # noqa: ANN001, ANN201
+        return base_loss
+
+    def report(self, ctx):  # noqa: ANN001, ANN201
+        return ctx.stats[self.name]
