@@ -163,6 +163,13 @@ def compare(
                      "run_dir": str(Path("runs") / result.path.name)})
         present = [m for m in TIDY_METRICS if m in rounds]
         long = rounds.melt(id_vars=["round"], value_vars=present, var_name="metric").dropna()
+        hooks_file = result.path / "hooks.csv"
+        if hooks_file.is_file():  # hook statistics: mean over the round's clients
+            stats = pd.read_csv(hooks_file)
+            stats = stats[~stats["metric"].str.startswith("count_class")]
+            stats = stats.groupby(["round", "hook", "metric"], as_index=False)["value"].mean()
+            stats["metric"] = "hook." + stats["hook"] + "." + stats["metric"]
+            long = pd.concat([long, stats[["round", "metric", "value"]]], ignore_index=True)
         long.insert(0, "seed", seed)
         long.insert(0, "strategy", spec.label)
         tidy_parts.append(long)
@@ -184,6 +191,8 @@ def compare(
         plots.plot_comparison(tidy, figures / "accuracy_vs_round.png", x="round")
         plots.plot_comparison(tidy, figures / "accuracy_vs_mb.png", x="cumulative_mb")
         plots.plot_confusions(confusions, figures / "confusion_matrices.png")
+        if tidy["metric"].str.startswith("hook.").any():
+            plots.plot_hook_stats(tidy, figures / "hook_stats.png")
     if final.exists():
         shutil.rmtree(final)
     publish(staging, final)

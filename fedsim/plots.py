@@ -137,3 +137,28 @@ def plot_confusions(matrices: dict[str, pd.DataFrame], path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_hook_stats(tidy: pd.DataFrame, path: Path) -> Path:
+    """Client-hook statistics (mean over clients, then seeds) vs round, one panel per statistic."""
+    plt = _pyplot()
+    hooks = tidy[tidy["metric"].str.startswith("hook.")]
+    metrics = sorted(hooks["metric"].unique())
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        part = hooks[hooks["metric"] == metric]
+        for label, group in part.groupby("strategy", sort=False):
+            series = group.groupby("round")["value"].mean()
+            ax.plot(series.index, series.values, marker="o", ms=3, label=label)
+        ax.set_title(metric.removeprefix("hook."), fontsize=9)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

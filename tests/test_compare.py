@@ -112,3 +112,14 @@ def test_one_shot_evaluates_every_client_model(small_config) -> None:
     assert (local["num_examples"] == 200).all() and local["accuracy"].between(0, 1).all()
     assert result.rounds["round"].tolist() == [0, 1]
     assert result.summary["strategy"] == "ema-oneshot"
+
+
+def test_compare_tabulates_and_plots_hook_statistics(small_config) -> None:
+    config = small_config(**{"partition.num_clients": 4, "data.synthetic_train": 240, "train.rounds": 2,
+                             "evaluation.federated_every": 0, "output.name": "hooked",
+                             "hooks": [{"name": "select", "rho": 0.5}]})
+    result = compare(config, "fedavg,uniform", progress=False)
+    fractions = result.tidy[result.tidy["metric"] == "hook.select.fraction"]
+    assert len(fractions) == 4  # 2 strategies x 2 rounds
+    assert fractions["value"].between(0.45, 0.55).all()
+    assert (result.path / "figures" / "hook_stats.png").stat().st_size > 5000

@@ -6,7 +6,7 @@ import numpy as np
 
 
 class KeepEvenLabels:
-    """Train only on samples with an even label; report how many were kept."""
+    """Train only on samples with an even label; report how many were kept (two stages only)."""
 
     name = "keep_even"
 
@@ -17,12 +17,6 @@ class KeepEvenLabels:
         keep = np.nonzero(data.labels.cpu().numpy() % 2 == 0)[0]
         ctx.stats[self.name] = {"kept": float(len(keep))}
         return data.subset(keep)
-
-    def transform_batch(self, xb, ctx):  # noqa: ANN001, ANN201
-        return xb
-
-    def loss(self, xb, yb, logits, base_loss, ctx):  # noqa: ANN001, ANN201
-        return base_loss
 
     def report(self, ctx):  # noqa: ANN001, ANN201
         return ctx.stats[self.name]

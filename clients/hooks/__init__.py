@@ -39,6 +39,29 @@ def _resolve(name: str) -> type:
     return cls
 
 
+class _UserHook(Hook):
+    """Adapts a user object with some of the stages to the full :class:`Hook` interface."""
+
+    def __init__(self, inner: Any, name: str) -> None:
+        self.inner, self.name = inner, name
+
+    def prepare(self, data: LocalData, ctx: HookContext) -> LocalData:
+        stage = getattr(self.inner, "prepare", None)
+        return stage(data, ctx) if stage else data
+
+    def transform_batch(self, xb, ctx: HookContext):  # noqa: ANN001, ANN201
+        stage = getattr(self.inner, "transform_batch", None)
+        return stage(xb, ctx) if stage else xb
+
+    def loss(self, xb, yb, logits, base_loss, ctx: HookContext):  # noqa: ANN001, ANN201
+        stage = getattr(self.inner, "loss", None)
+        return stage(xb, yb, logits, base_loss, ctx) if stage else base_loss
+
+    def report(self, ctx: HookContext) -> dict[str, float]:
+        stage = getattr(self.inner, "report", None)
+        return dict(stage(ctx)) if stage else {}
+
+
 def build_hook(spec: dict[str, Any]) -> Hook:
     """Instantiate one hook from ``{"name": ..., **params}``; errors name what is allowed."""
     if not isinstance(spec, dict) or "name" not in spec:
@@ -56,9 +79,10 @@ def build_hook(spec: dict[str, Any]) -> Hook:
         hook = cls(**params)
     except TypeError as err:
         raise HookError(f"hook {spec['name']!r}: {err}") from err
-    if not getattr(hook, "name", None) or hook.name == "hook":
-        hook.name = str(spec["name"]).rpartition(":")[2].lower()
-    return hook
+    name = getattr(hook, "name", None)
+    if not name or name == "hook":
+        name = str(spec["name"]).rpartition(":")[2].lower()
+    return hook if isinstance(hook, Hook) else _UserHook(hook, name)
 
 
 def build_hooks(specs: list[dict[str, Any]]) -> list[Hook]:
