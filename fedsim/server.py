@@ -179,12 +179,7 @@ def run_centralized(config: ExperimentConfig, model: FedsimNet, x: torch.Tensor,
     t = config.train
     recipe = SGDRecipe(t.local_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay)
     arrays = ArrayRecord(model.state_dict())
-    if config.evaluation.centralized_every > 0:
-        metrics, matrix = evaluator(arrays)
-        recorder.add_round({"round": 0, **metrics, "bytes_down": 0, "bytes_up": 0, "wall_seconds": 0.0})
-        recorder.set_confusion(matrix)
-        if on_round:
-            on_round({"round": 0, **metrics})
+    _initial_evaluation(config, evaluator, arrays, recorder, on_round)
     union_id = config.partition.num_clients  # a generator stream no client uses
     for server_round in range(1, t.rounds + 1):
         started = time.perf_counter()
@@ -195,14 +190,33 @@ def run_centralized(config: ExperimentConfig, model: FedsimNet, x: torch.Tensor,
         row: dict = {"round": server_round, "train_loss": stats.loss, "train_accuracy": stats.accuracy,
                      "bytes_down": 0, "bytes_up": 0}
         if _due(config.evaluation.centralized_every, server_round, t.rounds):
-            metrics, matrix = evaluator(arrays)
-            row.update(metrics)
-            recorder.set_confusion(matrix)
-        row["wall_seconds"] = time.perf_counter() - started
-        recorder.add_round(row)
-        if on_round:
-            on_round(row)
+            _evaluate_into(row, evaluator, arrays, recorder)
+        _finish_round(row, started, recorder, on_round)
     return arrays
+
+
+def _initial_evaluation(config: ExperimentConfig, evaluator: CentralEvaluator, arrays: ArrayRecord,
+                        recorder: RunRecorder, on_round: Callable[[dict], None] | None) -> None:
+    """Round 0: the initial global model on the test set (when centralized evaluation is on)."""
+    if config.evaluation.centralized_every > 0:
+        row = {"round": 0, "bytes_down": 0, "bytes_up": 0, "wall_seconds": 0.0}
+        _evaluate_into(row, evaluator, arrays, recorder)
+        _finish_round(row, None, recorder, on_round)
+
+
+def _evaluate_into(row: dict, evaluator: CentralEvaluator, arrays: ArrayRecord, recorder: RunRecorder) -> None:
+    metrics, matrix = evaluator(arrays)
+    row.update(metrics)
+    recorder.set_confusion(matrix)
+
+
+def _finish_round(row: dict, started: float | None, recorder: RunRecorder,
+                  on_round: Callable[[dict], None] | None) -> None:
+    if started is not None:
+        row["wall_seconds"] = time.perf_counter() - started
+    recorder.add_round(row)
+    if on_round:
+        on_round(row)
 
 
 def _view_means(rows: list[dict]) -> dict[str, float]:
@@ -259,12 +273,8 @@ def run_rounds(
     peers: list[tuple[int, ArrayRecord]] = []
 
     arrays = initial_arrays
-    if global_model and config.evaluation.centralized_every > 0:
-        metrics, matrix = evaluator(arrays)
-        recorder.add_round({"round": 0, **metrics, "bytes_down": 0, "bytes_up": 0, "wall_seconds": 0.0})
-        recorder.set_confusion(matrix)
-        if on_round:
-            on_round({"round": 0, **metrics})
+    if global_model:
+        _initial_evaluation(config, evaluator, arrays, recorder, on_round)
 
     for server_round in range(1, rounds + 1):
         started = time.perf_counter()
@@ -329,11 +339,6 @@ def run_rounds(
             row["consensus_accuracy"] = float(
                 (arrays["logits"].numpy().argmax(1) == transfer_labels).mean())
         if global_model and _due(config.evaluation.centralized_every, server_round, rounds):
-            metrics, matrix = evaluator(arrays)
-            row.update(metrics)
-            recorder.set_confusion(matrix)
-        row["wall_seconds"] = time.perf_counter() - started
-        recorder.add_round(row)
-        if on_round:
-            on_round(row)
+            _evaluate_into(row, evaluator, arrays, recorder)
+        _finish_round(row, started, recorder, on_round)
     return arrays

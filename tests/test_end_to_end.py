@@ -51,8 +51,10 @@ def test_run_directory_is_complete_accuracy_rises_and_sampling_reproduces(small_
 
 def test_failing_clients_are_recorded_and_the_round_continues(small_config) -> None:
     config = small_config(**{"train.rounds": 2, "simulation.fail_clients": [2, 5],
-                             "evaluation.federated_every": 0, "output.name": "flaky"})
+                             "evaluation.federated_every": 0, "output.name": "flaky", "output.format": "parquet"})
     result = run(config, progress=False)
+    assert (result.path / "rounds.parquet").is_file() and (result.path / "clients.parquet").is_file()
+    assert not (result.path / "rounds.csv").exists()
     failed = result.clients[result.clients["status"] == "failed"]
     assert sorted(set(failed["client_id"])) == [2, 5]
     assert len(failed) == 4  # two clients x two rounds
