@@ -78,8 +78,8 @@ class CrucialHook(Hook):
         epochs = self.tiny_epochs or ctx.recipe.epochs
         recipe = SGDRecipe(epochs, ctx.recipe.batch_size, ctx.recipe.lr, ctx.recipe.momentum, ctx.recipe.weight_decay)
         for j, chunk in enumerate(chunks):
+            torch.manual_seed(ctx.generator(0xC1, j).initial_seed())  # seeded initial weights
             tiny = ctx.build_model()
-            torch.manual_seed(ctx.generator(0xC1, j).initial_seed())
             idx = torch.as_tensor(chunk, device=x.device)
             train(tiny, x[idx], data.labels[idx], recipe, ctx.generator(0xC2, j))
             votes[:, j] = (predictions(tiny, x) == data.labels).cpu().numpy()
