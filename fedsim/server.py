@@ -295,6 +295,7 @@ def run_rounds(
                 f"(simulation.min_success_fraction = {sim.min_success_fraction} needs {needed}). "
                 f"Failures: {errors[:2000]}"
             )
+        bytes_up = array_bytes(ok)  # before aggregation: some strategies consume the replies' arrays
         recorder.add_hook_stats(hook_rows(server_round, ok, client_of))
         if committee:
             peers = sorted((client_of[m.metadata.src_node_id], m.content["arrays"]) for m in ok)[:committee]
@@ -316,7 +317,7 @@ def run_rounds(
             "train_loss": _weighted(rows, "loss"),
             "train_accuracy": _weighted(rows, "accuracy"),
             "bytes_down": array_bytes(messages),
-            "bytes_up": array_bytes(ok),
+            "bytes_up": bytes_up,
         }
 
         if _due(config.evaluation.federated_every, server_round, rounds):

@@ -54,6 +54,7 @@ def test_every_strategy_runs_on_identical_partition_init_and_sampling(small_conf
         assert rounds.loc[0, "test_accuracy"] == pytest.approx(ref_rounds.loc[0, "test_accuracy"]), \
             f"{label} started from other initial weights"
         if label != "centralized":
+            assert (rounds.loc[1:, "bytes_up"] > 0).all(), f"{label}: uploads not counted"
             clients = pd.read_csv(folder / "clients.csv")
             train = clients[clients["phase"] == "train"][["round", "client_id"]].reset_index(drop=True)
             ref = ref_clients[ref_clients["phase"] == "train"][["round", "client_id"]].reset_index(drop=True)
