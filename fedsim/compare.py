@@ -1,7 +1,9 @@
 """``fedsim compare``: several strategies on the identical partition, initial weights and sampling.
 
 Every compared run uses the same config except the strategy (or the ``centralized``
-baseline). Partition, initial weights and the client-sampling sequence depend only on the
+baseline); in a comparison that includes ``latent-distill`` with heterogeneous
+``model.architectures``, the weight-averaging entries give every client ``model.name`` (FedAvg
+with homogeneous models as the reference, as the run's ``config.toml`` records). Partition, initial weights and the client-sampling sequence depend only on the
 dataset, the partition settings and the seed, so for each seed all strategies see exactly the
 same clients in the same rounds (tested). The federated runs share one Flower simulation runtime
 (``fedsim.experiment.run_many``) and execute one after another; a strategy that fails is
@@ -56,6 +58,9 @@ class StrategySpec:
             out.strategy.kwargs = dict(self.kwargs)
             if out.train.mode == CENTRALIZED:
                 out.train.mode = "federated"
+        if self.name != "latent-distill":
+            # weight averaging needs one architecture: such entries run model.name on every client
+            out.model.architectures = []
         return out
 
 

@@ -125,3 +125,15 @@ def test_compare_tabulates_and_plots_hook_statistics(small_config) -> None:
     assert len(fractions) == 4  # 2 strategies x 2 rounds
     assert fractions["value"].between(0.45, 0.55).all()
     assert (result.path / "figures" / "hook_stats.png").stat().st_size > 5000
+
+
+def test_weight_averaging_entries_use_one_architecture_next_to_latent_distill(small_config) -> None:
+    config = small_config(**{"strategy.name": "latent-distill", "model.representation_dim": 8,
+                             "model.architectures": ["lenet5", "niid_cnn"]})
+    distill, fedavg, central = parse_strategies("latent-distill,fedavg,centralized")
+    assert distill.apply(config, 0).model.architectures == ["lenet5", "niid_cnn"]
+    assert fedavg.apply(config, 0).model.architectures == []
+    assert central.apply(config, 0).train.mode == "centralized"
+    from fedsim.config import validate
+
+    validate(fedavg.apply(config, 0))  # a valid homogeneous FedAvg run
