@@ -62,9 +62,13 @@ class WorkerRun:
         return self.tensors[name]
 
     def transfer_set(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """latent-distill: the transfer set (held-out training samples) on the device."""
+        """latent-distill: the transfer set on the device (held-out training samples, or another
+        dataset's images; their labels are only meaningful for a hold-out)."""
         idx = self.transfer.transfer
-        return self.normalized("transfer", self.x_train[idx], self.y_train[idx])
+        if not self.transfer.source:
+            return self.normalized("transfer", self.x_train[idx], self.y_train[idx])
+        other = CachedDataset.open(self.transfer.source).load(mmap=True)
+        return self.normalized("transfer", other["x_train"][idx], np.zeros(len(idx), dtype=np.int64))
 
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole test set on the device (T_uni)."""

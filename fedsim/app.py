@@ -90,7 +90,7 @@ def execute(grid: Grid, prepared: PreparedRun, state: RunState, progress: bool =
 
 
 def _distillation_start(prepared: PreparedRun, strategy: LatentDistillation, evaluator: CentralEvaluator,
-                        state: RunState) -> tuple[np.ndarray, ArrayRecord]:
+                        state: RunState) -> tuple[np.ndarray | None, ArrayRecord]:
     """Transfer-set labels, and with ``distill.teacher = "server"`` the trained teacher's targets.
 
     The teacher has the run's ``model.name`` architecture and representation width; it trains
@@ -99,7 +99,10 @@ def _distillation_start(prepared: PreparedRun, strategy: LatentDistillation, eva
     and its logits and representations on the transfer set become every round's targets.
     """
     config = prepared.config
-    transfer = TransferIndex.load(prepared.staging).transfer
+    index = TransferIndex.load(prepared.staging)
+    transfer = index.transfer
+    if index.source:  # another dataset: its labels are not the clients' classes
+        return None, strategy.initial_arrays()
     train_set = prepared.dataset.load()
     labels = np.asarray(train_set["y_train"][transfer], dtype=np.int64)
     if config.distill.teacher != "server":

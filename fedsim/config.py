@@ -113,6 +113,10 @@ class DistillConfig:
 
     transfer_size: int = 1024
     transfer_classes: list[int] = field(default_factory=list)  # holdout only from these classes
+    # "" = hold the transfer set out of the training set; else another dataset's training images
+    # (synthetic | cifar10 | cifar100 | npz, read from data.data_dir; unlabelled for distillation)
+    transfer_dataset: str = ""
+    transfer_path: str = ""  # the .npz file when transfer_dataset = "npz"
     teacher: str = "consensus"  # consensus | server
     teacher_epochs: int = 20
     lambda_ce: float = 0.0  # CE on the transfer set's labels while digesting
@@ -473,6 +477,18 @@ def _validate_distill(c: ExperimentConfig, e: list[str]) -> None:
         return
     _check(e, c.train.mode == "federated", "train.mode", c.train.mode, "latent-distill runs in federated mode")
     _check(e, d.transfer_size >= 1, "distill.transfer_size", d.transfer_size, "must be >= 1")
+    if d.transfer_dataset:
+        _check(e, d.transfer_dataset in DATASETS, "distill.transfer_dataset", d.transfer_dataset,
+               f"allowed: '' (hold out from the training set), {', '.join(DATASETS)}")
+        _check(e, d.transfer_dataset != "npz" or bool(d.transfer_path), "distill.transfer_path",
+               d.transfer_path, "transfer_dataset 'npz' needs the .npz file")
+        _check(e, d.teacher == "consensus", "distill.teacher", d.teacher,
+               "a server teacher trains on labels; another dataset's labels are not the clients' classes: "
+               "use teacher = 'consensus' or hold the transfer set out of the training set")
+        _check(e, d.lambda_ce == 0, "distill.lambda_ce", d.lambda_ce,
+               "another dataset's labels are not the clients' classes: set lambda_ce = 0")
+        _check(e, not d.transfer_classes, "distill.transfer_classes", d.transfer_classes,
+               "class subsets apply to a hold-out of the training set only")
     _check(e, d.teacher in ("consensus", "server"), "distill.teacher", d.teacher, "allowed: consensus, server")
     _check(e, d.teacher_epochs >= 1, "distill.teacher_epochs", d.teacher_epochs, "must be >= 1")
     for key in ("lambda_ce", "lambda_kd", "lambda_rep"):
@@ -526,7 +542,7 @@ def validate_against_dataset(config: ExperimentConfig, num_train: int, num_class
     if p.scheme == "shards":
         _check(e, p.classes_per_client <= num_classes, "partition.classes_per_client",
                p.classes_per_client, f"must be <= the dataset's {num_classes} classes")
-    if config.strategy.name == "latent-distill":
+    if config.strategy.name == "latent-distill" and not config.distill.transfer_dataset:
         d = config.distill
         _check(e, d.transfer_size < num_train, "distill.transfer_size", d.transfer_size,
                f"must leave private data: the training set has {num_train} samples")

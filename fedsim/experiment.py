@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from fedsim import plots, rundir
 from fedsim.config import ExperimentConfig, validate, validate_against_dataset
 from fedsim.datasets import (
     CachedDataset,
+    DatasetError,
     Partition,
     build_partition,
     check_disjoint,
@@ -60,7 +61,7 @@ def make_partition(config: ExperimentConfig, dataset: CachedDataset
     p = config.partition
     transfer = None
     pool = np.arange(len(labels))
-    if config.strategy.name == "latent-distill":
+    if config.strategy.name == "latent-distill" and not config.distill.transfer_dataset:
         transfer = holdout_transfer(labels, config.distill.transfer_size, config.seed,
                                     list(config.distill.transfer_classes))
         pool = np.setdiff1d(pool, transfer)
@@ -81,12 +82,15 @@ def prepare(config: ExperimentConfig) -> PreparedRun:
     dataset = materialize(config.data)
     validate_against_dataset(config, dataset.num_train, dataset.num_classes)
     partition, counts, transfer = make_partition(config, dataset)
+    source = None
+    if config.strategy.name == "latent-distill" and config.distill.transfer_dataset:
+        source, transfer = external_transfer(config, dataset)
     final = rundir.final_run_path(config)
     staging = rundir.create_staging(final)
     try:
         _write_inputs(config, dataset, partition, counts, staging)
         if transfer is not None:
-            _write_transfer(config, dataset, transfer, staging)
+            _write_transfer(config, dataset, transfer, staging, source)
     except BaseException:
         import shutil
 
@@ -116,7 +120,29 @@ def _write_inputs(config: ExperimentConfig, dataset: CachedDataset, partition: P
     ).save(folder)
 
 
-def _write_transfer(config: ExperimentConfig, dataset: CachedDataset, transfer: np.ndarray, folder: Path) -> None:
+def external_transfer(config: ExperimentConfig, dataset: CachedDataset) -> tuple[CachedDataset, np.ndarray]:
+    """latent-distill with ``distill.transfer_dataset``: another dataset's training images.
+
+    The other dataset is cached like the main one; ``transfer_size`` of its training images are
+    drawn with a seeded generator. Its images must have the clients' shape; its labels are not
+    used (they are not the clients' classes).
+    """
+    d, data = config.distill, config.data
+    other = materialize(replace(data, dataset=d.transfer_dataset, path=d.transfer_path, classes=[]))
+    shape = np.load(other.folder / "x_train.npy", mmap_mode="r").shape
+    own = np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape
+    if shape[1:] != own[1:]:
+        raise DatasetError(f"distill.transfer_dataset = {d.transfer_dataset!r} has images of shape {shape[1:]}, "
+                           f"the clients' are {own[1:]}")
+    if d.transfer_size > shape[0]:
+        raise DatasetError(f"distill.transfer_size = {d.transfer_size}: {d.transfer_dataset!r} has only "
+                           f"{shape[0]} training images")
+    rng = np.random.default_rng([config.seed, 0x7D])
+    return other, np.sort(rng.choice(shape[0], size=d.transfer_size, replace=False)).astype(np.int64)
+
+
+def _write_transfer(config: ExperimentConfig, dataset: CachedDataset, transfer: np.ndarray, folder: Path,
+                    source: CachedDataset | None = None) -> None:
     """latent-distill: the transfer set and each client's T_priv (test subset with its class mix)."""
     split = PartitionIndex.load(folder)
     y_train = np.asarray(dataset.load()["y_train"])
@@ -124,7 +150,7 @@ def _write_transfer(config: ExperimentConfig, dataset: CachedDataset, transfer: 
     tpriv = [tpriv_indices(y_test, np.bincount(y_train[split.train_of(c)], minlength=dataset.num_classes),
                            config.distill.tpriv_size, config.seed, c)
              for c in range(split.num_clients)]
-    TransferIndex.from_lists(transfer, tpriv).save(folder)
+    TransferIndex.from_lists(transfer, tpriv, str(source.folder.resolve()) if source else "").save(folder)
 
 
 def initial_model(config: ExperimentConfig, dataset: CachedDataset) -> FedsimNet:

@@ -125,22 +125,24 @@ class TransferIndex:
     transfer: np.ndarray
     tpriv_indices: np.ndarray
     tpriv_offsets: np.ndarray
+    source: str = ""  # "" = indices into this run's training set, else another cached dataset's folder
 
     def tpriv_of(self, client_id: int) -> np.ndarray:
         return self.tpriv_indices[self.tpriv_offsets[client_id] : self.tpriv_offsets[client_id + 1]]
 
     def save(self, folder: Path) -> Path:
         path = folder / TRANSFER_FILE
-        np.savez(path, transfer=self.transfer, tpriv_indices=self.tpriv_indices, tpriv_offsets=self.tpriv_offsets)
+        np.savez(path, transfer=self.transfer, tpriv_indices=self.tpriv_indices, tpriv_offsets=self.tpriv_offsets,
+                 source=np.array(self.source))
         return path
 
     @classmethod
-    def from_lists(cls, transfer: np.ndarray, tpriv: list[np.ndarray]) -> "TransferIndex":
+    def from_lists(cls, transfer: np.ndarray, tpriv: list[np.ndarray], source: str = "") -> "TransferIndex":
         offsets = np.concatenate([[0], np.cumsum([len(t) for t in tpriv])]).astype(np.int64)
         values = np.concatenate(tpriv).astype(np.int64) if tpriv else np.zeros(0, np.int64)
-        return cls(np.asarray(transfer, dtype=np.int64), values, offsets)
+        return cls(np.asarray(transfer, dtype=np.int64), values, offsets, source)
 
     @classmethod
     def load(cls, folder: str | Path) -> "TransferIndex":
         with np.load(Path(folder) / TRANSFER_FILE) as f:
-            return cls(f["transfer"], f["tpriv_indices"], f["tpriv_offsets"])
+            return cls(f["transfer"], f["tpriv_indices"], f["tpriv_offsets"], str(f["source"]))

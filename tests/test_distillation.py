@@ -155,3 +155,25 @@ def test_two_architectures_end_to_end_with_consensus_and_teacher(small_config) -
     assert 0 <= teacher.summary["teacher_test_accuracy"] <= 1
     assert teacher.rounds.set_index("round").loc[1, "bytes_up"] == 0, "with a teacher clients send nothing"
     assert math.isfinite(teacher.summary["final_tpriv_accuracy"])
+
+
+def test_transfer_set_from_another_dataset(small_config, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "public.npz", x_train=rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(300) % 20, x_test=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
+             y_test=np.arange(20))
+    config = distill_config(small_config, **{"distill.transfer_dataset": "npz",
+                                             "distill.transfer_path": str(tmp_path / "public.npz"),
+                                             "distill.transfer_size": 100, "output.name": "public"})
+    prepared = prepare(config)
+    split = np.load(prepared.staging / "partition.npz")
+    assert split["train_indices"].size + split["val_indices"].size == 600  # nothing held out
+    worker = worker_run(str(prepared.staging.resolve()))
+    x, _ = worker.transfer_set()
+    assert x.shape == (100, 3, 32, 32)
+    _, outputs = distill_round(LocalClient(0, worker), ArrayRecord(), 1, True)
+    assert outputs["logits"].numpy().shape == (100, 10)
+    with pytest.raises(ConfigError, match="use teacher = 'consensus'"):
+        distill_config(small_config, **{"distill.transfer_dataset": "synthetic", "distill.teacher": "server"})
+    with pytest.raises(ConfigError, match="distill.transfer_dataset = 'imagenet': allowed"):
+        distill_config(small_config, **{"distill.transfer_dataset": "imagenet"})
