@@ -7,11 +7,13 @@ FedAvg over all clients, SGD lr 0.01 momentum 0.9 batch 32, test on the full CIF
     paper's committee (k = 10 tiny models on stratified local chunks, theta = 9, rule ``lt``),
     then one ``affine`` copy per crucial sample; vs the same number of randomly chosen samples
     augmented (``target = "random"``); vs no augmentation.
-(b) seed 003 -- training-sample selection: 5 rounds x 1 local epoch; each round a client scores
-    its data with the received global model and trains only on the top rho (0.05, 0.3) by
-    ``corr_conf`` (eq. 6), ``correctness`` or ``uniform``.
+(b) seed 003 -- training-sample selection: 6 rounds x 1 local epoch; rounds 1-3 train on all data
+    (the scorer's warm-up, like seed 003's initial model), then each round a client scores its data
+    with the received global model and trains only on the top rho (0.05, 0.3) by ``corr_conf``
+    (eq. 6), ``correctness`` or ``uniform``.
 (c) seed 002 -- knowledge distillation in local training: 5 rounds x 1 local epoch;
-    ``(1 - alpha) * CE + alpha * T^2 KL`` toward the received global model (T = 4),
+    ``(1 - alpha) * CE + alpha * T^2 KL`` (T = 4) toward a fixed teacher -- the NIID-Bench CNN
+    trained centrally on all 50,000 training images for 3 epochs (a checkpoint, loaded safely) --
     alpha in {0, 0.5, 1}, without and with online flip + crop augmentation.
 
     python experiments/hooks_experiments.py --data-dir ../shared/data/cifar10 --seeds 0,1,2 --docs
@@ -49,23 +51,41 @@ EXPERIMENTS: dict[str, dict[str, dict]] = {
             CRUCIAL, {"name": "augment", "transform": "affine", "target": "crucial"}]},
     },
     "b": {
-        f"{proxy} rho={rho}": {"rounds": 5, "epochs": 1, "hooks": [{"name": "select", "rho": rho, "proxy": proxy}]}
+        f"{proxy} rho={rho}": {"rounds": 6, "epochs": 1,
+                               "hooks": [{"name": "select", "rho": rho, "proxy": proxy, "start_round": 4}]}
         for rho in (0.05, 0.3) for proxy in ("corr_conf", "correctness", "uniform")
     },
     "c": {
         f"alpha={alpha}{' + flip/crop' if aug else ''}": {
             "rounds": 5, "epochs": 1,
-            "hooks": [{"name": "kd", "alpha": alpha, "temperature": 4.0}]
+            "hooks": [{"name": "kd", "alpha": alpha, "temperature": 4.0, "teacher": "checkpoint",
+                       "teacher_model": "niid_cnn"}]
             + ([{"name": "augment", "transform": "flip_crop", "mode": "online"}] if aug else [])}
         for aug in (False, True) for alpha in (0.0, 0.5, 1.0)
     },
 }
 
 
-def config_for(args: argparse.Namespace, experiment: str, variant: str, seed: int):
+def train_teacher(args: argparse.Namespace) -> Path:
+    """(c)'s fixed teacher: the NIID-Bench CNN trained centrally on all 50,000 training images."""
+    from fedsim.experiment import run
+
+    result = run(load_config(None, {
+        "seed": 0, "train.mode": "centralized", "train.rounds": args.teacher_epochs, "train.local_epochs": 1,
+        "data.dataset": "npz", "data.path": "cifar10.npz", "data.data_dir": str(args.data_dir),
+        "partition.scheme": "iid", "partition.num_clients": 1, "partition.val_fraction": 0.0,
+        "model.name": "niid_cnn", "train.batch_size": 64, "train.lr": 0.01,
+        "evaluation.batch_size": 1000, "output.dir": str(args.out), "output.name": "teacher",
+        "output.overwrite": True, "output.figures": False}), progress=False)
+    print(f"teacher test accuracy: {result.summary['final_test_accuracy']:.4f}", flush=True)
+    return result.path / "final_model.pt"
+
+
+def config_for(args: argparse.Namespace, experiment: str, variant: str, seed: int, teacher: Path | None = None):
     spec = EXPERIMENTS[experiment][variant]
+    hooks = [dict(h, checkpoint=str(teacher)) if h.get("teacher") == "checkpoint" else h for h in spec["hooks"]]
     return load_config(None, {
-        "seed": seed, "hooks": spec["hooks"],
+        "seed": seed, "hooks": hooks,
         "data.dataset": "npz", "data.path": "cifar10.npz", "data.data_dir": str(args.data_dir),
         "partition.scheme": "dirichlet-per-client", "partition.alpha": 1.0,
         "partition.samples_per_client": 1000, "partition.num_clients": 5, "partition.val_fraction": 0.0,
@@ -127,14 +147,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--experiments", default="a,b,c")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "out" / "hooks")
+    parser.add_argument("--teacher-epochs", type=int, default=3, help="(c): centralized teacher epochs")
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
     chosen = [e for e in args.experiments.split(",") if e]
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
+    teacher = train_teacher(args) if "c" in chosen else None
     entries = [(e, v, s) for e in chosen for s in seeds for v in EXPERIMENTS[e]]
-    configs = [config_for(args, e, v, s) for e, v, s in entries]
+    configs = [config_for(args, e, v, s, teacher) for e, v, s in entries]
     started = time.perf_counter()
     outcomes = run_many(configs, progress=False,
                         on_start=lambda i: print(f"== ({entries[i][0]}) {entries[i][1]} seed {entries[i][2]}", flush=True))

@@ -212,3 +212,10 @@ def test_hook_statistics_reach_the_run_directory(small_config) -> None:
     pd.testing.assert_series_equal(copies.set_index(["round", "client_id"])["value"], counts, check_names=False)
     train = result.clients[result.clients["phase"] == "train"].set_index(["round", "client_id"])
     assert (train["num_examples"] >= counts.reindex(train.index).values).all()
+
+
+def test_select_waits_for_its_start_round() -> None:
+    early = SelectHook(rho=0.25, start_round=3).prepare(local_data(), ctx := context())  # context: round 2
+    assert len(early) == 40 and ctx.stats["select"]["fraction"] == 1.0
+    on_time = SelectHook(rho=0.25, start_round=2).prepare(local_data(), context())
+    assert len(on_time) == 10

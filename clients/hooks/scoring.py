@@ -154,7 +154,9 @@ class SelectHook(Hook):
     Parameters: ``rho`` (budget, share kept), ``proxy`` (``corr_conf``, ``correctness``,
     ``uniform``), ``confidence`` (``cross_entropy``, ``entropy``, ``gini_simpson``,
     ``max_likelihood``), ``eps`` (1e-6), ``use`` = ``"subset"`` (train only on the selected
-    samples) or ``"extra"`` (train on everything, the selected samples ``extra_passes`` more times).
+    samples) or ``"extra"`` (train on everything, the selected samples ``extra_passes`` more times),
+    ``start_round`` (1; before it clients train on all their data, e.g. to warm up the scorer as
+    seed 003's initial model).
     Reports the selected fraction, the misclassified fraction overall and among the selected,
     and per-class selected counts.
     """
@@ -162,16 +164,24 @@ class SelectHook(Hook):
     name = "select"
 
     def __init__(self, rho: float = 0.3, proxy: str = "corr_conf", confidence: str = "cross_entropy",
-                 eps: float = 1e-6, use: str = "subset", extra_passes: int = 1) -> None:
+                 eps: float = 1e-6, use: str = "subset", extra_passes: int = 1, start_round: int = 1) -> None:
         require(isinstance(rho, (int, float)) and 0 < rho <= 1, self.name, "rho", rho, "must be in (0, 1]")
         require(proxy in PROXIES, self.name, "proxy", proxy, f"allowed: {', '.join(PROXIES)}")
         require(confidence in CONFIDENCES, self.name, "confidence", confidence, f"allowed: {', '.join(CONFIDENCES)}")
         require(use in ("subset", "extra"), self.name, "use", use, "allowed: subset, extra")
         require(isinstance(extra_passes, int) and extra_passes >= 1, self.name, "extra_passes", extra_passes, "must be >= 1")
+        require(isinstance(start_round, int) and start_round >= 1, self.name, "start_round", start_round,
+                "must be an integer >= 1")
         self.rho, self.proxy, self.kind, self.eps = float(rho), proxy, confidence, eps
-        self.use, self.extra_passes = use, extra_passes
+        self.use, self.extra_passes, self.start_round = use, extra_passes, start_round
 
     def prepare(self, data: LocalData, ctx: HookContext) -> LocalData:
+        if ctx.server_round < self.start_round:
+            data.masks[self.name] = np.ones(len(data), dtype=bool)
+            ctx.stats[self.name] = {"fraction": 1.0, "count": float(len(data)), "misclassified_fraction": float("nan"),
+                                    "misclassified_among_selected": float("nan"),
+                                    **{f"count_class{c}": float(n) for c, n in enumerate(data.class_counts())}}
+            return data
         x = ctx.normalize(data.images)
         with torch.no_grad():
             ctx.global_model.eval()
