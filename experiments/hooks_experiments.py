@@ -75,7 +75,8 @@ def train_teacher(args: argparse.Namespace) -> Path:
         "data.dataset": "npz", "data.path": "cifar10.npz", "data.data_dir": str(args.data_dir),
         "partition.scheme": "iid", "partition.num_clients": 1, "partition.val_fraction": 0.0,
         "model.name": "niid_cnn", "train.batch_size": 64, "train.lr": 0.01,
-        "evaluation.batch_size": 1000, "output.dir": str(args.out), "output.name": "teacher",
+        "evaluation.batch_size": 1000, "evaluation.federated_every": 0,
+        "output.dir": str(args.out), "output.name": "teacher",
         "output.overwrite": True, "output.figures": False}), progress=False)
     print(f"teacher test accuracy: {result.summary['final_test_accuracy']:.4f}", flush=True)
     return result.path / "final_model.pt"
@@ -135,7 +136,8 @@ def plot(table: pd.DataFrame, experiment: str, path: Path) -> None:
     titles = {"a": "seed 000: augmenting crucial vs random samples",
               "b": "seed 003: training-sample selection proxies",
               "c": "seed 002: KD weight alpha, with and without augmentation"}
-    ax.set_title(f"{titles[experiment]} (CIFAR-10, seeds {sorted(int(s) for s in ok['seed'].unique())})", fontsize=9)
+    seeds = sorted(int(s) for s in ok["seed"].unique())
+    ax.set_title(f"{titles[experiment]}\nCIFAR-10, 5 clients x 1,000 images, seeds {seeds}; bars = min..max", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
