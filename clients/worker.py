@@ -8,6 +8,7 @@ receive new weights in place (DESIGN.md: "models are built once per worker").
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,11 +53,12 @@ class WorkerRun:
         return self.models[key]
 
 
-    def normalized(self, name: str, images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images/labels as device tensors, built once per worker under ``name``."""
+    def normalized(self, name: str, load: Callable[[], tuple[np.ndarray, np.ndarray]]
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images/labels as device tensors, read (``load()``) and built once per worker under ``name``."""
         if name not in self.tensors:
-            order = np.arange(len(labels))
-            x = to_tensor(np.asarray(images[order]), self.spec.mean, self.spec.std, self.device)
+            images, labels = load()
+            x = to_tensor(np.array(images), self.spec.mean, self.spec.std, self.device)
             y = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.device)
             self.tensors[name] = (x, y)
         return self.tensors[name]
@@ -65,15 +67,22 @@ class WorkerRun:
         """latent-distill: the transfer set on the device (held-out training samples, or another
         dataset's images; their labels are only meaningful for a hold-out)."""
         idx = self.transfer.transfer
-        if not self.transfer.source:
-            return self.normalized("transfer", self.x_train[idx], self.y_train[idx])
-        other = CachedDataset.open(self.transfer.source).load(mmap=True)
-        return self.normalized("transfer", other["x_train"][idx], np.zeros(len(idx), dtype=np.int64))
+
+        def load() -> tuple[np.ndarray, np.ndarray]:
+            if not self.transfer.source:
+                return self.x_train[idx], self.y_train[idx]
+            other = CachedDataset.open(self.transfer.source).load(mmap=True)
+            return other["x_train"][idx], np.zeros(len(idx), dtype=np.int64)
+
+        return self.normalized("transfer", load)
 
     def test_set(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The whole test set on the device (T_uni)."""
-        arrays = CachedDataset.open(self.spec.dataset_folder).load(mmap=True)
-        return self.normalized("test", arrays["x_test"], arrays["y_test"])
+        def load() -> tuple[np.ndarray, np.ndarray]:
+            arrays = CachedDataset.open(self.spec.dataset_folder).load(mmap=True)
+            return arrays["x_test"], arrays["y_test"]
+
+        return self.normalized("test", load)
 
     def fresh_model(self, name: str) -> FedsimNet:
         """A newly initialised model (e.g. a hook's tiny committee member); seed it before calling."""
