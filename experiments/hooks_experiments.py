@@ -36,6 +36,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 import numpy as np
 import pandas as pd
 
+from _publish import publish
 from fedsim.config import load_config
 from fedsim.experiment import run_many
 
@@ -172,9 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(summary.drop(columns=["seed"]).to_string(float_format=lambda v: f"{v:.4f}"))
         plot(table, experiment, args.out / f"hooks_{experiment}.png")
         if args.docs:
-            (ROOT / "docs" / "experiments").mkdir(parents=True, exist_ok=True)
-            part.to_csv(ROOT / "docs" / "experiments" / f"hooks_{experiment}.csv", index=False, float_format="%.4f")
-            plot(table, experiment, ROOT / "docs" / "figures" / f"hooks_{experiment}.png")
+            publish(part, f"hooks_{experiment}", lambda path, e=experiment: plot(table, e, path))
     return 0
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from fedsim.compare import compare
+from _publish import publish
 from fedsim.config import load_config
 from fedsim.results import load_run
 
@@ -145,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print(means.to_string(float_format=lambda v: f"{v:.4f}"))
     plot(table, args.out / "seed001_cats_dogs.png")
     if args.docs:
-        (ROOT / "docs" / "experiments").mkdir(parents=True, exist_ok=True)
-        table.to_csv(ROOT / "docs" / "experiments" / "seed001_cats_dogs.csv", index=False, float_format="%.4f")
-        plot(table, ROOT / "docs" / "figures" / "seed001_cats_dogs.png")
+        publish(table, "seed001_cats_dogs", lambda path: plot(table, path))
     return 0
 
 

@@ -39,6 +39,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 import numpy as np
 import pandas as pd
 
+from _publish import publish
 from fedsim.config import load_config
 from fedsim.experiment import run_many
 from fedsim.results import RunResult
@@ -159,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(configs)} runs in {elapsed / 60:.1f} min")
     plot(table, args.out / "seed004_latent_distillation.png")
     if args.docs:
-        (ROOT / "docs" / "experiments").mkdir(parents=True, exist_ok=True)
-        table.to_csv(ROOT / "docs" / "experiments" / "seed004_latent_distillation.csv", index=False, float_format="%.4f")
-        plot(table, ROOT / "docs" / "figures" / "seed004_latent_distillation.png")
+        publish(table, "seed004_latent_distillation", lambda path: plot(table, path))
     return 0
 
 
