@@ -33,8 +33,10 @@ import torch
 
 from fedsim.clients.client import LocalClient
 from fedsim.clients.worker import worker_run
-from fedsim.config import ExperimentConfig, load_config
-from fedsim.experiment import initial_model, prepare, run
+from fedsim.config import ExperimentConfig
+from fedsim.validation import load_config
+from fedsim.experiment import run
+from fedsim.prepare import initial_model, prepare
 from fedsim.sampling import TRAIN, sample_clients, sample_size
 
 

@@ -1,9 +1,9 @@
-"""A federated *client*: partition id + its data (+ later its state and hooks).
+"""A federated *client*: partition id + its data, its hooks and the run's recipe.
 
-A client is deliberately not a Flower node (DESIGN.md): the node's message handler looks
-up the client(s) it was asked to run and calls :meth:`LocalClient.fit` /
-:meth:`LocalClient.evaluate`, so one node can later host many clients without touching
-the training loop.
+A client is deliberately not a Flower node: the client-side handler
+(:mod:`fedsim.clients.handler`) looks up the client it was asked to run and calls
+:meth:`LocalClient.fit` / :meth:`LocalClient.evaluate`, so one node can host many clients
+without touching the training loop.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from fedsim.protocol import hook_metric_key
+from fedsim.recipe import SGDRecipe
 
 from . import training
 from .hooks import HookContext, LocalData
@@ -36,9 +39,12 @@ class LocalClient:
     def num_train(self) -> int:
         return len(self.run.partition.train_of(self.client_id))
 
-    def fit(self, model: torch.nn.Module, server_round: int, proximal_mu: float = 0.0,
+    def fit(self, model: torch.nn.Module, server_round: int, recipe: SGDRecipe | None = None,
             peers: list[tuple[int, dict[str, torch.Tensor]]] | None = None) -> training.TrainStats:
         """Local SGD on the client's training split; randomness from (seed, round, client).
+
+        ``recipe`` defaults to the run's (``spec.recipe``); the handler passes it with the
+        round's proximal term when the strategy sends one.
 
         With hooks configured, the data goes through their ``prepare`` stages first, every batch
         through ``transform_batch`` and every loss through ``loss``; what they report is in
@@ -46,13 +52,13 @@ class LocalClient:
         """
         generator = training.seeded_generator(self.run.spec.seed, server_round, self.client_id)
         torch.manual_seed(generator.initial_seed())  # dropout etc. draw from the global RNG
-        hooks = self.run.hooks
-        if not hooks:
+        recipe = recipe or self.run.spec.recipe
+        if not self.run.hooks:
             x, y = self._tensors(self.run.partition.train_of(self.client_id))
-            return training.train(model, x, y, self.run.recipe, generator, proximal_mu)
-        return self._fit_with_hooks(model, server_round, proximal_mu, peers or [], generator)
+            return training.train(model, x, y, recipe, generator)
+        return self._fit_with_hooks(model, server_round, recipe, peers or [], generator)
 
-    def _fit_with_hooks(self, model: torch.nn.Module, server_round: int, proximal_mu: float,
+    def _fit_with_hooks(self, model: torch.nn.Module, server_round: int, recipe: SGDRecipe,
                         peers: list, generator: torch.Generator) -> training.TrainStats:
         spec, device = self.run.spec, self.run.device
         order = np.sort(self.run.partition.train_of(self.client_id))
@@ -62,7 +68,7 @@ class LocalClient:
             seed=spec.seed, server_round=server_round, client_id=self.client_id, device=device,
             global_model=model, normalize=lambda xb: training.normalize(xb, spec.mean, spec.std),
             build_model=lambda: self.run.fresh_model(spec.architecture_of(self.client_id)),
-            recipe=self.run.recipe, peers=peers,
+            recipe=spec.recipe, peers=peers,
         )
         hooks = self.run.hooks
         for hook in hooks:
@@ -79,9 +85,9 @@ class LocalClient:
                 loss = hook.loss(xb, yb, logits, loss, ctx)
             return loss, logits
 
-        stats = training.train(model, data.images, data.labels, self.run.recipe, generator, proximal_mu,
+        stats = training.train(model, data.images, data.labels, recipe, generator,
                                objective=objective, prepare_batch=prepare_batch)
-        stats.hook_metrics = {f"hook.{hook.name}.{key}": float(value)
+        stats.hook_metrics = {hook_metric_key(hook.name, key): float(value)
                               for hook in hooks for key, value in hook.report(ctx).items()}
         return stats
 

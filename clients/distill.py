@@ -12,6 +12,17 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
+from fedsim.protocol import (
+    DIGEST_LOSS,
+    EVAL_ACCURACY,
+    EVAL_LOSS,
+    NUM_EXAMPLES,
+    TPRIV_ACCURACY,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    TUNI_ACCURACY,
+)
+
 from . import training
 from .client import LocalClient
 from .losses import distillation_loss
@@ -32,6 +43,7 @@ def transfer_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 
 def digest(client: LocalClient, model: torch.nn.Module, targets: ArrayRecord, server_round: int) -> training.TrainStats:
     """Distil toward ``targets`` (``logits`` and/or ``reps`` per transfer sample) on the transfer set."""
     d = client.run.spec.distill
+    assert d is not None, "a distillation round needs the spec's distill recipe"
     x, y = client.run.transfer_set()
     teacher_logits = torch.from_numpy(targets["logits"].numpy()).to(x.device) if "logits" in targets else None
     teacher_reps = torch.from_numpy(targets["reps"].numpy()).to(x.device) if "reps" in targets else None
@@ -42,15 +54,12 @@ def digest(client: LocalClient, model: torch.nn.Module, targets: ArrayRecord, se
             logits, rep,
             teacher_logits[idx] if teacher_logits is not None else None,
             teacher_reps[idx] if teacher_reps is not None else None,
-            yb, d["lambda_ce"], d["lambda_kd"], d["lambda_rep"], d["temperature"], d["tau"],
+            yb, d.lambda_ce, d.lambda_kd, d.lambda_rep, d.temperature, d.tau,
         )
         return loss, logits
 
-    s = client.run.spec
-    recipe = training.SGDRecipe(d["digest_epochs"], d["digest_batch_size"], d["digest_lr"] or s.lr,
-                                s.momentum, s.weight_decay)
-    generator = training.seeded_generator(s.seed, server_round, client.client_id, 0xD1)
-    return training.train(model, x, y, recipe, generator, objective=objective)
+    generator = training.seeded_generator(client.run.spec.seed, server_round, client.client_id, 0xD1)
+    return training.train(model, x, y, d.digest, generator, objective=objective)
 
 
 def distill_round(client: LocalClient, targets: ArrayRecord, server_round: int,
@@ -59,7 +68,7 @@ def distill_round(client: LocalClient, targets: ArrayRecord, server_round: int,
     d = client.run.spec.distill
     model = client.run.client_model(client.client_id)
     digested = None
-    if len(targets.keys()) and d["digest_epochs"] > 0 and (d["lambda_kd"] or d["lambda_rep"] or d["lambda_ce"]):
+    if len(targets.keys()) and d is not None and d.digests:
         digested = digest(client, model, targets, server_round)
     stats = client.fit(model, server_round)
     outputs = ArrayRecord()
@@ -68,8 +77,8 @@ def distill_round(client: LocalClient, targets: ArrayRecord, server_round: int,
         logits, reps = transfer_outputs(model, x)
         outputs = ArrayRecord({"logits": Array(logits.astype(np.float32)), "reps": Array(reps.astype(np.float32))})
     client.run.store.save(client.client_id, model.state_dict())
-    metrics = {"num-examples": stats.num_examples, "train-loss": stats.loss, "train-accuracy": stats.accuracy,
-               "digest-loss": digested.loss if digested else float("nan")}
+    metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy,
+               DIGEST_LOSS: digested.loss if digested else float("nan")}
     return metrics, outputs
 
 
@@ -80,5 +89,5 @@ def evaluate_views(client: LocalClient) -> dict[str, float]:
     uni = training.evaluate(model, x, y, client.run.spec.eval_batch_size)
     tpriv = client.run.transfer.tpriv_of(client.client_id)
     hits = uni.predictions[tpriv] == y.cpu().numpy()[tpriv]
-    return {"num-examples": int(len(tpriv)), "eval-loss": uni.loss, "eval-accuracy": uni.accuracy,
-            "tuni-accuracy": uni.accuracy, "tpriv-accuracy": float(hits.mean()) if len(tpriv) else float("nan")}
+    return {NUM_EXAMPLES: int(len(tpriv)), EVAL_LOSS: uni.loss, EVAL_ACCURACY: uni.accuracy,
+            TUNI_ACCURACY: uni.accuracy, TPRIV_ACCURACY: float(hits.mean()) if len(tpriv) else float("nan")}

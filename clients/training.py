@@ -16,16 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-@dataclass(frozen=True)
-class SGDRecipe:
-    """Local optimisation hyper-parameters."""
-
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+from fedsim.recipe import SGDRecipe
 
 
 @dataclass
@@ -93,16 +84,15 @@ def train(
     y: torch.Tensor,
     recipe: SGDRecipe,
     generator: torch.Generator,
-    proximal_mu: float = 0.0,
     objective: Objective = cross_entropy_objective,
     prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> TrainStats:
     """Run ``recipe.epochs`` epochs of mini-batch SGD on ``(x, y)`` in place; return statistics.
 
     ``objective`` is the per-batch loss (cross-entropy by default; distillation passes its own,
-    which receives the batch's indices to look up per-sample targets). ``proximal_mu > 0`` adds
-    FedProx's proximal term (mu / 2) * ||w - w_start||^2, where w_start are the weights the call
-    started from (the received global model). ``prepare_batch`` turns ``x[idx]`` into the model's
+    which receives the batch's indices to look up per-sample targets). ``recipe.proximal_mu > 0``
+    adds FedProx's proximal term (mu / 2) * ||w - w_start||^2, where w_start are the weights the
+    call started from (the received global model). ``prepare_batch`` turns ``x[idx]`` into the model's
     input (fedsim's clients keep uint8 images and augment/normalise per batch).
     """
     n = len(y)
@@ -112,7 +102,7 @@ def train(
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
-    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    anchor = [p.detach().clone() for p in model.parameters()] if recipe.proximal_mu > 0 else None
     single_sample_breaks = _has_batchnorm(model)
     total_loss = torch.zeros((), device=x.device)
     total_correct = torch.zeros((), device=x.device, dtype=torch.long)
@@ -127,7 +117,7 @@ def train(
             loss, logits = objective(model, xb, y[idx], idx)
             total_loss += loss.detach() * len(idx)
             if anchor is not None:
-                loss = loss + proximal_term(model, anchor, proximal_mu)
+                loss = loss + proximal_term(model, anchor, recipe.proximal_mu)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

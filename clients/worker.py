@@ -3,7 +3,7 @@
 A Ray actor serves many messages over a run. The first message of a run makes this module
 open the run's ``spec.json``, memory-map the cached dataset and read ``partition.npz``;
 every later message reuses them. Models are built once per (architecture, classes, r) and
-receive new weights in place (DESIGN.md: "models are built once per worker").
+receive new weights in place.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from fedsim.spec import TRANSFER_FILE, PartitionIndex, RunSpec, TransferIndex, r
 
 from .hooks import build_hooks
 from .state import ClientStateStore
-from .training import SGDRecipe, seeded_generator, to_tensor
+from .training import seeded_generator, to_tensor
 
 
 @dataclass
@@ -38,11 +38,6 @@ class WorkerRun:
     transfer: TransferIndex | None = None
     store: ClientStateStore | None = None
     hooks: list = field(default_factory=list)  # the run's client hooks, built once per worker
-
-    @property
-    def recipe(self) -> SGDRecipe:
-        s = self.spec
-        return SGDRecipe(s.local_epochs, s.batch_size, s.lr, s.momentum, s.weight_decay)
 
     def model(self, name: str | None = None) -> FedsimNet:
         """The cached model instance for ``name`` (default: the run's model)."""

@@ -19,26 +19,25 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.config import DataConfig
-
+from .settings import DataSettings
 from .sources import DatasetError, ImageArrays, load_cifar, load_npz, make_synthetic, select_classes
 
 ARRAY_NAMES = ("x_train", "y_train", "x_test", "y_test")
 SYNTHETIC_SEED = 0  # the synthetic dataset is fixed; the experiment seed drives everything else
 
 
-def resolve_data_dir(data: DataConfig) -> Path:
+def resolve_data_dir(data: DataSettings) -> Path:
     """``data.data_dir``, else ``$FEDSIM_DATA_DIR``, else ``./data``."""
     return Path(data.data_dir or os.environ.get("FEDSIM_DATA_DIR", "") or "data").expanduser()
 
 
-def resolve_cache_dir(data: DataConfig) -> Path:
+def resolve_cache_dir(data: DataSettings) -> Path:
     """``data.cache_dir``, else ``$FEDSIM_CACHE_DIR``, else ``~/.cache/fedsim``."""
     default = Path.home() / ".cache" / "fedsim"
     return Path(data.cache_dir or os.environ.get("FEDSIM_CACHE_DIR", "") or default).expanduser()
 
 
-def resolve_npz_path(data: DataConfig) -> Path:
+def resolve_npz_path(data: DataSettings) -> Path:
     path = Path(data.path).expanduser()
     return path if path.is_absolute() else resolve_data_dir(data) / path
 
@@ -79,7 +78,7 @@ class CachedDataset:
         )
 
 
-def _cache_key(data: DataConfig) -> tuple[str, dict[str, object]]:
+def _cache_key(data: DataSettings) -> tuple[str, dict[str, object]]:
     identity: dict[str, object] = {"dataset": data.dataset, "classes": list(data.classes)}
     if data.dataset == "synthetic":
         identity.update(
@@ -98,7 +97,7 @@ def _cache_key(data: DataConfig) -> tuple[str, dict[str, object]]:
     return f"{data.dataset}-{digest}", identity
 
 
-def _read_source(data: DataConfig) -> ImageArrays:
+def _read_source(data: DataSettings) -> ImageArrays:
     if data.dataset == "synthetic":
         arrays = make_synthetic(
             data.synthetic_train, data.synthetic_test, data.synthetic_classes,
@@ -127,7 +126,7 @@ def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
-def materialize(data: DataConfig) -> CachedDataset:
+def materialize(data: DataSettings) -> CachedDataset:
     """Return the cached dataset, decoding the source into the cache on first use."""
     key, identity = _cache_key(data)
     cache_root = resolve_cache_dir(data)

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .settings import PARTITION_SCHEMES
+
 
 class PartitionError(ValueError):
     """The requested partition cannot be built from this dataset."""
@@ -230,10 +232,7 @@ def build_partition(
     elif scheme == "quantity":
         indices = quantity(labels, num_clients, alpha, seed, min_partition_size)
     else:
-        raise PartitionError(
-            f"unknown partition scheme {scheme!r}; allowed: iid, dirichlet, "
-            "dirichlet-per-client, shards, quantity"
-        )
+        raise PartitionError(f"unknown partition scheme {scheme!r}; allowed: {', '.join(PARTITION_SCHEMES)}")
     return Partition(indices=indices, num_classes=num_classes)
 
 

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from _publish import publish
-from fedsim.config import load_config
+from fedsim.validation import load_config
 from fedsim.experiment import run_many
 
 ROOT = Path(__file__).resolve().parents[1]

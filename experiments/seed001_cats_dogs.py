@@ -38,7 +38,7 @@ import pandas as pd
 
 from fedsim.compare import compare
 from _publish import publish
-from fedsim.config import load_config
+from fedsim.validation import load_config
 from fedsim.results import load_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 _API = {
     "ExperimentConfig": "fedsim.config",
     "ConfigError": "fedsim.config",
-    "load_config": "fedsim.config",
+    "load_config": "fedsim.validation",
     "run": "fedsim.experiment",
     "compare": "fedsim.compare",
     "ComparisonResult": "fedsim.compare",

@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from fedsim.config import ConfigError, ExperimentConfig, load_config
+from fedsim.config import ConfigError, ExperimentConfig
+from fedsim.validation import load_config
 
 USER_ERROR = 2
 

@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.config import ConfigError, ExperimentConfig, validate
+from fedsim.config import ConfigError, ExperimentConfig
+from fedsim.validation import validate
+from fedsim.methods import method_for
 from fedsim.rundir import RunDirectoryExists, create_staging, publish, write_config
 from fedsim.strategies import STRATEGY_NAMES, StrategyError, parse_strategy_spec
 
@@ -58,7 +60,7 @@ class StrategySpec:
             out.strategy.kwargs = dict(self.kwargs)
             if out.train.mode == CENTRALIZED:
                 out.train.mode = "federated"
-        if self.name != "latent-distill":
+        if self.name == CENTRALIZED or not method_for(self.name).heterogeneous_architectures:
             # weight averaging needs one architecture: such entries run model.name on every client
             out.model.architectures = []
         return out

@@ -14,7 +14,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.clients.app import client_app
-from fedsim.config import ExperimentConfig, load_config
+from fedsim.config import ExperimentConfig
+from fedsim.validation import load_config
 
 server_app = ServerApp()
 
@@ -31,7 +32,9 @@ def main(grid: Grid, context: Context) -> None:
     """Prepare the run, execute the rounds, publish the run directory."""
     from fedsim import rundir
     from fedsim.app import execute, run_state
-    from fedsim.experiment import finalize, prepare
+    from fedsim.executors import GridExecutor
+    from fedsim.experiment import finalize
+    from fedsim.prepare import prepare
 
     config = config_from_run_config(dict(context.run_config))
     nodes = len(list(grid.get_node_ids()))
@@ -42,7 +45,8 @@ def main(grid: Grid, context: Context) -> None:
         )
     prepared = prepare(config)
     state = run_state(prepared)
-    execute(grid, prepared, state, progress=False)
+    executor = GridExecutor(grid, config.partition.num_clients, config.simulation.round_timeout)
+    execute(prepared, state, executor, progress=False)
     if state.error is not None:
         rundir.mark_failed(prepared.staging, prepared.final, state.error)
         raise state.error

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.config import ExperimentConfig, validate, validate_against_dataset
+from fedsim.config import ExperimentConfig
+from fedsim.validation import validate, validate_against_dataset
 from fedsim.datasets import counts_frame, format_summary, materialize, plot_heatmap, summary
 
 
@@ -27,7 +28,7 @@ class PartitionReport:
 
 def partition(config: ExperimentConfig, output_dir: str | Path | None = None) -> PartitionReport:
     """Partition the configured dataset; with ``output_dir``, save counts CSV and heat-map PNG."""
-    from fedsim.experiment import make_partition
+    from fedsim.prepare import make_partition
 
     validate(config)
     dataset = materialize(config.data)

@@ -1,20 +1,14 @@
-"""Seeded client sampling by partition id, and a Grid view that shows a strategy only the sample.
+"""Seeded client sampling by client (partition) id, and round schedules.
 
 Flower's strategies sample nodes with Python's global ``random`` and node ids change every
-run, so their choice cannot be reproduced. fedsim maps partition ids to node ids once per
-run (one query message per node), draws the partition ids of each round from a generator
-seeded by ``(seed, round, purpose)``, and passes the strategy a :class:`SampledGrid` whose
-``get_node_ids()`` returns just those nodes. A strategy built with ``fraction = 1`` then
-addresses exactly the sampled clients, whatever its own sampling code does.
+run, so their choice cannot be reproduced. fedsim draws the client ids of each round from a
+generator seeded by ``(seed, round, purpose)`` alone and shows the strategy only those
+clients (:class:`fedsim.loop.ClientGrid`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
-from flwr.app import Message
-from flwr.serverapp import Grid
 
 TRAIN, EVALUATE = 0, 1
 
@@ -32,31 +26,6 @@ def sample_clients(seed: int, server_round: int, purpose: int, num_clients: int,
     return sorted(rng.choice(num_clients, size=k, replace=False).tolist())
 
 
-class SampledGrid(Grid):
-    """Delegates to a real grid but reports only ``node_ids`` as connected."""
-
-    def __init__(self, grid: Grid, node_ids: list[int]):
-        self._grid = grid
-        self._node_ids = list(node_ids)
-
-    def set_run(self, run) -> None:  # noqa: ANN001 - Flower's signature
-        self._grid.set_run(run)
-
-    @property
-    def run(self):  # noqa: ANN201
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:  # noqa: ANN002, ANN003
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self._node_ids)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
+def due(every: int, server_round: int, last: int) -> bool:
+    """Whether a schedule "every N rounds (and after the last); 0 = never" fires this round."""
+    return every > 0 and (server_round % every == 0 or server_round == last)

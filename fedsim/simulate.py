@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 
 from flwr.serverapp import ServerApp
 
 from fedsim.config import ExperimentConfig
+from fedsim.logs import quiet_flower
 
 
 def backend_config(config: ExperimentConfig, verbose: bool) -> dict:
@@ -31,22 +31,11 @@ def run_simulation(server_app: ServerApp, config: ExperimentConfig, verbose: boo
 
     from fedsim.clients.app import client_app
 
-    flwr_logger = logging.getLogger("flwr")
-    previous = flwr_logger.level
-    if not verbose:
-        flwr_logger.setLevel(logging.ERROR)
-        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-        os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    try:
-        with warnings.catch_warnings():
-            if not verbose:
-                warnings.simplefilter("ignore")
-            flwr_run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=config.partition.num_clients,
-                backend_config=backend_config(config, verbose),
-                verbose_logging=verbose,
-            )
-    finally:
-        flwr_logger.setLevel(previous)
+    with quiet_flower(verbose):
+        flwr_run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=config.partition.num_clients,
+            backend_config=backend_config(config, verbose),
+            verbose_logging=verbose,
+        )

@@ -2,7 +2,7 @@
 
 The experiment runner writes two files into the run directory before the simulation
 starts: ``spec.json`` (what a worker needs: dataset cache folder, normalisation, model,
-recipe, seed) and ``partition.npz`` (each client's train/validation indices, flattened with
+the training recipe, seed) and ``partition.npz`` (each client's train/validation indices, flattened with
 offsets). Worker processes read both once and cache them (:mod:`fedsim.clients.worker`);
 messages then only carry the run directory's path.
 """
@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedsim.recipe import DistillRecipe, SGDRecipe
+
 SPEC_FILE = "spec.json"
 PARTITION_FILE = "partition.npz"
 TRANSFER_FILE = "transfer.npz"  # latent-distill: transfer-set indices (train) and T_priv (test)
@@ -23,7 +25,7 @@ TRANSFER_FILE = "transfer.npz"  # latent-distill: transfer-set indices (train) a
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything a client worker needs to train and evaluate, as plain values."""
+    """Everything a client worker needs to train and evaluate, as typed plain values."""
 
     run_dir: str
     dataset_folder: str
@@ -33,15 +35,11 @@ class RunSpec:
     model: str
     representation_dim: int
     seed: int
-    local_epochs: int
-    batch_size: int
-    lr: float
-    momentum: float
-    weight_decay: float
+    recipe: SGDRecipe
     eval_batch_size: int
     device: str
-    architectures: tuple[str, ...] = ()  # latent-distill: per-client architectures, round-robin
-    distill: dict | None = None  # latent-distill: the [distill] settings
+    architectures: tuple[str, ...] = ()  # per-client architectures, round-robin by client id
+    distill: DistillRecipe | None = None  # federated distillation's digest step
     hooks: tuple[dict, ...] = ()  # client hooks: [{"name": ..., **params}, ...]
 
     def architecture_of(self, client_id: int) -> str:
@@ -61,6 +59,10 @@ class RunSpec:
         raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
         raw["architectures"] = tuple(raw.get("architectures", ()))
         raw["hooks"] = tuple(raw.get("hooks", ()))
+        raw["recipe"] = SGDRecipe(**raw["recipe"])
+        if raw.get("distill") is not None:
+            distill = dict(raw["distill"])
+            raw["distill"] = DistillRecipe(**{**distill, "digest": SGDRecipe(**distill["digest"])})
         return cls(**raw)
 
 

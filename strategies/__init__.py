@@ -8,7 +8,6 @@ Every strategy is a ``flwr.serverapp.strategy`` class, so it also works in a pla
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg, aggregate_arrays, ema_weights
 from .distillation import LatentDistillation, consensus
 from .registry import (
-    DP_ADAPTIVE_KEY,
     STRATEGIES,
     STRATEGY_NAMES,
     StrategyContext,
@@ -19,7 +18,7 @@ from .registry import (
 )
 
 __all__ = [
-    "DP_ADAPTIVE_KEY", "LatentDistillation", "consensus", "STRATEGIES", "STRATEGY_NAMES", "SequentialEMA", "StrategyContext",
+    "LatentDistillation", "consensus", "STRATEGIES", "STRATEGY_NAMES", "SequentialEMA", "StrategyContext",
     "StrategyError", "UniformAvg", "WeightedFedAvg", "aggregate_arrays", "build_strategy",
     "ema_weights", "parse_strategy_spec", "strategy_arguments",
 ]

@@ -23,6 +23,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
+from fedsim.protocol import reply_client_id
+
 
 def aggregate_arrays(records: list[ArrayRecord], weights: np.ndarray | list[float]) -> ArrayRecord:
     """Weighted mean of ArrayRecords with weights normalised to sum 1; dtypes are preserved."""
@@ -60,10 +62,8 @@ def ema_weights(num_models: int, beta: float) -> np.ndarray:
 
 def reply_order_key(msg: Message) -> tuple[int, int]:
     """Sort replies by the partition id the client reports (node id as a fallback)."""
-    client = msg.content.config_records.get("client")
-    if client is not None and "partition-id" in client:
-        return (0, int(client["partition-id"]))
-    return (1, int(msg.metadata.src_node_id))
+    client_id = reply_client_id(msg)
+    return (0, client_id) if client_id is not None else (1, int(msg.metadata.src_node_id))
 
 
 class WeightedFedAvg(FedAvg):

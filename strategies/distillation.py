@@ -1,6 +1,7 @@
 """``latent-distill``: federated distillation through logits and a latent representation layer.
 
-METHODS.md section 1 (seed 004), with FedMD's round structure (section 2.4). Clients may run
+Federated distillation through a latent representation layer, with FedMD's round structure
+(Li and Wang, "FedMD: Heterogenous Federated Learning via Model Distillation", 2019). Clients may run
 different architectures; they share the number of classes and the representation width r,
 and exchange *outputs on a shared transfer set* instead of weights:
 
@@ -15,8 +16,9 @@ and exchange *outputs on a shared transfer set* instead of weights:
 * ``configure_evaluate`` asks clients to evaluate their own models on T_priv (a test subset with
   their class mix) and T_uni (the full test set); ``aggregate_evaluate`` averages both.
 
-There is no global model (``global_model = False``), so fedsim's round loop skips the
-centralized evaluation of ``arrays`` and reports the clients' T_uni mean as test accuracy.
+There is no global model: the strategy's ``arrays`` are targets, not weights. fedsim's engine
+support for the method (:mod:`fedsim.methods.latent_distill`: transfer set, server teacher,
+per-client views, consensus accuracy) therefore evaluates the clients' own models instead.
 The strategy also runs under Flower's own ``Strategy.start`` with fedsim's ClientApp.
 """
 
@@ -32,7 +34,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
-from fedsim.clients.app import DISTILL_KEY, SEND_OUTPUTS_KEY
+from fedsim.protocol import ARRAYS, CONFIG, DISTILL, METRICS, SEND_OUTPUTS, SERVER_ROUND
 
 
 class LatentDistillation(Strategy):
@@ -45,8 +47,6 @@ class LatentDistillation(Strategy):
     min_train_nodes, min_evaluate_nodes, min_available_nodes : int
         As in Flower's FedAvg.
     """
-
-    global_model = False
 
     def __init__(self, fraction_train: float = 1.0, fraction_evaluate: float = 1.0,
                  min_train_nodes: int = 1, min_evaluate_nodes: int = 1, min_available_nodes: int = 1) -> None:
@@ -78,11 +78,11 @@ class LatentDistillation(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        config[DISTILL_KEY] = True
-        config[SEND_OUTPUTS_KEY] = self.teacher_targets is None
-        config["server-round"] = server_round
+        config[DISTILL] = True
+        config[SEND_OUTPUTS] = self.teacher_targets is None
+        config[SERVER_ROUND] = server_round
         targets = self.teacher_targets if self.teacher_targets is not None else arrays
-        record = RecordDict({"arrays": targets, "config": config})
+        record = RecordDict({ARRAYS: targets, CONFIG: config})
         return [Message(content=record, dst_node_id=node, message_type=MessageType.TRAIN)
                 for node in self._sample(grid, self.fraction_train, self.min_train_nodes)]
 
@@ -91,24 +91,24 @@ class LatentDistillation(Strategy):
         valid = [m for m in replies if not m.has_error()]
         if not valid:
             return None, None
-        metrics = _mean_metrics([m.content["metrics"] for m in valid])
+        metrics = _mean_metrics([m.content[METRICS] for m in valid])
         if self.teacher_targets is not None:
             return self.teacher_targets, metrics
-        return consensus([m.content["arrays"] for m in valid]), metrics
+        return consensus([m.content[ARRAYS] for m in valid]), metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         if self.fraction_evaluate == 0:
             return []
-        config[DISTILL_KEY] = True
-        config["server-round"] = server_round
-        record = RecordDict({"arrays": ArrayRecord(), "config": config})
+        config[DISTILL] = True
+        config[SERVER_ROUND] = server_round
+        record = RecordDict({ARRAYS: ArrayRecord(), CONFIG: config})
         return [Message(content=record, dst_node_id=node, message_type=MessageType.EVALUATE)
                 for node in self._sample(grid, self.fraction_evaluate, self.min_evaluate_nodes)]
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         valid = [m for m in replies if not m.has_error()]
-        return _mean_metrics([m.content["metrics"] for m in valid]) if valid else None
+        return _mean_metrics([m.content[METRICS] for m in valid]) if valid else None
 
 
 def consensus(records: list[ArrayRecord]) -> ArrayRecord:

@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.clients.app import DP_ADAPTIVE_KEY  # tells the client which clipping mod to apply
+from fedsim.protocol import DP_ADAPTIVE  # tells the client which clipping mod to apply
 
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
 from .distillation import LatentDistillation
@@ -44,7 +44,7 @@ class _ClientSideAdaptiveClipping(flwr_strategy.DifferentialPrivacyClientSideAda
     """Flower's client-side adaptive clipping wrapper, marking its messages for the client mod."""
 
     def configure_train(self, server_round: int, arrays, config: ConfigRecord, grid: Grid):  # noqa: ANN001, ANN201
-        config[DP_ADAPTIVE_KEY] = True
+        config[DP_ADAPTIVE] = True
         return super().configure_train(server_round, arrays, config, grid)
 
 

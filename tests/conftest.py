@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.config import ExperimentConfig, load_config
+from fedsim.config import ExperimentConfig
+from fedsim.validation import load_config
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,7 +25,7 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def small_config(tmp_path: Path):
-    """A factory for a fast synthetic experiment writing into ``tmp_path``."""
+    """A factory for a fast synthetic experiment writing into ``tmp_path`` (in-process executor)."""
 
     def make(**overrides: object) -> ExperimentConfig:
         base = {
@@ -41,6 +42,7 @@ def small_config(tmp_path: Path):
             "train.batch_size": 16,
             "output.dir": str(tmp_path / "runs"),
             "simulation.num_cpus_per_client": 1.0,
+            "simulation.executor": "in-process",  # the fast set; Ray runs set "flower" and @pytest.mark.ray
         }
         base.update(overrides)
         return load_config(None, base)

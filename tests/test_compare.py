@@ -134,6 +134,6 @@ def test_weight_averaging_entries_use_one_architecture_next_to_latent_distill(sm
     assert distill.apply(config, 0).model.architectures == ["lenet5", "niid_cnn"]
     assert fedavg.apply(config, 0).model.architectures == []
     assert central.apply(config, 0).train.mode == "centralized"
-    from fedsim.config import validate
+    from fedsim.validation import validate
 
     validate(fedavg.apply(config, 0))  # a valid homogeneous FedAvg run

@@ -1,4 +1,4 @@
-"""End to end through Flower's simulation runtime with the Ray backend (synthetic data)."""
+"""End to end: the run directory, failures, and the Flower (Ray) executor against the in-process one."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import pytest
 
 from fedsim.experiment import run
 from fedsim.sampling import TRAIN, sample_clients
-from fedsim.server import TooFewClientsError
+from fedsim.loop import TooFewClientsError
 
 
+@pytest.mark.ray
 def test_run_directory_is_complete_accuracy_rises_and_sampling_reproduces(small_config) -> None:
-    config = small_config(**{"train.fraction_train": 0.5, "output.name": "first"})
+    config = small_config(**{"train.fraction_train": 0.5, "output.name": "first", "simulation.executor": "flower"})
     result = run(config, progress=False)
     folder = result.path
     for name in ("config.toml", "spec.json", "partition.npz", "partition_counts.csv", "rounds.csv",
@@ -44,9 +45,11 @@ def test_run_directory_is_complete_accuracy_rises_and_sampling_reproduces(small_
     assert result.summary["final_test_accuracy"] == pytest.approx(final)
     assert json.loads((folder / "summary.json").read_text())["client_failures"] == 0
 
+    # the in-process executor gives the same run, bit for bit (same threads per client as a Ray worker)
     again = run(small_config(**{"train.fraction_train": 0.5, "output.name": "second"}), progress=False)
     pd.testing.assert_series_equal(again.clients["client_id"], result.clients["client_id"])
-    np.testing.assert_allclose(again.rounds["test_accuracy"], rounds["test_accuracy"], atol=1e-6)
+    pd.testing.assert_frame_equal(again.rounds.drop(columns="wall_seconds"), rounds.drop(columns="wall_seconds"))
+    pd.testing.assert_frame_equal(again.clients.drop(columns="seconds"), result.clients.drop(columns="seconds"))
 
 
 def test_failing_clients_are_recorded_and_the_round_continues(small_config) -> None:
@@ -71,3 +74,14 @@ def test_too_many_failures_stop_with_a_clear_error_and_no_result(small_config, t
     runs = tmp_path / "runs"
     assert not (runs / "broken").exists()
     assert "TooFewClientsError" in (runs / "broken.failed" / "error.txt").read_text()
+
+
+@pytest.mark.ray
+def test_flower_executor_records_failures_like_the_in_process_one(small_config) -> None:
+    overrides = {"train.rounds": 2, "simulation.fail_clients": [3], "train.clients_per_round": 4,
+                 "evaluation.federated_every": 0, "hooks": [{"name": "crucial", "committee": "peers", "k": 2, "theta": 1}]}
+    on_ray = run(small_config(**overrides, **{"output.name": "ray", "simulation.executor": "flower"}), progress=False)
+    local = run(small_config(**overrides, **{"output.name": "local"}), progress=False)
+    pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), local.rounds.drop(columns="wall_seconds"))
+    failed = on_ray.clients[on_ray.clients["status"] == "failed"]
+    assert set(failed["client_id"]) <= {3} and failed["error"].str.contains("failed on purpose").all()

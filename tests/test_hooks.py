@@ -22,8 +22,10 @@ from fedsim.clients.hooks.scoring import (
 from fedsim.clients.losses import kd_loss
 from fedsim.clients.training import SGDRecipe
 from fedsim.clients.worker import worker_run
-from fedsim.config import ConfigError, load_config
-from fedsim.experiment import prepare, run
+from fedsim.config import ConfigError
+from fedsim.validation import load_config
+from fedsim.experiment import run
+from fedsim.prepare import prepare
 from fedsim.models import build_model
 
 

@@ -15,11 +15,12 @@ from typing import Any
 from .augmentation import AugmentHook
 from .base import Hook, HookContext, HookError, LocalData
 from .distillation import KDHook
+from .extensions import HookStatistics, PeerCommittee, round_extensions
 from .scoring import CrucialHook, SelectHook
 
 HOOKS: dict[str, type] = {"crucial": CrucialHook, "select": SelectHook, "augment": AugmentHook, "kd": KDHook}
 HOOK_NAMES = tuple(HOOKS)
-STAGES = ("prepare", "transform_batch", "loss", "report")
+STAGES = ("prepare", "transform_batch", "loss", "report", "round_extension")
 
 
 def _resolve(name: str) -> type:
@@ -61,6 +62,10 @@ class _UserHook(Hook):
         stage = getattr(self.inner, "report", None)
         return dict(stage(ctx)) if stage else {}
 
+    def round_extension(self):  # noqa: ANN201 - RoundExtension | None
+        stage = getattr(self.inner, "round_extension", None)
+        return stage() if stage else None
+
 
 def build_hook(spec: dict[str, Any]) -> Hook:
     """Instantiate one hook from ``{"name": ..., **params}``; errors name what is allowed."""
@@ -94,5 +99,6 @@ def build_hooks(specs: list[dict[str, Any]]) -> list[Hook]:
     return hooks
 
 
-__all__ = ["HOOKS", "HOOK_NAMES", "AugmentHook", "CrucialHook", "Hook", "HookContext", "HookError", "KDHook",
-           "LocalData", "SelectHook", "build_hook", "build_hooks"]
+__all__ = ["HOOKS", "HOOK_NAMES", "AugmentHook", "CrucialHook", "Hook", "HookContext", "HookError",
+           "HookStatistics", "KDHook", "LocalData", "PeerCommittee", "SelectHook", "build_hook", "build_hooks",
+           "round_extensions"]

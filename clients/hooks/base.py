@@ -11,7 +11,9 @@ listed in the config:
 * ``loss(xb, yb, logits, base_loss, ctx) -> loss`` -- change the batch loss (e.g. knowledge
   distillation: ``(1 - alpha) * CE + alpha * KD``);
 * ``report(ctx) -> dict[str, float]`` -- what the hook did, reported in the client's
-  ``MetricRecord`` as ``hook.<name>.<metric>`` and saved to the run's ``hooks.csv``.
+  ``MetricRecord`` as ``hook.<name>.<metric>`` and saved to the run's ``hooks.csv``;
+* ``round_extension() -> RoundExtension | None`` -- server-side work the hook needs around the
+  rounds (see :mod:`fedsim.clients.hooks.extensions`), e.g. the previous round's client models.
 
 Hooks must be deterministic given ``(seed, round, client id)``: draw randomness only from
 ``ctx.generator`` (or ``ctx.seed_for(...)``).
@@ -31,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from fedsim.extension import RoundExtension
 
 
 @dataclass
@@ -111,6 +115,10 @@ class Hook:
 
     def report(self, ctx: HookContext) -> dict[str, float]:
         return dict(ctx.stats.get(self.name, {}))
+
+    def round_extension(self) -> "RoundExtension | None":
+        """A server-side round extension this hook needs (e.g. to receive other clients' models)."""
+        return None
 
 
 class HookError(ValueError):

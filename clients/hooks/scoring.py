@@ -12,7 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedsim.extension import RoundExtension
+
 from .base import Hook, HookContext, LocalData, require
+from .extensions import PeerCommittee
 
 CONFIDENCES = ("cross_entropy", "entropy", "gini_simpson", "max_likelihood")
 PROXIES = ("corr_conf", "correctness", "uniform")
@@ -68,15 +71,19 @@ class CrucialHook(Hook):
         self.committee, self.k, self.theta, self.rule = committee, k, theta, rule
         self.leave_own_out, self.tiny_epochs = leave_own_out, tiny_epochs
 
+    def round_extension(self) -> RoundExtension | None:
+        """With ``committee = "peers"`` the server attaches the previous round's first k client models."""
+        return PeerCommittee(self.k) if self.committee == "peers" else None
+
     def _chunk_votes(self, data: LocalData, ctx: HookContext) -> np.ndarray:
-        from fedsim.clients.training import SGDRecipe, train
+        from fedsim.clients.training import train
 
         labels = data.labels.cpu().numpy()
         chunks = stratified_chunks(labels, self.k, ctx.rng(0xC0))
         x = ctx.normalize(data.images)
         votes = np.zeros((len(data), self.k), dtype=bool)
         epochs = self.tiny_epochs or ctx.recipe.epochs
-        recipe = SGDRecipe(epochs, ctx.recipe.batch_size, ctx.recipe.lr, ctx.recipe.momentum, ctx.recipe.weight_decay)
+        recipe = ctx.recipe.with_epochs(epochs)
         for j, chunk in enumerate(chunks):
             torch.manual_seed(ctx.generator(0xC1, j).initial_seed())  # seeded initial weights
             tiny = ctx.build_model()

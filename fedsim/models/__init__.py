@@ -33,4 +33,12 @@ def build_model(name: str, num_classes: int, representation_dim: int = 0, in_cha
                                 in_channels=in_channels)
 
 
-__all__ = ["FedsimNet", "MODEL_BUILDERS", "MODEL_NAMES", "build_model"]
+def parse_architecture(entry: str) -> tuple[str, int | None]:
+    """``"name"`` or ``"name@r"`` (an architecture with representation width r) -> (name, r or None)."""
+    name, _, width = entry.partition("@")
+    if width and not width.isdigit():
+        raise ValueError(f"architecture {entry!r}: write name or name@r with an integer r")
+    return name, int(width) if width else None
+
+
+__all__ = ["FedsimNet", "MODEL_BUILDERS", "MODEL_NAMES", "build_model", "parse_architecture"]

@@ -1,0 +1,79 @@
+"""The client-side handler: what a node does with a train or evaluate task for one client.
+
+The ClientApp (:mod:`fedsim.clients.app`) and any executor that calls clients directly go
+through :func:`handle_train` and :func:`handle_evaluate`. They look up the run's per-process
+resources (:func:`fedsim.clients.worker.worker_run`), build the :class:`LocalClient` for the
+client id and reply in the protocol's format (:mod:`fedsim.protocol`).
+"""
+
+from __future__ import annotations
+
+import time
+
+from flwr.app import ArrayRecord, Message
+
+from fedsim.protocol import (
+    ARRAYS,
+    CLIENT_SECONDS,
+    DISTILL,
+    EVAL_ACCURACY,
+    EVAL_LOSS,
+    FAIL_CLIENTS,
+    NUM_EXAMPLES,
+    PROXIMAL_MU,
+    RUN_DIR,
+    SEND_OUTPUTS,
+    SERVER_ROUND,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    TRAIN_STEPS,
+    message_config,
+    read_peers,
+    reply,
+)
+
+from .client import LocalClient
+from .distill import distill_round, evaluate_views
+from .worker import worker_run
+
+
+def _client(msg: Message, client_id: int) -> LocalClient:
+    config = message_config(msg)
+    failing = config.get(FAIL_CLIENTS, [])
+    if isinstance(failing, list) and client_id in failing:
+        raise RuntimeError(f"client {client_id} failed on purpose ({FAIL_CLIENTS})")
+    return LocalClient(client_id, worker_run(str(config[RUN_DIR])))
+
+
+def _global_model(client: LocalClient, msg: Message):  # noqa: ANN202 - a FedsimNet
+    model = client.run.model()
+    model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict(), strict=True)
+    return model
+
+
+def handle_train(msg: Message, client_id: int) -> Message:
+    """Train client ``client_id`` on the task ``msg``; reply with its arrays and metrics."""
+    started = time.perf_counter()
+    client = _client(msg, client_id)
+    config = message_config(msg)
+    server_round = int(config[SERVER_ROUND])
+    if config.get(DISTILL, False):
+        values, outputs = distill_round(client, msg.content[ARRAYS], server_round, bool(config.get(SEND_OUTPUTS, True)))
+        return reply(msg, client_id, {**values, CLIENT_SECONDS: time.perf_counter() - started}, outputs)
+    model = _global_model(client, msg)
+    recipe = client.run.spec.recipe.with_proximal_mu(float(config.get(PROXIMAL_MU, 0.0)))
+    peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(msg)]
+    stats = client.fit(model, server_round, recipe, peers=peers)
+    metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy,
+               TRAIN_STEPS: stats.steps, CLIENT_SECONDS: time.perf_counter() - started, **stats.hook_metrics}
+    return reply(msg, client_id, metrics, ArrayRecord(model.state_dict()))
+
+
+def handle_evaluate(msg: Message, client_id: int) -> Message:
+    """Evaluate the task's weights (or, for distillation, the client's own model) on its held-out data."""
+    client = _client(msg, client_id)
+    if message_config(msg).get(DISTILL, False):
+        return reply(msg, client_id, evaluate_views(client))
+    stats = client.evaluate(_global_model(client, msg))
+    return reply(msg, client_id, {NUM_EXAMPLES: stats.num_examples, EVAL_LOSS: stats.loss,
+                                  EVAL_ACCURACY: stats.accuracy})

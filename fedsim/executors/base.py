@@ -1,0 +1,27 @@
+"""The executor seam: per-client tasks in, per-client replies out.
+
+The round loop never sees Flower nodes, node ids or a ``Grid``: it hands an :class:`Executor`
+the round's :class:`~fedsim.protocol.ClientTask` list (client id + the message a strategy
+built) and gets exactly one :class:`~fedsim.protocol.ClientReply` per task back, in task
+order. A client that raised, or did not answer in time, comes back as a reply whose message
+carries an ``Error``; the loop's failure accounting treats both alike.
+
+Where a client runs, how many clients share a process and how messages travel is the
+executor's business: :class:`~fedsim.executors.flower.GridExecutor` sends one message per
+client through Flower's runtime (a simulated SuperNode per client), and
+:class:`~fedsim.executors.inprocess.InProcessExecutor` calls the ClientApp directly.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from fedsim.protocol import ClientReply, ClientTask
+
+
+class Executor(ABC):
+    """Runs a round's client tasks somewhere and returns one reply per task, in task order."""
+
+    @abstractmethod
+    def execute(self, tasks: list[ClientTask]) -> list[ClientReply]:
+        """Run ``tasks``; never raise for a client's failure (return an error reply instead)."""

@@ -1,0 +1,221 @@
+"""fedsim's round loop: the one place that drives a Flower strategy round by round.
+
+Flower's ``Strategy.start()`` is closed (no per-round callback, unseeded node sampling), so
+fedsim calls the strategy's variation points itself -- ``configure_train``,
+``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate`` -- and around them does
+only what every run needs: seeded client sampling by client id, per-client rows, failure
+accounting, the federated-evaluation schedule, bytes communicated, and one row per round
+streamed to the run directory. Everything a particular method needs happens in round
+extensions (:mod:`fedsim.extension`); where clients run is the executor's business
+(:mod:`fedsim.executors`). Any ``flwr.serverapp.strategy`` strategy plugs in unchanged.
+
+Strategies address clients through a :class:`ClientGrid`: its "node ids" are the sampled
+client ids, so a strategy built with ``fraction = 1`` addresses exactly the sample, whatever
+its own sampling code does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.executors import Executor
+from fedsim.extension import PHASE_EVALUATE, PHASE_TRAIN, ExtensionChain, RoundExtension, RoundRecord, RunContext
+from fedsim.protocol import (
+    CLIENT_SECONDS,
+    EVAL_ACCURACY,
+    EVAL_LOSS,
+    NUM_EXAMPLES,
+    TRAIN_ACCURACY,
+    TRAIN_LOSS,
+    ClientReply,
+    ClientTask,
+    array_bytes,
+)
+from fedsim.recorder import RunRecorder
+from fedsim.sampling import EVALUATE, TRAIN, due, sample_clients
+
+
+class AggregationError(RuntimeError):
+    """The strategy produced no global model from a round's successful replies."""
+
+
+class TooFewClientsError(RuntimeError):
+    """Fewer sampled clients succeeded in a round than ``simulation.min_success_fraction``."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The round loop's parameters, derived from the experiment config once."""
+
+    seed: int
+    rounds: int
+    num_clients: int
+    clients_per_round: int
+    clients_per_eval: int
+    federated_every: int  # 0 = no federated evaluation
+    min_success_fraction: float
+    base_config: dict = field(default_factory=dict)  # added to every strategy's ConfigRecord
+
+
+class ClientGrid(Grid):
+    """The grid a strategy sees: the sampled clients' ids as node ids, and nothing to send with.
+
+    Strategies only list nodes and build messages here; the loop sends them through its
+    executor.
+    """
+
+    def __init__(self, client_ids: Iterable[int]) -> None:
+        self._client_ids = list(client_ids)
+
+    def set_run(self, run) -> None:  # noqa: ANN001 - Flower's signature
+        raise RuntimeError("a ClientGrid belongs to fedsim's round loop")
+
+    @property
+    def run(self):  # noqa: ANN201
+        raise RuntimeError("a ClientGrid belongs to fedsim's round loop")
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:  # noqa: ANN001
+        return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self._client_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise RuntimeError("strategies do not send in fedsim's round loop: the executor does")
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise RuntimeError("strategies do not send in fedsim's round loop: the executor does")
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        raise RuntimeError("strategies do not send in fedsim's round loop: the executor does")
+
+
+def client_rows(server_round: int, phase: str, replies: list[ClientReply]) -> list[dict]:
+    """One ``clients.csv`` row per task (ok or failed), sorted by client id."""
+    prefix = "train" if phase == PHASE_TRAIN else "eval"
+    rows = []
+    for reply in replies:
+        row = {"round": server_round, "phase": phase, "client_id": reply.client_id}
+        if not reply.ok:
+            rows.append({**row, "status": "failed", "error": reply.error})
+            continue
+        metrics = reply.metrics
+        rows.append({**row, "status": "ok", "num_examples": int(metrics[NUM_EXAMPLES]),
+                     "loss": float(metrics[TRAIN_LOSS if phase == PHASE_TRAIN else EVAL_LOSS]),
+                     "accuracy": float(metrics[TRAIN_ACCURACY if phase == PHASE_TRAIN else EVAL_ACCURACY]),
+                     "seconds": float(metrics.get(CLIENT_SECONDS, np.nan)) if phase == PHASE_TRAIN else np.nan})
+    return sorted(rows, key=lambda r: r["client_id"])
+
+
+def weighted_mean(rows: list[dict], key: str) -> float:
+    """Mean of ``key`` over successful rows, weighted by their examples (NaN when none)."""
+    good = [r for r in rows if r["status"] == "ok" and np.isfinite(r[key])]
+    total = sum(r["num_examples"] for r in good)
+    return float(sum(r[key] * r["num_examples"] for r in good) / total) if total else float("nan")
+
+
+def _tasks(messages: Iterable[Message]) -> list[ClientTask]:
+    return [ClientTask(int(m.metadata.dst_node_id), m) for m in messages]
+
+
+def _flush(record: RoundRecord, recorder: RunRecorder) -> None:
+    if record.client_rows:
+        recorder.add_clients(record.client_rows)
+        record.client_rows = []
+
+
+def _check_success(server_round: int, replies: list[ClientReply], needed_fraction: float) -> None:
+    ok = sum(r.ok for r in replies)
+    needed = int(np.ceil(needed_fraction * len(replies)))
+    if ok < max(needed, 1):
+        errors = "; ".join(f"client {r.client_id}: {r.error}" for r in sorted(replies, key=lambda r: r.client_id)
+                           if not r.ok)
+        raise TooFewClientsError(
+            f"round {server_round}: only {ok} of {len(replies)} sampled clients succeeded "
+            f"(simulation.min_success_fraction = {needed_fraction} needs {needed}). "
+            f"Failures: {errors[:2000]}"
+        )
+
+
+def run_rounds(
+    strategy: Strategy,
+    executor: Executor,
+    initial_arrays: ArrayRecord,
+    settings: LoopSettings,
+    recorder: RunRecorder,
+    extensions: list[RoundExtension] | None = None,
+    on_round: Callable[[dict], None] | None = None,
+) -> ArrayRecord:
+    """Run ``settings.rounds`` rounds of ``strategy`` through ``executor``; return the final arrays."""
+    s = settings
+    chain = ExtensionChain(extensions or [])
+
+    def finish(row: dict) -> None:
+        recorder.add_round(row)
+        if on_round:
+            on_round(row)
+
+    arrays = initial_arrays
+    initial = chain.on_run_start(RunContext(s.rounds, s.num_clients, recorder), arrays)
+    if initial:
+        finish({"round": 0, "bytes_down": 0, "bytes_up": 0, "wall_seconds": 0.0, **initial})
+
+    for server_round in range(1, s.rounds + 1):
+        started = time.perf_counter()
+        record = RoundRecord(server_round, {"round": server_round})
+
+        sampled = sample_clients(s.seed, server_round, TRAIN, s.num_clients, s.clients_per_round)
+        tasks = _tasks(strategy.configure_train(server_round, arrays, ConfigRecord(dict(s.base_config)),
+                                                ClientGrid(sampled)))
+        chain.on_configure(server_round, PHASE_TRAIN, tasks)
+        bytes_down = array_bytes(t.message for t in tasks)
+        replies = executor.execute(tasks)
+        rows = client_rows(server_round, PHASE_TRAIN, replies)
+        recorder.add_clients(rows)  # before the check: a failed round's rows stay in clients.csv
+        _check_success(server_round, replies, s.min_success_fraction)
+        ok = [r for r in replies if r.ok]
+        bytes_up = array_bytes(r.message for r in ok)  # before aggregation: it may consume the arrays
+        chain.on_train_replies(record, ok)
+        _flush(record, recorder)
+        new_arrays, _ = strategy.aggregate_train(server_round, [r.message for r in replies])
+        if new_arrays is None:
+            raise AggregationError(
+                f"round {server_round}: strategy {type(strategy).__name__} returned no aggregate "
+                f"from {len(ok)} successful replies; check its requirements (e.g. Bulyan needs "
+                "n >= 4 * num_malicious_nodes + 3 clients per round, Krum n > 2f + 2)"
+            )
+        arrays = new_arrays
+        record.row.update({
+            "clients_sampled": len(tasks), "clients_succeeded": len(ok), "clients_failed": len(tasks) - len(ok),
+            "train_loss": weighted_mean(rows, "loss"), "train_accuracy": weighted_mean(rows, "accuracy"),
+            "bytes_down": bytes_down, "bytes_up": bytes_up,
+        })
+
+        if due(s.federated_every, server_round, s.rounds):
+            eval_sampled = sample_clients(s.seed, server_round, EVALUATE, s.num_clients, s.clients_per_eval)
+            eval_tasks = _tasks(strategy.configure_evaluate(server_round, arrays, ConfigRecord(dict(s.base_config)),
+                                                            ClientGrid(eval_sampled)))
+            chain.on_configure(server_round, PHASE_EVALUATE, eval_tasks)
+            record.row["bytes_down"] += array_bytes(t.message for t in eval_tasks)
+            eval_replies = executor.execute(eval_tasks)
+            eval_rows = client_rows(server_round, PHASE_EVALUATE, eval_replies)
+            record.client_rows.extend(eval_rows)
+            strategy.aggregate_evaluate(server_round, [r.message for r in eval_replies])
+            record.row["fed_eval_loss"] = weighted_mean(eval_rows, "loss")
+            record.row["fed_eval_accuracy"] = weighted_mean(eval_rows, "accuracy")
+            chain.on_evaluate_replies(record, [r for r in eval_replies if r.ok])
+            _flush(record, recorder)
+
+        chain.on_round_end(record, arrays)
+        _flush(record, recorder)
+        record.row["wall_seconds"] = time.perf_counter() - started
+        finish(record.row)
+    chain.on_run_end(arrays)
+    return arrays

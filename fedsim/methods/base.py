@@ -1,0 +1,80 @@
+"""What a family of strategies needs from the engine beyond the round loop.
+
+Most strategies exchange model weights: the server starts from seeded initial weights,
+evaluates the global model on the test set and saves the final one. That is the default
+:class:`Method`. A method whose strategy exchanges something else (e.g. federated
+distillation's transfer-set outputs) subclasses it next to its own code and registers under
+its strategy's name in :data:`fedsim.methods.METHODS`: its rules on the config, the inputs it
+prepares before the run, how the server starts, and the round extensions it needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.config import ExperimentConfig
+from fedsim.datasets import CachedDataset
+from fedsim.evaluation import CentralEvaluation, CentralEvaluator, ClientModelEvaluation
+from fedsim.extension import RoundExtension
+from fedsim.models import FedsimNet
+from fedsim.modes import evaluates_client_models
+from fedsim.recipe import DistillRecipe, SGDRecipe
+from fedsim.recorder import RunRecorder
+
+
+@dataclass
+class ServerSetup:
+    """What a method's server side may use when a run starts."""
+
+    config: ExperimentConfig
+    dataset: CachedDataset
+    folder: Path  # the (staging) run directory with the inputs the method wrote
+    evaluator: CentralEvaluator
+    recorder: RunRecorder
+    device: torch.device
+    recipe: SGDRecipe  # the run's local-training recipe (from its spec)
+    build_model: Callable[[], FedsimNet]  # the run's initial model (seeded by the config's seed)
+
+
+class Method:
+    """Weight exchange: the default for every strategy that aggregates model weights."""
+
+    global_model = True  # the strategy's arrays are model weights (evaluated, saved as final_model.pt)
+    heterogeneous_architectures = False  # clients may train different architectures
+    accepts_hooks = True  # client hooks may be configured
+    evaluates_without_validation_split = False  # federated evaluation works with val_fraction = 0
+
+    def check(self, config: ExperimentConfig) -> list[str]:
+        """Problems with the config that concern this method."""
+        return []
+
+    def check_for_dataset(self, config: ExperimentConfig, num_train: int, num_classes: int) -> list[str]:
+        """Problems that show once the dataset's size and class count are known."""
+        return []
+
+    def holdout(self, config: ExperimentConfig, labels: np.ndarray) -> np.ndarray | None:
+        """Training samples kept out of the clients' partition (None: all are partitioned)."""
+        return None
+
+    def write_inputs(self, config: ExperimentConfig, dataset: CachedDataset, folder: Path,
+                     holdout: np.ndarray | None) -> None:
+        """Write files the method's clients or server need into the staging run directory."""
+        return None
+
+    def client_distill_recipe(self, config: ExperimentConfig) -> DistillRecipe | None:
+        """The clients' distillation recipe for the run spec (None: clients do not distil)."""
+        return None
+
+    def start(self, strategy: Strategy, setup: ServerSetup) -> tuple[ArrayRecord, list[RoundExtension]]:
+        """The round loop's initial arrays and this method's round extensions."""
+        extensions: list[RoundExtension] = [CentralEvaluation(setup.evaluator, setup.config.evaluation.centralized_every)]
+        if evaluates_client_models(setup.config):
+            extensions.append(ClientModelEvaluation(setup.evaluator))
+        return ArrayRecord(setup.build_model().state_dict()), extensions

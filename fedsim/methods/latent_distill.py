@@ -1,0 +1,223 @@
+"""Engine support for ``latent-distill``: federated distillation through a latent representation layer.
+
+The strategy (:class:`fedsim.strategies.LatentDistillation`) exchanges outputs on a shared
+transfer set instead of weights, and the clients' side lives in :mod:`fedsim.clients.distill`.
+What the engine has to do around them lives here, in one place:
+
+* **rules** -- the ``[distill]`` settings and how they combine with the rest of the config;
+* **inputs** -- the transfer set (held out of the training set before partitioning, or drawn
+  from another cached dataset) and each client's T_priv, a test subset with the client's
+  class mix (``transfer.npz``);
+* **start** -- with ``distill.teacher = "server"`` a teacher of the run's architecture trained
+  on the labelled transfer set with the one training loop; its transfer-set outputs become
+  every round's targets and its test accuracy goes to ``summary.json``;
+* **views** (:class:`DistillationViews`) -- there is no global model, so the round's test
+  accuracy is the mean over the evaluated clients of their own models on the whole test set
+  (T_uni), next to T_priv and the spreads; with a labelled transfer set, the consensus logits'
+  accuracy is recorded too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.clients.distill import transfer_outputs
+from fedsim.clients.training import seeded_generator, to_tensor, train
+from fedsim.config import ExperimentConfig, problem
+from fedsim.datasets import (
+    DATASET_NAMES,
+    CachedDataset,
+    DatasetError,
+    holdout_transfer,
+    materialize,
+    tpriv_indices,
+)
+from fedsim.extension import PHASE_EVALUATE, RoundExtension, RoundRecord, RunContext
+from fedsim.protocol import TPRIV_ACCURACY, ClientReply
+from fedsim.recipe import DistillRecipe, SGDRecipe
+from fedsim.recorder import RunRecorder
+from fedsim.spec import PartitionIndex, TransferIndex
+from fedsim.strategies import LatentDistillation
+
+from .base import Method, ServerSetup
+
+TEACHER_STREAM = 0x7EAC  # the server teacher's generator salt (a stream no client uses)
+
+
+class DistillationViews(RoundExtension):
+    """Per-client T_priv / T_uni accuracy and its means; consensus accuracy on the transfer set."""
+
+    def __init__(self, transfer_labels: np.ndarray | None) -> None:
+        self.transfer_labels = transfer_labels
+        self.recorder: RunRecorder | None = None
+        self.last_tpriv = float("nan")
+
+    def on_run_start(self, run: RunContext, arrays: ArrayRecord) -> dict[str, float]:
+        self.recorder = run.recorder
+        return {}
+
+    def on_evaluate_replies(self, record: RoundRecord, replies: list[ClientReply]) -> None:
+        tpriv = {r.client_id: float(r.metrics[TPRIV_ACCURACY]) for r in replies if TPRIV_ACCURACY in r.metrics}
+        rows = [r for r in record.rows_of(PHASE_EVALUATE) if r["status"] == "ok"]
+        for row in rows:
+            row["tpriv_accuracy"] = tpriv.get(row["client_id"], np.nan)
+        if rows:
+            uni = np.array([r["accuracy"] for r in rows], dtype=float)
+            priv = np.array([r["tpriv_accuracy"] for r in rows], dtype=float)
+            record.row.update({"test_accuracy": float(uni.mean()), "tuni_std": float(uni.std()),
+                               "tpriv_accuracy": float(np.nanmean(priv)), "tpriv_std": float(np.nanstd(priv)),
+                               "test_loss": float(np.mean([r["loss"] for r in rows]))})
+            if np.isfinite(record.row["tpriv_accuracy"]):
+                self.last_tpriv = record.row["tpriv_accuracy"]
+
+    def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
+        if self.transfer_labels is not None and "logits" in arrays:
+            record.row["consensus_accuracy"] = float((arrays["logits"].numpy().argmax(1) == self.transfer_labels).mean())
+
+    def on_run_end(self, arrays: ArrayRecord) -> None:
+        if self.recorder is not None and np.isfinite(self.last_tpriv):
+            self.recorder.extras["final_tpriv_accuracy"] = self.last_tpriv
+
+    def state(self) -> dict[str, Any]:
+        return {"last_tpriv": self.last_tpriv}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.last_tpriv = float(state["last_tpriv"])
+
+
+class LatentDistillMethod(Method):
+    """Transfer set, T_priv, server teacher and per-client views for ``latent-distill``."""
+
+    global_model = False
+    heterogeneous_architectures = True
+    accepts_hooks = False  # the digest step is the method's own change to local training
+    evaluates_without_validation_split = True  # clients evaluate on T_priv / T_uni
+
+    def check(self, c: ExperimentConfig) -> list[str]:
+        d, m = c.distill, c.model
+        rules: list[tuple[bool, str, object, str]] = [
+            (c.train.mode == "federated", "train.mode", c.train.mode, "latent-distill runs in federated mode"),
+            (d.transfer_size >= 1, "distill.transfer_size", d.transfer_size, "must be >= 1"),
+            (d.teacher in ("consensus", "server"), "distill.teacher", d.teacher, "allowed: consensus, server"),
+            (d.teacher_epochs >= 1, "distill.teacher_epochs", d.teacher_epochs, "must be >= 1"),
+            *[(getattr(d, k) >= 0, f"distill.{k}", getattr(d, k), "must be >= 0")
+              for k in ("lambda_ce", "lambda_kd", "lambda_rep")],
+            (d.temperature > 0, "distill.temperature", d.temperature, "must be > 0"),
+            (d.tau > 0, "distill.tau", d.tau, "must be > 0"),
+            (d.digest_epochs >= 0, "distill.digest_epochs", d.digest_epochs, "must be >= 0"),
+            (d.digest_batch_size >= 1, "distill.digest_batch_size", d.digest_batch_size, "must be >= 1"),
+            (d.digest_lr >= 0, "distill.digest_lr", d.digest_lr, "must be >= 0 (0 = train.lr)"),
+            (d.tpriv_size >= 1, "distill.tpriv_size", d.tpriv_size, "must be >= 1"),
+            (d.lambda_rep == 0 or m.representation_dim > 0, "distill.lambda_rep", d.lambda_rep,
+             "the representation loss needs model.representation_dim > 0"),
+            (c.evaluation.client_models is False, "evaluation.client_models", True,
+             "latent-distill evaluates every client's own model already (T_priv, T_uni)"),
+        ]
+        if d.transfer_dataset:
+            rules[2:2] = [
+                (d.transfer_dataset in DATASET_NAMES, "distill.transfer_dataset", d.transfer_dataset,
+                 f"allowed: '' (hold out from the training set), {', '.join(DATASET_NAMES)}"),
+                (d.transfer_dataset != "npz" or bool(d.transfer_path), "distill.transfer_path", d.transfer_path,
+                 "transfer_dataset 'npz' needs the .npz file"),
+                (d.teacher == "consensus", "distill.teacher", d.teacher,
+                 "a server teacher trains on labels; another dataset's labels are not the clients' classes: "
+                 "use teacher = 'consensus' or hold the transfer set out of the training set"),
+                (d.lambda_ce == 0, "distill.lambda_ce", d.lambda_ce,
+                 "another dataset's labels are not the clients' classes: set lambda_ce = 0"),
+                (not d.transfer_classes, "distill.transfer_classes", d.transfer_classes,
+                 "class subsets apply to a hold-out of the training set only"),
+            ]
+        return [problem(key, value, allowed) for ok, key, value, allowed in rules if not ok]
+
+    def check_for_dataset(self, config: ExperimentConfig, num_train: int, num_classes: int) -> list[str]:
+        d = config.distill
+        if d.transfer_dataset:
+            return []
+        errors = []
+        if d.transfer_size >= num_train:
+            errors.append(problem("distill.transfer_size", d.transfer_size,
+                                  f"must leave private data: the training set has {num_train} samples"))
+        if not all(k < num_classes for k in d.transfer_classes):
+            errors.append(problem("distill.transfer_classes", d.transfer_classes, f"class ids must be < {num_classes}"))
+        return errors
+
+    def holdout(self, config: ExperimentConfig, labels: np.ndarray) -> np.ndarray | None:
+        d = config.distill
+        if d.transfer_dataset:
+            return None
+        return holdout_transfer(labels, d.transfer_size, config.seed, list(d.transfer_classes))
+
+    def write_inputs(self, config: ExperimentConfig, dataset: CachedDataset, folder: Path,
+                     holdout: np.ndarray | None) -> None:
+        """``transfer.npz``: the transfer set's indices (and source) and every client's T_priv."""
+        split = PartitionIndex.load(folder)
+        source, transfer = external_transfer(config, dataset) if holdout is None else (None, holdout)
+        y_train = np.asarray(dataset.load()["y_train"])
+        y_test = np.asarray(dataset.load()["y_test"])
+        tpriv = [tpriv_indices(y_test, np.bincount(y_train[split.train_of(c)], minlength=dataset.num_classes),
+                               config.distill.tpriv_size, config.seed, c)
+                 for c in range(split.num_clients)]
+        TransferIndex.from_lists(transfer, tpriv, str(source.folder.resolve()) if source else "").save(folder)
+
+    def client_distill_recipe(self, config: ExperimentConfig) -> DistillRecipe:
+        d, t = config.distill, config.train
+        digest = SGDRecipe(d.digest_epochs, d.digest_batch_size, d.digest_lr or t.lr, t.momentum, t.weight_decay)
+        return DistillRecipe(digest, d.lambda_ce, d.lambda_kd, d.lambda_rep, d.temperature, d.tau)
+
+    def start(self, strategy: Strategy, setup: ServerSetup) -> tuple[ArrayRecord, list[RoundExtension]]:
+        assert isinstance(strategy, LatentDistillation), "latent-distill's method drives LatentDistillation"
+        labels = self._transfer_labels(setup)
+        if labels is not None and setup.config.distill.teacher == "server":
+            strategy.set_teacher(self._train_teacher(setup, labels))
+        return strategy.initial_arrays(), [DistillationViews(labels)]
+
+    @staticmethod
+    def _transfer_labels(setup: ServerSetup) -> np.ndarray | None:
+        """The transfer set's labels (None when it comes from another dataset: not the clients' classes)."""
+        index = TransferIndex.load(setup.folder)
+        if index.source:
+            return None
+        return np.asarray(setup.dataset.load()["y_train"][index.transfer], dtype=np.int64)
+
+    @staticmethod
+    def _train_teacher(setup: ServerSetup, labels: np.ndarray) -> ArrayRecord:
+        """A server teacher trained with cross-entropy on the labelled transfer set; its outputs."""
+        config, dataset = setup.config, setup.dataset
+        transfer = TransferIndex.load(setup.folder).transfer
+        x = to_tensor(np.asarray(dataset.load()["x_train"][transfer]), dataset.mean, dataset.std, setup.device)
+        y = torch.from_numpy(labels.copy()).to(setup.device)
+        teacher = setup.build_model().to(setup.device)
+        generator = seeded_generator(config.seed, 0, config.partition.num_clients, TEACHER_STREAM)
+        torch.manual_seed(generator.initial_seed())
+        train(teacher, x, y, setup.recipe.with_epochs(config.distill.teacher_epochs), generator)
+        metrics, _ = setup.evaluator(ArrayRecord(teacher.state_dict()))
+        setup.recorder.extras["teacher_test_accuracy"] = metrics["test_accuracy"]
+        logits, reps = transfer_outputs(teacher, x)
+        return ArrayRecord({"logits": Array(logits.astype(np.float32)), "reps": Array(reps.astype(np.float32))})
+
+
+def external_transfer(config: ExperimentConfig, dataset: CachedDataset) -> tuple[CachedDataset, np.ndarray]:
+    """``distill.transfer_dataset``: ``transfer_size`` of another cached dataset's training images.
+
+    The images must have the clients' shape; their labels are not used (they are not the
+    clients' classes). The draw is seeded by the config's seed.
+    """
+    d, data = config.distill, config.data
+    other = materialize(replace(data, dataset=d.transfer_dataset, path=d.transfer_path, classes=[]))
+    shape = np.load(other.folder / "x_train.npy", mmap_mode="r").shape
+    own = np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape
+    if shape[1:] != own[1:]:
+        raise DatasetError(f"distill.transfer_dataset = {d.transfer_dataset!r} has images of shape {shape[1:]}, "
+                           f"the clients' are {own[1:]}")
+    if d.transfer_size > shape[0]:
+        raise DatasetError(f"distill.transfer_size = {d.transfer_size}: {d.transfer_dataset!r} has only "
+                           f"{shape[0]} training images")
+    rng = np.random.default_rng([config.seed, 0x7D])
+    return other, np.sort(rng.choice(shape[0], size=d.transfer_size, replace=False)).astype(np.int64)

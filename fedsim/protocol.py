@@ -1,0 +1,169 @@
+"""The wire protocol between fedsim's server side and its clients: keys, tasks, replies, packing.
+
+A leaf module (it imports Flower's record types and nothing from fedsim), so that
+``fedsim.clients`` and ``fedsim.strategies`` can both depend on it without depending on each
+other. Everything a message carries is named here once:
+
+* record names in a message's ``RecordDict``: ``arrays`` (an ``ArrayRecord``: global weights
+  down, client weights or outputs up), ``config`` (a ``ConfigRecord`` the strategy builds),
+  ``metrics`` (the client's ``MetricRecord``) and ``client`` (a ``ConfigRecord`` naming the
+  partition id that answered);
+* the ``config`` keys fedsim adds to every strategy's configuration (``fedsim.*``);
+* the metric keys clients report, and the ``hook.<name>.<metric>`` convention for hook
+  statistics;
+* :class:`ClientTask` / :class:`ClientReply`: what the round loop hands an executor and gets
+  back (one per sampled client; a failure is a reply whose message carries an ``Error``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+# ----------------------------------------------------------------------- record names
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+CLIENT = "client"
+
+# ----------------------------------------------------------------------- config keys
+SERVER_ROUND = "server-round"  # set by every Flower strategy's configure_* methods
+PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx; the client adds the proximal term
+RUN_DIR = "fedsim.run-dir"  # where a worker finds the run's spec and partition
+FAIL_CLIENTS = "fedsim.fail-clients"  # fault injection: partition ids that raise
+DISTILL = "fedsim.distill"  # the message asks for a distillation round (latent-distill)
+SEND_OUTPUTS = "fedsim.send-outputs"  # distillation: reply with transfer-set outputs
+DP_ADAPTIVE = "fedsim.dp-adaptive"  # client-side adaptive clipping instead of fixed clipping
+PARTITION_ID = "partition-id"  # in the reply's ``client`` record (and Flower's node_config)
+PEER_PREFIX = "peer-"  # ArrayRecords ``peer-<client id>``: other clients' models attached to a task
+
+# ----------------------------------------------------------------------- metric keys
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+TRAIN_ACCURACY = "train-accuracy"
+TRAIN_STEPS = "train-steps"
+EVAL_LOSS = "eval-loss"
+EVAL_ACCURACY = "eval-accuracy"
+CLIENT_SECONDS = "client-seconds"
+DIGEST_LOSS = "digest-loss"  # distillation: the digest step's loss
+TPRIV_ACCURACY = "tpriv-accuracy"  # distillation: own model on a test subset with the client's class mix
+TUNI_ACCURACY = "tuni-accuracy"  # distillation: own model on the whole test set
+HOOK_PREFIX = "hook."
+
+# ----------------------------------------------------------------------- error codes
+CLIENT_RAISED = 2  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+NO_REPLY = 100  # fedsim: the client did not answer before the round's timeout
+
+
+@dataclass
+class ClientTask:
+    """One sampled client's work for a round: the client id and the message a strategy built."""
+
+    client_id: int
+    message: Message
+
+
+@dataclass
+class ClientReply:
+    """What came back for one task: the client's reply message, or one carrying an ``Error``."""
+
+    client_id: int
+    message: Message
+
+    @property
+    def ok(self) -> bool:
+        return not self.message.has_error()
+
+    @property
+    def error(self) -> str:
+        """The failure's reason ("" for a successful reply)."""
+        return (self.message.error.reason or "error") if self.message.has_error() else ""
+
+    @property
+    def metrics(self) -> MetricRecord:
+        return self.message.content[METRICS]
+
+    @property
+    def arrays(self) -> ArrayRecord:
+        return self.message.content[ARRAYS]
+
+
+def failed_reply(task: ClientTask, reason: str, code: int = CLIENT_RAISED) -> ClientReply:
+    """A reply carrying an ``Error`` for ``task`` (the client raised, or never answered)."""
+    return ClientReply(task.client_id, Message(Error(code=code, reason=reason), reply_to=task.message))
+
+
+def reply(to: Message, client_id: int, metrics: Mapping[str, float | int],
+          arrays: ArrayRecord | None = None) -> Message:
+    """A client's reply: its metrics, its partition id and (train) its arrays."""
+    content = RecordDict({METRICS: MetricRecord(dict(metrics)),
+                          CLIENT: ConfigRecord({PARTITION_ID: int(client_id)})})
+    if arrays is not None:
+        content[ARRAYS] = arrays
+    return Message(content=content, reply_to=to)
+
+
+def reply_client_id(message: Message) -> int | None:
+    """The partition id a reply names (None for error replies and foreign messages)."""
+    if message.has_error():
+        return None
+    record = message.content.config_records.get(CLIENT)
+    return int(record[PARTITION_ID]) if record is not None and PARTITION_ID in record else None
+
+
+def message_config(message: Message) -> ConfigRecord:
+    """The task's ``config`` record (empty when the strategy sent none)."""
+    return message.content.config_records.get(CONFIG) or ConfigRecord()
+
+
+def array_bytes(messages: Iterable[Message]) -> int:
+    """Bytes of model arrays carried by ``messages`` (what dominates FL communication).
+
+    A content shared by several messages (a strategy may send one ``RecordDict`` to all) is
+    counted once per message, because each message travels separately.
+    """
+    total = 0
+    for msg in messages:
+        if not msg.has_error() and msg.has_content():
+            total += sum(rec.count_bytes() for rec in msg.content.array_records.values())
+    return total
+
+
+# ----------------------------------------------------------------------- peers (other clients' models)
+
+
+def attach_peers(messages: Iterable[Message], peers: list[tuple[int, ArrayRecord]]) -> None:
+    """Add ``peers`` as ``peer-<client id>`` ArrayRecords to every distinct content in ``messages``."""
+    seen: set[int] = set()
+    for msg in messages:
+        if id(msg.content) in seen:
+            continue
+        seen.add(id(msg.content))
+        for client_id, arrays in peers:
+            msg.content[f"{PEER_PREFIX}{client_id}"] = arrays
+
+
+def read_peers(message: Message) -> list[tuple[int, ArrayRecord]]:
+    """The ``peer-<client id>`` ArrayRecords a task carries, as (client id, arrays)."""
+    return [(int(key[len(PEER_PREFIX):]), record) for key, record in message.content.array_records.items()
+            if key.startswith(PEER_PREFIX)]
+
+
+# ----------------------------------------------------------------------- hook statistics
+
+
+def hook_metric_key(hook: str, metric: str) -> str:
+    """``hook.<name>.<metric>``: how a hook's statistic travels in the client's MetricRecord."""
+    return f"{HOOK_PREFIX}{hook}.{metric}"
+
+
+def hook_metrics(metrics: Mapping[str, object]) -> list[tuple[str, str, float]]:
+    """The (hook, metric, value) entries of a MetricRecord."""
+    out = []
+    for key, value in metrics.items():
+        if key.startswith(HOOK_PREFIX):
+            hook, _, metric = key[len(HOOK_PREFIX):].partition(".")
+            out.append((hook, metric, float(value)))  # type: ignore[arg-type]
+    return out

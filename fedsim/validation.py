@@ -1,0 +1,200 @@
+"""Validate an experiment config by asking the registries that own each rule.
+
+:func:`validate` collects every problem at once and raises one :class:`ConfigError` naming
+each field, its value and what is allowed. The rules live with what they govern: dataset and
+partition settings in :mod:`fedsim.datasets.settings`, model names in :mod:`fedsim.models`,
+strategies and their keyword arguments in :mod:`fedsim.strategies`, hooks in
+:mod:`fedsim.clients.hooks`, run modes in :mod:`fedsim.modes`, a method's own settings in
+:mod:`fedsim.methods`, executors in :mod:`fedsim.executors`. The rules for the engine's own
+sections (``[train]``, ``[evaluation]``, ``[simulation]``, ``[output]``) are here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fedsim.clients.hooks import HookError, build_hooks
+from fedsim.config import ConfigError, ExperimentConfig, problem, read_config
+from fedsim.datasets import check_data, check_partition, check_partition_for_dataset
+from fedsim.executors import EXECUTOR_NAMES
+from fedsim.methods import METHODS, method_for
+from fedsim.models import MODEL_NAMES, parse_architecture
+from fedsim.modes import check_mode
+from fedsim.sampling import sample_size
+from fedsim.strategies import STRATEGY_NAMES, StrategyContext, StrategyError, build_strategy
+
+DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
+RESULT_FORMATS = ("csv", "parquet")
+
+
+def load_config(path: str | Path | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read a TOML file (or start from defaults), apply overrides and validate."""
+    config = read_config(path, overrides)
+    validate(config)
+    return config
+
+
+def _rules(errors: list[str], rules: list[tuple[bool, str, object, str]]) -> None:
+    errors.extend(problem(key, value, allowed) for ok, key, value, allowed in rules if not ok)
+
+
+def validate(config: ExperimentConfig) -> None:
+    """Check every field's range and the cross-field rules; raise one error listing all problems.
+
+    Checks that need the dataset (client count vs dataset size, class ids) are in
+    :func:`validate_against_dataset`.
+    """
+    c = config
+    e: list[str] = []
+    _rules(e, [(c.seed >= 0, "seed", c.seed, "must be >= 0")])
+    e += check_data(c.data)
+    e += check_partition(c.partition)
+    e += _check_model(c)
+    e += _check_train(c)
+    e += check_mode(c)
+    e += _check_strategy(c)
+    e += _check_hooks(c)
+    e += _check_evaluation(c)
+    e += _check_simulation(c)
+    e += _check_output(c)
+    if e:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(e))
+
+
+def validate_against_dataset(config: ExperimentConfig, num_train: int, num_classes: int) -> None:
+    """The checks that need the loaded dataset's size and class count."""
+    e = check_partition_for_dataset(config.partition, num_train, num_classes)
+    e += method_for(config.strategy.name).check_for_dataset(config, num_train, num_classes)
+    if e:
+        raise ConfigError("invalid configuration for this dataset:\n  " + "\n  ".join(e))
+
+
+def _check_model(c: ExperimentConfig) -> list[str]:
+    m = c.model
+    e: list[str] = []
+    _rules(e, [(m.name in MODEL_NAMES, "model.name", m.name, f"allowed: {', '.join(MODEL_NAMES)}"),
+               (m.representation_dim >= 0, "model.representation_dim", m.representation_dim,
+                "must be >= 0 (0 = no representation layer)")])
+    widths, names = set(), set()
+    for entry in m.architectures:
+        try:
+            name, width = parse_architecture(entry)
+        except ValueError as err:
+            e.append(f"model.architectures: {err}")
+            continue
+        names.add(name)
+        _rules(e, [(name in MODEL_NAMES, "model.architectures", m.architectures,
+                    f"unknown architecture {name!r}; allowed: {', '.join(MODEL_NAMES)}")])
+        widths.add(m.representation_dim if width is None else width)
+    heterogeneous = bool(names) and names != {m.name}
+    mixing = [name for name, method in METHODS.items() if method.heterogeneous_architectures]
+    _rules(e, [
+        (widths <= {m.representation_dim}, "model.architectures", m.architectures,
+         f"mismatched representation widths {sorted(widths)}: every client shares r = "
+         f"model.representation_dim ({m.representation_dim}) so that representations are comparable"),
+        (method_for(c.strategy.name).heterogeneous_architectures or not heterogeneous, "model.architectures",
+         m.architectures, f"clients with other architectures than model.name need strategy "
+         f"{' or '.join(mixing)}; {c.strategy.name!r} averages weights"),
+    ])
+    return e
+
+
+def _check_train(c: ExperimentConfig) -> list[str]:
+    t, n = c.train, c.partition.num_clients
+    e: list[str] = []
+    _rules(e, [
+        (t.rounds >= 1, "train.rounds", t.rounds, "must be >= 1"),
+        (0 < t.fraction_train <= 1, "train.fraction_train", t.fraction_train, "must be in (0, 1]"),
+        (t.clients_per_round >= 0, "train.clients_per_round", t.clients_per_round,
+         "must be >= 0 (0 = use fraction_train)"),
+        (t.clients_per_round <= n, "train.clients_per_round", t.clients_per_round,
+         f"must be <= partition.num_clients ({n})"),
+        (t.local_epochs >= 1, "train.local_epochs", t.local_epochs, "must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size", t.batch_size, "must be >= 1"),
+        (t.lr > 0, "train.lr", t.lr, "must be > 0"),
+        (0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)"),
+        (t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0"),
+    ])
+    return e
+
+
+def _check_strategy(c: ExperimentConfig) -> list[str]:
+    s = c.strategy
+    if s.name not in STRATEGY_NAMES:
+        return [problem("strategy.name", s.name, f"allowed: {', '.join(STRATEGY_NAMES)}")]
+    context = StrategyContext(c.train.lr, sample_size(c.partition.num_clients, c.train.fraction_train,
+                                                      c.train.clients_per_round))
+    try:
+        build_strategy(s.name, s.kwargs, context)
+    except StrategyError as err:
+        return [f"strategy.kwargs = {s.kwargs!r}: {err}"] + method_for(s.name).check(c)
+    return method_for(s.name).check(c)
+
+
+def _check_hooks(c: ExperimentConfig) -> list[str]:
+    try:
+        build_hooks(list(c.hooks))
+    except HookError as err:
+        return [f"hooks: {err}"]
+    if c.hooks and not method_for(c.strategy.name).accepts_hooks:
+        return [f"hooks: client hooks apply to weight-based strategies; {c.strategy.name} changes local "
+                "training its own way"]
+    return []
+
+
+def _check_evaluation(c: ExperimentConfig) -> list[str]:
+    v, n = c.evaluation, c.partition.num_clients
+    e: list[str] = []
+    _rules(e, [
+        (v.centralized_every >= 0, "evaluation.centralized_every", v.centralized_every, "must be >= 0 (0 = never)"),
+        (v.federated_every >= 0, "evaluation.federated_every", v.federated_every, "must be >= 0 (0 = never)"),
+        (0 < v.fraction_evaluate <= 1, "evaluation.fraction_evaluate", v.fraction_evaluate, "must be in (0, 1]"),
+        (0 <= v.clients_per_eval <= n, "evaluation.clients_per_eval", v.clients_per_eval,
+         f"must be between 0 and partition.num_clients ({n})"),
+        (v.batch_size >= 1, "evaluation.batch_size", v.batch_size, "must be >= 1"),
+        (v.federated_every == 0 or c.partition.val_fraction > 0
+         or method_for(c.strategy.name).evaluates_without_validation_split,
+         "evaluation.federated_every", v.federated_every,
+         "federated evaluation needs partition.val_fraction > 0 (or set 0)"),
+    ])
+    return e
+
+
+def _valid_device(device: str) -> bool:
+    if device in ("auto", "cpu", "cuda"):
+        return True
+    return device.startswith("cuda:") and device[5:].isdigit()
+
+
+def _check_simulation(c: ExperimentConfig) -> list[str]:
+    sim, n = c.simulation, c.partition.num_clients
+    e: list[str] = []
+    _rules(e, [
+        (sim.num_cpus_per_client > 0, "simulation.num_cpus_per_client", sim.num_cpus_per_client, "must be > 0"),
+        (sim.num_gpus_per_client >= 0, "simulation.num_gpus_per_client", sim.num_gpus_per_client,
+         "must be >= 0 (fractions share one GPU)"),
+        (_valid_device(sim.device), "simulation.device", sim.device, f"allowed: {DEVICES_HELP}"),
+        (0 < sim.min_success_fraction <= 1, "simulation.min_success_fraction", sim.min_success_fraction,
+         "must be in (0, 1]"),
+        (sim.round_timeout > 0, "simulation.round_timeout", sim.round_timeout, "must be > 0"),
+        (all(0 <= k < n for k in sim.fail_clients), "simulation.fail_clients", sim.fail_clients,
+         f"client ids must be in 0..{n - 1}"),
+        (sim.ray_num_cpus >= 0, "simulation.ray_num_cpus", sim.ray_num_cpus, "must be >= 0 (0 = all CPUs)"),
+        (sim.executor in EXECUTOR_NAMES, "simulation.executor", sim.executor,
+         f"allowed: {', '.join(EXECUTOR_NAMES)}"),
+    ])
+    return e
+
+
+def _check_output(c: ExperimentConfig) -> list[str]:
+    o = c.output
+    e: list[str] = []
+    _rules(e, [
+        (bool(o.dir), "output.dir", o.dir, "must not be empty"),
+        ("/" not in o.name and o.name not in (".", ".."), "output.name", o.name,
+         "must be a plain directory name (no '/')"),
+        (o.format in RESULT_FORMATS, "output.format", o.format, f"allowed: {', '.join(RESULT_FORMATS)}"),
+    ])
+    return e
