@@ -1,11 +1,14 @@
-"""Framework overhead: fedsim on Flower + Ray vs a minimal in-process FedAvg loop, same SGD steps.
+"""Framework overhead: fedsim (Flower + Ray, and the in-process executor) vs a minimal FedAvg loop, same SGD steps.
 
 Workload (defaults): LeNet-5, 100 clients x 50 synthetic samples, 20 clients per round,
 5 rounds, no evaluation. Both sides train exactly the same clients (fedsim's seeded
 sampler) with the same local loop (``fedsim.clients.training.train``) and the same
 per-(seed, round, client) generators; the in-process loop averages state dicts with numpy.
-Repetitions are interleaved (fedsim, loop, fedsim, loop, ...) because this machine is noisy,
-and the ratio compares medians measured in the same invocation.
+Three sides are measured: fedsim with ``simulation.executor = "flower"`` (Flower's simulation
+runtime, Ray backend), fedsim with ``"in-process"`` (the ClientApp called directly: the round
+loop, strategy and message costs without Ray), and the loop. Repetitions are interleaved
+(flower, in-process, loop, flower, ...) because this machine is noisy, and the ratios compare
+medians measured in the same invocation.
 
     python benchmarks/overhead.py                # defaults, 3 repetitions
     python benchmarks/overhead.py --repetitions 5 --clients 200 --per-round 40
@@ -40,8 +43,9 @@ from fedsim.prepare import initial_model, prepare
 from fedsim.sampling import TRAIN, sample_clients, sample_size
 
 
-def workload(args: argparse.Namespace, out: Path, name: str) -> ExperimentConfig:
+def workload(args: argparse.Namespace, out: Path, name: str, executor: str = "flower") -> ExperimentConfig:
     return load_config(None, {
+        "simulation.executor": executor,
         "seed": args.seed,
         "data.dataset": "synthetic",
         "data.synthetic_train": args.clients * args.samples,
@@ -117,39 +121,52 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(tempfile.mkdtemp(prefix="fedsim-bench-"))
     fed_rounds: list[float] = []
     fed_totals: list[float] = []
+    local_rounds: list[float] = []
+    local_totals: list[float] = []
     loop_times: list[float] = []
     try:
         for rep in range(args.repetitions):
             rounds, total = fedsim_rounds(workload(args, out, f"fedsim-{rep}"))
             fed_rounds += rounds
             fed_totals.append(total)
+            local, local_total = fedsim_rounds(workload(args, out, f"local-{rep}", "in-process"))
+            local_rounds += local
+            local_totals.append(local_total)
             loop_times += loop_rounds(workload(args, out, f"loop-{rep}"))
-            print(f"repetition {rep + 1}/{args.repetitions}: fedsim rounds {np.round(rounds, 3).tolist()} "
-                  f"(run {total:.1f} s), loop rounds {np.round(loop_times[-args.rounds:], 3).tolist()}",
-                  flush=True)
+            print(f"repetition {rep + 1}/{args.repetitions}: flower rounds {np.round(rounds, 3).tolist()} "
+                  f"(run {total:.1f} s), in-process rounds {np.round(local, 3).tolist()} (run {local_total:.1f} s), "
+                  f"loop rounds {np.round(loop_times[-args.rounds:], 3).tolist()}", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
     fed_median = statistics.median(fed_rounds)
+    local_median = statistics.median(local_rounds)
     loop_median = statistics.median(loop_times)
     results = {
         "workload": vars(args) | {"json": None},
         "fedsim_round_median_s": fed_median,
+        "in_process_round_median_s": local_median,
         "loop_round_median_s": loop_median,
         "overhead_ratio": fed_median / loop_median,
+        "in_process_overhead_ratio": local_median / loop_median,
         "fedsim_clients_per_s": args.per_round / fed_median,
+        "in_process_clients_per_s": args.per_round / local_median,
         "loop_clients_per_s": args.per_round / loop_median,
         "fedsim_run_median_s_incl_startup": statistics.median(fed_totals),
+        "in_process_run_median_s": statistics.median(local_totals),
         "cpus": os.cpu_count(),
     }
     print(f"\nworkload: {args.model}, {args.clients} clients x {args.samples} samples, "
           f"{args.per_round} clients/round, {args.rounds} rounds, {args.repetitions} repetitions, "
           f"{os.cpu_count()} CPUs")
-    print(f"median round: fedsim {fed_median:.3f} s | in-process loop {loop_median:.3f} s")
-    print(f"overhead ratio (fedsim / loop): {results['overhead_ratio']:.2f}")
-    print(f"clients per second: fedsim {results['fedsim_clients_per_s']:.1f} | "
-          f"loop {results['loop_clients_per_s']:.1f}")
-    print(f"fedsim run incl. Ray start-up (median): {results['fedsim_run_median_s_incl_startup']:.1f} s")
+    print(f"median round: fedsim flower {fed_median:.3f} s | fedsim in-process {local_median:.3f} s | "
+          f"loop {loop_median:.3f} s")
+    print(f"overhead ratio vs loop: flower {results['overhead_ratio']:.2f} | "
+          f"in-process {results['in_process_overhead_ratio']:.2f}")
+    print(f"clients per second: flower {results['fedsim_clients_per_s']:.1f} | in-process "
+          f"{results['in_process_clients_per_s']:.1f} | loop {results['loop_clients_per_s']:.1f}")
+    print(f"whole run (median): flower incl. Ray start-up {results['fedsim_run_median_s_incl_startup']:.1f} s | "
+          f"in-process {results['in_process_run_median_s']:.1f} s")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -122,7 +122,13 @@ def weighted_mean(rows: list[dict], key: str) -> float:
 
 
 def _tasks(messages: Iterable[Message]) -> list[ClientTask]:
-    return [ClientTask(int(m.metadata.dst_node_id), m) for m in messages]
+    """The strategy's messages as tasks, in client-id order.
+
+    Flower's strategies list the sampled nodes in the order of Python's global ``random``;
+    sorting makes the order of the replies -- and so the floating-point sum of an aggregate --
+    depend on (seed, round) alone.
+    """
+    return sorted((ClientTask(int(m.metadata.dst_node_id), m) for m in messages), key=lambda t: t.client_id)
 
 
 def _flush(record: RoundRecord, recorder: RunRecorder) -> None:
