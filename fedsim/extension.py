@@ -15,12 +15,18 @@ The loop calls the stages of every extension in the order the extensions were gi
 ``on_train_replies``        the round's successful training replies, *before* aggregation (some
                             strategies consume the replies' arrays); may add client rows
 ``on_evaluate_replies``     the successful federated-evaluation replies; may update the phase's
-                            client rows or add round metrics
-``on_round_end``            after aggregation and evaluation, with the new global arrays; may add
+                            client rows or fill round metrics
+``on_round_end``            after aggregation and evaluation, with the new global arrays; may fill
                             round metrics (e.g. the test-set evaluation)
 ``on_run_end``              after the last round, with the final arrays
 ``state`` / ``load_state``  what a checkpoint stores to resume the extension exactly
 ==========================  =====================================================================
+
+Rows follow the run directory's fixed schema (:data:`fedsim.recorder.ROUND_COLUMNS`,
+``CLIENT_COLUMNS``), so tables of different methods line up; an extension with other results
+writes a file of its own into ``run.recorder.folder`` or puts run-level facts into
+``run.recorder.extras`` (``summary.json``). ``state()`` / ``load_state()`` are the contract a
+checkpoint will use to resume an extension exactly.
 
 A leaf module apart from the protocol and the recorder, so clients' hooks and strategies can
 define extensions without importing the engine.

@@ -2,8 +2,8 @@
 
 A leaf module. The experiment config's ``[train]`` (and, for federated distillation,
 ``[distill]``) sections are turned into a :class:`SGDRecipe` (and a :class:`DistillRecipe`)
-exactly once, by :func:`fedsim.spec.RunSpec.from_config`'s caller; the recipe travels to the
-workers inside the run spec, and every training call (clients, hooks' tiny committee models,
+exactly once, by :func:`fedsim.prepare.training_recipe` (and the method's
+``client_distill_recipe``); the recipe travels to the workers inside the run spec, and every training call (clients, hooks' tiny committee models,
 the centralized baseline, a server-side teacher) reads it from there. Per-round values a
 strategy sends (FedProx's ``proximal-mu``) are applied with :meth:`SGDRecipe.with_proximal_mu`.
 """

@@ -22,7 +22,7 @@ from fedsim.methods import METHODS, method_for
 from fedsim.models import MODEL_NAMES, parse_architecture
 from fedsim.modes import check_mode
 from fedsim.sampling import sample_size
-from fedsim.strategies import STRATEGY_NAMES, StrategyContext, StrategyError, build_strategy
+from fedsim.strategies import STRATEGIES, StrategyContext, StrategyError, build_strategy
 
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 RESULT_FORMATS = ("csv", "parquet")
@@ -122,8 +122,8 @@ def _check_train(c: ExperimentConfig) -> list[str]:
 
 def _check_strategy(c: ExperimentConfig) -> list[str]:
     s = c.strategy
-    if s.name not in STRATEGY_NAMES:
-        return [problem("strategy.name", s.name, f"allowed: {', '.join(STRATEGY_NAMES)}")]
+    if s.name not in STRATEGIES:  # the registry as it is now (a strategy may be registered at run time)
+        return [problem("strategy.name", s.name, f"allowed: {', '.join(STRATEGIES)}")]
     context = StrategyContext(c.train.lr, sample_size(c.partition.num_clients, c.train.fraction_train,
                                                       c.train.clients_per_round))
     try:
