@@ -4,11 +4,12 @@ Workload (defaults): LeNet-5, 100 clients x 50 synthetic samples, 20 clients per
 5 rounds, no evaluation. Both sides train exactly the same clients (fedsim's seeded
 sampler) with the same local loop (``fedsim.clients.training.train``) and the same
 per-(seed, round, client) generators; the in-process loop averages state dicts with numpy.
-Three sides are measured: fedsim with ``simulation.executor = "flower"`` (Flower's simulation
-runtime, Ray backend), fedsim with ``"in-process"`` (the ClientApp called directly: the round
-loop, strategy and message costs without Ray), and the loop. Repetitions are interleaved
-(flower, in-process, loop, flower, ...) because this machine is noisy, and the ratios compare
-medians measured in the same invocation.
+The fedsim sides are the executors named by ``--executors``: ``flower`` (Flower's simulation
+runtime, Ray, one node per client), ``cohort`` (the same runtime, W worker nodes, one message
+per worker and round) and ``in-process`` (the ClientApp called directly: the round loop,
+strategy and message costs without Ray). Repetitions are interleaved (every side, then the
+loop, then again) because this machine is noisy, and the ratios compare medians measured in
+the same invocation.
 
     python benchmarks/overhead.py                # defaults, 3 repetitions
     python benchmarks/overhead.py --repetitions 5 --clients 200 --per-round 40
@@ -46,6 +47,7 @@ from fedsim.sampling import TRAIN, sample_clients, sample_size
 def workload(args: argparse.Namespace, out: Path, name: str, executor: str = "flower") -> ExperimentConfig:
     return load_config(None, {
         "simulation.executor": executor,
+        "simulation.workers": args.workers,
         "seed": args.seed,
         "data.dataset": "synthetic",
         "data.synthetic_train": args.clients * args.samples,
@@ -113,60 +115,50 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--executors", default="flower,cohort,in-process",
+                        help="fedsim sides to measure (simulation.executor values), comma-separated")
+    parser.add_argument("--workers", type=int, default=0, help="cohort executor workers (0 = automatic)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args(argv)
     if args.repetitions < 1 or args.rounds < 1 or not (1 <= args.per_round <= args.clients):
         parser.error("need repetitions >= 1, rounds >= 1 and 1 <= per-round <= clients")
 
     out = Path(tempfile.mkdtemp(prefix="fedsim-bench-"))
-    fed_rounds: list[float] = []
-    fed_totals: list[float] = []
-    local_rounds: list[float] = []
-    local_totals: list[float] = []
+    executors = [e.strip() for e in args.executors.split(",") if e.strip()]
+    rounds_of: dict[str, list[float]] = {e: [] for e in executors}
+    totals_of: dict[str, list[float]] = {e: [] for e in executors}
     loop_times: list[float] = []
     try:
         for rep in range(args.repetitions):
-            rounds, total = fedsim_rounds(workload(args, out, f"fedsim-{rep}"))
-            fed_rounds += rounds
-            fed_totals.append(total)
-            local, local_total = fedsim_rounds(workload(args, out, f"local-{rep}", "in-process"))
-            local_rounds += local
-            local_totals.append(local_total)
+            line = []
+            for executor in executors:
+                rounds, total = fedsim_rounds(workload(args, out, f"{executor}-{rep}", executor))
+                rounds_of[executor] += rounds
+                totals_of[executor].append(total)
+                line.append(f"{executor} {np.round(rounds, 3).tolist()} (run {total:.1f} s)")
             loop_times += loop_rounds(workload(args, out, f"loop-{rep}"))
-            print(f"repetition {rep + 1}/{args.repetitions}: flower rounds {np.round(rounds, 3).tolist()} "
-                  f"(run {total:.1f} s), in-process rounds {np.round(local, 3).tolist()} (run {local_total:.1f} s), "
-                  f"loop rounds {np.round(loop_times[-args.rounds:], 3).tolist()}", flush=True)
+            print(f"repetition {rep + 1}/{args.repetitions}: " + ", ".join(line)
+                  + f", loop {np.round(loop_times[-args.rounds:], 3).tolist()}", flush=True)
     finally:
         shutil.rmtree(out, ignore_errors=True)
 
-    fed_median = statistics.median(fed_rounds)
-    local_median = statistics.median(local_rounds)
     loop_median = statistics.median(loop_times)
-    results = {
-        "workload": vars(args) | {"json": None},
-        "fedsim_round_median_s": fed_median,
-        "in_process_round_median_s": local_median,
-        "loop_round_median_s": loop_median,
-        "overhead_ratio": fed_median / loop_median,
-        "in_process_overhead_ratio": local_median / loop_median,
-        "fedsim_clients_per_s": args.per_round / fed_median,
-        "in_process_clients_per_s": args.per_round / local_median,
-        "loop_clients_per_s": args.per_round / loop_median,
-        "fedsim_run_median_s_incl_startup": statistics.median(fed_totals),
-        "in_process_run_median_s": statistics.median(local_totals),
-        "cpus": os.cpu_count(),
-    }
+    results: dict = {"workload": vars(args) | {"json": None}, "cpus": os.cpu_count(),
+                     "loop_round_median_s": loop_median, "loop_clients_per_s": args.per_round / loop_median}
+    for executor in executors:
+        median = statistics.median(rounds_of[executor])
+        results[executor] = {"round_median_s": median, "ratio_to_loop": median / loop_median,
+                             "clients_per_s": args.per_round / median,
+                             "run_median_s": statistics.median(totals_of[executor])}
     print(f"\nworkload: {args.model}, {args.clients} clients x {args.samples} samples, "
-          f"{args.per_round} clients/round, {args.rounds} rounds, {args.repetitions} repetitions, "
-          f"{os.cpu_count()} CPUs")
-    print(f"median round: fedsim flower {fed_median:.3f} s | fedsim in-process {local_median:.3f} s | "
-          f"loop {loop_median:.3f} s")
-    print(f"overhead ratio vs loop: flower {results['overhead_ratio']:.2f} | "
-          f"in-process {results['in_process_overhead_ratio']:.2f}")
-    print(f"clients per second: flower {results['fedsim_clients_per_s']:.1f} | in-process "
-          f"{results['in_process_clients_per_s']:.1f} | loop {results['loop_clients_per_s']:.1f}")
-    print(f"whole run (median): flower incl. Ray start-up {results['fedsim_run_median_s_incl_startup']:.1f} s | "
-          f"in-process {results['in_process_run_median_s']:.1f} s")
+          f"{args.per_round} clients/round, {args.rounds} rounds, batch {args.batch_size}, "
+          f"{args.repetitions} repetitions, {os.cpu_count()} CPUs")
+    print(f"{'side':<12} {'median round':>13} {'ratio to loop':>14} {'clients/s':>10} {'whole run':>10}")
+    for executor in executors:
+        r = results[executor]
+        print(f"{executor:<12} {r['round_median_s']:>11.3f} s {r['ratio_to_loop']:>13.2f}x "
+              f"{r['clients_per_s']:>10.1f} {r['run_median_s']:>8.1f} s")
+    print(f"{'loop':<12} {loop_median:>11.3f} s {1.0:>13.2f}x {results['loop_clients_per_s']:>10.1f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -23,7 +23,7 @@ from fedsim.clients.hooks import build_hooks, round_extensions
 from fedsim.clients.training import to_tensor
 from fedsim.config import ExperimentConfig
 from fedsim.evaluation import CentralEvaluation, CentralEvaluator
-from fedsim.executors import Executor, GridExecutor
+from fedsim.executors import CohortExecutor, Executor, GridExecutor
 from fedsim.extension import RoundExtension
 from fedsim.loop import LoopSettings, run_rounds
 from fedsim.methods import ServerSetup, method_for
@@ -31,6 +31,7 @@ from fedsim.prepare import PreparedRun, initial_model
 from fedsim.protocol import FAIL_CLIENTS, RUN_DIR
 from fedsim.recorder import RunRecorder
 from fedsim.sampling import sample_size
+from fedsim.simulate import worker_count
 from fedsim.spec import PartitionIndex, RunSpec, resolve_device
 from fedsim.strategies import StrategyContext, build_strategy
 
@@ -136,6 +137,20 @@ def execute_centralized(prepared: PreparedRun, state: RunState, progress: bool =
         bar.close()
 
 
+def flower_executor(grid: Grid, prepared: PreparedRun, workers: int | None = None) -> Executor:
+    """The executor on Flower's runtime that ``simulation.executor`` names.
+
+    ``cohort``: ``workers`` worker nodes (default :func:`fedsim.simulate.worker_count`), tasks
+    balanced by each client's training samples; ``flower``: one node per client.
+    """
+    config = prepared.config
+    sim = config.simulation
+    if sim.executor == "cohort":
+        sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
+        return CohortExecutor(grid, workers or worker_count(config), sizes, sim.round_timeout)
+    return GridExecutor(grid, config.partition.num_clients, sim.round_timeout)
+
+
 def build_server_app(
     jobs: list[tuple[PreparedRun, RunState]],
     progress: bool = True,
@@ -150,8 +165,6 @@ def build_server_app(
         for index, (prepared, state) in enumerate(jobs):
             if on_start:
                 on_start(index)
-            sim = prepared.config.simulation
-            executor = GridExecutor(grid, prepared.config.partition.num_clients, sim.round_timeout)
-            execute(prepared, state, executor, progress, on_round)
+            execute(prepared, state, flower_executor(grid, prepared), progress, on_round)
 
     return app

@@ -23,13 +23,14 @@ from fedsim.clients.app import client_app
 from fedsim.config import ExperimentConfig
 from fedsim.datasets import plot_heatmap
 from fedsim.datasets import summary as partition_summary
-from fedsim.executors import InProcessExecutor
+from fedsim.executors import ON_FLOWER, InProcessExecutor
 from fedsim.extension import RoundExtension
 from fedsim.logs import quiet_flower
 from fedsim.methods import method_for
 from fedsim.modes import is_federated
 from fedsim.prepare import PreparedRun, prepare
 from fedsim.results import RunResult, load_run
+from fedsim.simulate import node_count, run_simulation
 from fedsim.validation import validate
 
 
@@ -132,8 +133,6 @@ def run_many(
     fails is returned as its exception (its partial output kept as ``<name>.failed``) while the
     others go on. Input errors of any config are raised before anything is written.
     """
-    from fedsim.simulate import run_simulation  # imports Ray's parts of Flower: only when needed
-
     for config in configs:
         validate(config)
     outcomes: list[RunResult | BaseException | None] = [None] * len(configs)
@@ -146,7 +145,7 @@ def run_many(
             continue
         jobs.append((index, prepared, run_state(prepared, extensions(config) if extensions else None)))
 
-    on_flower = [(i, p, s) for i, p, s in jobs if is_federated(p.config) and p.config.simulation.executor == "flower"]
+    on_flower = [(i, p, s) for i, p, s in jobs if is_federated(p.config) and p.config.simulation.executor in ON_FLOWER]
     for index, prepared, state in jobs:
         if not is_federated(prepared.config):
             if on_start:
@@ -190,8 +189,9 @@ def _simulation_groups(jobs: list) -> list[list]:
     """Consecutive federated jobs that can share one runtime (same nodes and resources)."""
     groups: list[list] = []
     for job in jobs:
-        sim, n = job[1].config.simulation, job[1].config.partition.num_clients
-        key = (n, sim.num_cpus_per_client, sim.num_gpus_per_client, sim.ray_num_cpus)
+        config = job[1].config
+        sim = config.simulation
+        key = (node_count(config), sim.executor, sim.num_cpus_per_client, sim.num_gpus_per_client, sim.ray_num_cpus)
         if groups and groups[-1][0] == key:
             groups[-1][1].append(job)
         else:

@@ -167,3 +167,100 @@ def hook_metrics(metrics: Mapping[str, object]) -> list[tuple[str, str, float]]:
             hook, _, metric = key[len(HOOK_PREFIX):].partition(".")
             out.append((hook, metric, float(value)))  # type: ignore[arg-type]
     return out
+
+
+# ----------------------------------------------------------------------- cohorts (many clients, one message)
+
+COHORT_ACTION = "cohort"  # message type "train.cohort" / "evaluate.cohort": several clients' tasks
+COHORT = "fedsim.cohort"  # the ConfigRecord that describes a packed cohort or its replies
+
+
+def cohort_message_type(message_type: str) -> str:
+    """``train`` -> ``train.cohort``: the type of a message carrying several clients' tasks."""
+    return f"{message_type}.{COHORT_ACTION}"
+
+
+def pack_cohort(tasks: list[ClientTask], num_clients: int) -> RecordDict:
+    """Several clients' tasks as one ``RecordDict``; a record shared by several tasks travels once.
+
+    Strategies send one content to every client (the global arrays and config); peer models
+    or distillation targets attached to it are shared too. Records are stored once as
+    ``r<k>``, and the ``fedsim.cohort`` ConfigRecord says which client has which content and
+    which records (by name) make up each content.
+    """
+    records: list = []
+    record_index: dict[int, int] = {}
+    content_index: dict[int, int] = {}
+    layout: dict[str, list] = {}
+    content_of = []
+    for task in tasks:
+        content = task.message.content
+        if id(content) not in content_index:
+            j = content_index[id(content)] = len(content_index)
+            names, refs = [], []
+            for name, record in content.items():
+                if id(record) not in record_index:
+                    record_index[id(record)] = len(records)
+                    records.append(record)
+                names.append(name)
+                refs.append(record_index[id(record)])
+            layout[f"names-{j}"], layout[f"records-{j}"] = names, refs
+        content_of.append(content_index[id(content)])
+    packed = RecordDict({f"r{k}": record for k, record in enumerate(records)})
+    packed[COHORT] = ConfigRecord({"clients": [t.client_id for t in tasks], "content-of": content_of,
+                                   "num-clients": int(num_clients), **layout})
+    return packed
+
+
+def unpack_cohort(message: Message) -> list[ClientTask]:
+    """A cohort message's per-client tasks (messages of the plain type, addressed to the client id)."""
+    packed = message.content
+    meta = packed[COHORT]
+    message_type = message.metadata.message_type.partition(".")[0]
+    contents: dict[int, RecordDict] = {}
+    tasks = []
+    for client_id, j in zip(meta["clients"], meta["content-of"]):
+        if j not in contents:
+            contents[j] = RecordDict({name: packed[f"r{k}"] for name, k in zip(meta[f"names-{j}"], meta[f"records-{j}"])})
+        tasks.append(ClientTask(int(client_id), Message(contents[j], dst_node_id=int(client_id),
+                                                        message_type=message_type)))
+    return tasks
+
+
+def pack_cohort_replies(replies: list[ClientReply], seconds: float) -> RecordDict:
+    """Every client's reply records as ``<client id>:<record name>``; failures by id and reason."""
+    packed = RecordDict()
+    failed, reasons = [], []
+    for client_reply in replies:
+        if not client_reply.ok:
+            failed.append(client_reply.client_id)
+            reasons.append(client_reply.error)
+            continue
+        for name, record in client_reply.message.content.items():
+            packed[f"{client_reply.client_id}:{name}"] = record
+    packed[COHORT] = ConfigRecord({"failed": failed, "reasons": reasons, "seconds": float(seconds)})
+    return packed
+
+
+def unpack_cohort_replies(message: Message, tasks: list[ClientTask]) -> list[ClientReply]:
+    """One reply per task from a cohort's reply (a failed cohort message fails all its clients)."""
+    if message.has_error():
+        reason = f"its worker failed: {message.error.reason or 'error'}"
+        return [failed_reply(task, reason) for task in tasks]
+    packed = message.content
+    meta = packed[COHORT]
+    reasons = dict(zip((int(c) for c in meta["failed"]), meta["reasons"]))
+    replies = []
+    for task in tasks:
+        if task.client_id in reasons:
+            replies.append(failed_reply(task, str(reasons[task.client_id])))
+            continue
+        prefix = f"{task.client_id}:"
+        content = RecordDict({key[len(prefix):]: record for key, record in packed.items() if key.startswith(prefix)})
+        replies.append(ClientReply(task.client_id, Message(content=content, reply_to=task.message)))
+    return replies
+
+
+def cohort_seconds(message: Message) -> float:
+    """How long the worker was busy with a cohort (NaN for a failed cohort message)."""
+    return float("nan") if message.has_error() else float(message.content[COHORT]["seconds"])

@@ -11,6 +11,30 @@ from fedsim.config import ExperimentConfig
 from fedsim.logs import quiet_flower
 
 
+def worker_count(config: ExperimentConfig) -> int:
+    """Cohort executor: ``simulation.workers``, or as many as the per-client resources allow.
+
+    The automatic count is the CPUs Ray may use divided by ``num_cpus_per_client`` (and, with
+    ``num_gpus_per_client > 0``, the visible GPUs divided by it), at least 1 and at most the
+    number of clients.
+    """
+    sim = config.simulation
+    if sim.workers > 0:
+        return min(sim.workers, config.partition.num_clients)
+    cpus = sim.ray_num_cpus or os.cpu_count() or 1
+    count = int(cpus // sim.num_cpus_per_client)
+    if sim.num_gpus_per_client > 0:
+        import torch
+
+        count = min(count, int(torch.cuda.device_count() // sim.num_gpus_per_client))
+    return max(1, min(count, config.partition.num_clients))
+
+
+def node_count(config: ExperimentConfig) -> int:
+    """Simulated SuperNodes: one per client, or the cohort executor's workers."""
+    return worker_count(config) if config.simulation.executor == "cohort" else config.partition.num_clients
+
+
 def backend_config(config: ExperimentConfig, verbose: bool) -> dict:
     """Ray backend settings: per-client resources and a quiet Ray unless ``verbose``."""
     sim = config.simulation
@@ -26,7 +50,7 @@ def backend_config(config: ExperimentConfig, verbose: bool) -> dict:
 
 
 def run_simulation(server_app: ServerApp, config: ExperimentConfig, verbose: bool = False) -> None:
-    """Run ``server_app`` against ``partition.num_clients`` simulated nodes hosting fedsim's ClientApp."""
+    """Run ``server_app`` against :func:`node_count` simulated nodes hosting fedsim's ClientApp."""
     from flwr.simulation import run_simulation as flwr_run_simulation
 
     from fedsim.clients.app import client_app
@@ -35,7 +59,7 @@ def run_simulation(server_app: ServerApp, config: ExperimentConfig, verbose: boo
         flwr_run_simulation(
             server_app=server_app,
             client_app=client_app,
-            num_supernodes=config.partition.num_clients,
+            num_supernodes=node_count(config),
             backend_config=backend_config(config, verbose),
             verbose_logging=verbose,
         )

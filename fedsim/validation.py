@@ -184,6 +184,7 @@ def _check_simulation(c: ExperimentConfig) -> list[str]:
         (sim.ray_num_cpus >= 0, "simulation.ray_num_cpus", sim.ray_num_cpus, "must be >= 0 (0 = all CPUs)"),
         (sim.executor in EXECUTOR_NAMES, "simulation.executor", sim.executor,
          f"allowed: {', '.join(EXECUTOR_NAMES)}"),
+        (sim.workers >= 0, "simulation.workers", sim.workers, "must be >= 0 (0 = as many as the resources allow)"),
     ])
     return e
 

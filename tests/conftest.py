@@ -23,6 +23,14 @@ def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _task_identity() -> None:
+    """Tests build Flower messages outside a Flower runtime, which needs a task identity."""
+    from fedsim.clients.runner import ensure_task_identity
+
+    ensure_task_identity()
+
+
 @pytest.fixture
 def small_config(tmp_path: Path):
     """A factory for a fast synthetic experiment writing into ``tmp_path`` (in-process executor)."""

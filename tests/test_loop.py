@@ -14,6 +14,7 @@ from fedsim.executors import Executor, InProcessExecutor
 from fedsim.experiment import run
 from fedsim.extension import PHASE_EVALUATE, PHASE_TRAIN, ExtensionChain, RoundExtension, RoundRecord
 from fedsim.loop import ClientGrid, TooFewClientsError
+from fedsim.models import build_model
 from fedsim.prepare import initial_model, prepare
 from fedsim.protocol import ClientReply, ClientTask, array_bytes, read_peers, reply
 from fedsim.sampling import EVALUATE, TRAIN, sample_clients
@@ -66,8 +67,8 @@ def test_sampling_rows_bytes_and_schedules(small_config) -> None:
     assert rounds["test_accuracy"].notna().tolist() == [True, False, True, False, True]  # rounds 0, 2, 4
     assert rounds["fed_eval_accuracy"].notna().tolist() == [False, False, False, True, True]
 
-    model_bytes = array_bytes([Message(RecordDict({"arrays": ArrayRecord(
-        initial_model(config, prepare(config).dataset).state_dict())}), dst_node_id=0, message_type=MessageType.TRAIN)])
+    model_bytes = array_bytes([Message(RecordDict({"arrays": ArrayRecord(build_model("lenet5", 10).state_dict())}),
+                                       dst_node_id=0, message_type=MessageType.TRAIN)])
     assert (rounds.loc[[1, 2, 4], "bytes_down"] // model_bytes).tolist() == [5, 5, 8]  # 5 train (+ 3 eval)
     assert (rounds.loc[1:, "bytes_up"] == 5 * model_bytes).all()
     weighted = (train["loss"] * train["num_examples"]).groupby(train["round"]).sum() / \

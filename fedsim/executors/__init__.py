@@ -4,14 +4,18 @@
 
 * ``flower`` -- Flower's runtime: the simulation engine (Ray backend) that ``fedsim run``
   starts, or the federation ``flwr run`` connects to; one SuperNode per client.
+* ``cohort`` -- Flower's runtime with ``simulation.workers`` SuperNodes as workers, each running
+  a share of every round's clients from one message (:mod:`fedsim.executors.cohort`).
 * ``in-process`` -- the ClientApp called directly in the server's process, clients one after
   another; no Ray, no timeout. For tests, debugging and small experiments.
 """
 
 from .base import Executor
+from .cohort import CohortExecutor, balance
 from .flower import GridExecutor, map_partitions_to_nodes
 from .inprocess import InProcessExecutor
 
-EXECUTOR_NAMES = ("flower", "in-process")
+EXECUTOR_NAMES = ("flower", "cohort", "in-process")
+ON_FLOWER = ("flower", "cohort")  # executors that need Flower's runtime (and its nodes)
 
-__all__ = ["EXECUTOR_NAMES", "Executor", "GridExecutor", "InProcessExecutor", "map_partitions_to_nodes"]
+__all__ = ["EXECUTOR_NAMES", "ON_FLOWER", "CohortExecutor", "Executor", "balance", "GridExecutor", "InProcessExecutor", "map_partitions_to_nodes"]

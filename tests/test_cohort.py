@@ -1,0 +1,163 @@
+"""The cohort executor: packing, balance, and results independent of the number of workers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp import Grid
+
+from fedsim.app import execute, run_state
+from fedsim.clients.app import client_app
+from fedsim.executors import CohortExecutor, balance
+from fedsim.experiment import run
+from fedsim.prepare import prepare
+from fedsim.protocol import (
+    ClientTask,
+    pack_cohort,
+    pack_cohort_replies,
+    reply,
+    unpack_cohort,
+    unpack_cohort_replies,
+)
+from fedsim.spec import PartitionIndex
+
+
+class LocalGrid(Grid):
+    """``workers`` Flower nodes in this process: each message goes to the ClientApp with its node's context."""
+
+    def __init__(self, workers: int) -> None:
+        self.contexts = {node: Context(run_id=0, node_id=node, node_config={"partition-id": node - 100,
+                                                                             "num-partitions": workers},
+                                       state=RecordDict(), run_config={}) for node in range(100, 100 + workers)}
+        self.messages: list[Message] = []
+
+    def set_run(self, run) -> None:  # noqa: ANN001
+        raise NotImplementedError
+
+    @property
+    def run(self):  # noqa: ANN201
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs) -> Message:  # noqa: ANN002, ANN003
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        raise NotImplementedError
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        out = []
+        for msg in messages:
+            self.messages.append(msg)
+            out.append(client_app(msg, self.contexts[msg.metadata.dst_node_id]))
+        return out
+
+
+def run_on_cohort(config, workers: int) -> tuple[pd.DataFrame, pd.DataFrame, LocalGrid, CohortExecutor]:  # noqa: ANN001
+    prepared = prepare(config)
+    state = run_state(prepared)
+    grid = LocalGrid(workers)
+    sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
+    executor = CohortExecutor(grid, workers, sizes, timeout=60)
+    execute(prepared, state, executor, progress=False)
+    assert state.error is None, state.error
+    return (pd.read_csv(prepared.staging / "rounds.csv"), pd.read_csv(prepared.staging / "clients.csv"),
+            grid, executor)
+
+
+def test_balance_assigns_by_samples_largest_first() -> None:
+    assert balance([5, 1, 9, 3, 3], 2) == [[1, 2], [0, 3, 4]]  # loads 10 and 11
+    assert balance([4, 4, 4], 5) == [[0], [1], [2], [], []]
+    shards = balance(list(range(1, 41)), 3)
+    loads = [sum(range(1, 41)[i] for i in shard) for shard in shards]
+    assert sorted(i for shard in shards for i in shard) == list(range(40)) and max(loads) - min(loads) <= 1
+
+
+def test_packing_sends_shared_records_once_and_round_trips() -> None:
+    shared = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(4, dtype=np.float32))}),
+                         "config": ConfigRecord({"server-round": 3})})
+    own = RecordDict({"arrays": shared["arrays"], "config": ConfigRecord({"server-round": 3, "x": 1})})
+    tasks = [ClientTask(c, Message(content, dst_node_id=c, message_type=MessageType.TRAIN))
+             for c, content in ((7, shared), (2, shared), (5, own))]
+    packed = pack_cohort(tasks, num_clients=10)
+    assert sorted(k for k in packed.keys() if k.startswith("r")) == ["r0", "r1", "r2"]  # arrays once, two configs
+    cohort = Message(packed, dst_node_id=100, message_type="train.cohort")
+    unpacked = unpack_cohort(cohort)
+    assert [t.client_id for t in unpacked] == [7, 2, 5]
+    assert all(t.message.metadata.message_type == MessageType.TRAIN for t in unpacked)
+    assert unpacked[2].message.content["config"]["x"] == 1
+    np.testing.assert_array_equal(unpacked[1].message.content["arrays"]["w"].numpy(), np.ones(4))
+
+    from fedsim.protocol import ClientReply, failed_reply
+
+    answers = [ClientReply(7, reply(unpacked[0].message, 7, {"num-examples": 3}, ArrayRecord())),
+               failed_reply(unpacked[1], "broken"),
+               ClientReply(5, reply(unpacked[2].message, 5, {"num-examples": 4}))]
+    back = Message(pack_cohort_replies(answers, seconds=0.5), reply_to=cohort)
+    replies = unpack_cohort_replies(back, tasks)
+    assert [(r.client_id, r.ok) for r in replies] == [(7, True), (2, False), (5, True)]
+    assert replies[1].error == "broken" and int(replies[2].metrics["num-examples"]) == 4
+
+
+def test_results_are_identical_for_any_number_of_workers(small_config) -> None:
+    overrides = {"train.rounds": 2, "train.fraction_train": 0.7, "evaluation.clients_per_eval": 4,
+                 "simulation.fail_clients": [3], "hooks": [{"name": "crucial", "committee": "peers", "k": 2, "theta": 1}]}
+    reference = run(small_config(**overrides, **{"output.name": "reference"}), progress=False)
+    expected_rounds = reference.rounds.drop(columns="wall_seconds")
+    expected_clients = reference.clients.drop(columns="seconds")
+    for workers in (1, 3):
+        rounds, clients, grid, executor = run_on_cohort(
+            small_config(**overrides, **{"output.name": f"cohort-{workers}"}), workers)
+        pd.testing.assert_frame_equal(rounds.drop(columns="wall_seconds"), expected_rounds)
+        pd.testing.assert_frame_equal(clients.drop(columns="seconds"), expected_clients)
+        per_phase = 2 * reference.summary["rounds"]  # one train and one evaluate phase per round
+        assert len(grid.messages) == per_phase * workers, "one message per worker and phase"
+        assert len(executor.busy) == per_phase and all(len(b) == workers for b in executor.busy)
+        assert all(np.isfinite(b).all() and (np.array(b) > 0).all() for b in executor.busy)
+
+
+def test_distillation_with_mixed_architectures_on_cohorts(small_config) -> None:
+    overrides = {"strategy.name": "latent-distill", "model.representation_dim": 16, "train.rounds": 2,
+                 "model.architectures": ["lenet5", "niid_cnn"], "distill.transfer_size": 120,
+                 "partition.min_partition_size": 5, "train.fraction_train": 0.6}
+    reference = run(small_config(**overrides, **{"output.name": "reference"}), progress=False)
+    rounds, _, _, _ = run_on_cohort(small_config(**overrides, **{"output.name": "cohort"}), 2)
+    pd.testing.assert_frame_equal(rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"))
+
+
+def test_a_failed_worker_fails_its_clients_only(small_config) -> None:
+    class OneDeadWorker(LocalGrid):
+        def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
+            replies = list(super().send_and_receive(messages, timeout=timeout))
+            return [r for r in replies if r.metadata.src_node_id != 100]  # worker 100 never answers
+
+    prepared = prepare(small_config(**{"train.rounds": 1, "evaluation.federated_every": 0,
+                                       "simulation.min_success_fraction": 0.1}))
+    state = run_state(prepared)
+    sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
+    execute(prepared, state, CohortExecutor(OneDeadWorker(2), 2, sizes, timeout=60), progress=False)
+    assert state.error is None
+    clients = pd.read_csv(prepared.staging / "clients.csv")
+    failed = clients[clients["status"] == "failed"]
+    assert 0 < len(failed) < 10 and failed["error"].str.contains("its worker did not answer").all()
+    expected = sorted(np.array(range(10))[balance(list(sizes), 2)[0]].tolist())
+    assert sorted(failed["client_id"]) == expected
+
+
+@pytest.mark.ray
+def test_cohort_executor_on_ray_matches_in_process(small_config) -> None:
+    overrides = {"train.fraction_train": 0.6, "strategy.name": "fedprox", "strategy.kwargs.proximal_mu": 0.1}
+    local = run(small_config(**overrides, **{"output.name": "local"}), progress=False)
+    on_ray = run(small_config(**overrides, **{"output.name": "ray", "simulation.executor": "cohort",
+                                              "simulation.workers": 2}), progress=False)
+    pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), local.rounds.drop(columns="wall_seconds"))
+    pd.testing.assert_frame_equal(on_ray.clients.drop(columns="seconds"), local.clients.drop(columns="seconds"))
