@@ -105,7 +105,8 @@ def execute(prepared: PreparedRun, state: RunState, executor: Executor, progress
         strategy = build_strategy(config.strategy.name, config.strategy.kwargs, context)
         setup = server_setup(prepared, state.recorder)
         initial, extensions = method_for(config.strategy.name).start(strategy, setup)
-        extensions += round_extensions(build_hooks(list(config.hooks))) + state.extensions
+        extensions += round_extensions(build_hooks(list(config.hooks))) + executor.round_extensions()
+        extensions += state.extensions
         state.final_arrays = run_rounds(strategy, executor, initial,
                                         loop_settings(config, str(prepared.staging.resolve())),
                                         state.recorder, extensions, report)

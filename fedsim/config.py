@@ -122,7 +122,7 @@ class SimulationConfig:
     min_success_fraction: float = 0.5  # stop when fewer sampled clients than this succeed
     round_timeout: float = 3600.0  # seconds to wait for the replies of one round
     ray_num_cpus: int = 0  # CPUs Ray may use; 0 = all
-    executor: str = "flower"  # where client tasks run: flower | cohort | in-process (fedsim.executors)
+    executor: str = "cohort"  # where client tasks run: cohort | flower | in-process (fedsim.executors)
     workers: int = 0  # cohort executor: worker nodes; 0 = as many as the per-client resources allow
     fail_clients: list[int] = field(default_factory=list)  # fault injection: these clients raise
 

@@ -4,8 +4,9 @@
 app. The ServerApp reads the ``[tool.flwr.app.config]`` values ``config-file`` (a fedsim TOML
 config, relative to the working directory) and ``overrides`` (``"section.key=value"`` pairs
 separated by ``;``), prepares the run exactly like ``fedsim run`` (validation, dataset cache,
-partition, run directory) and drives the same round loop. The federation's number of
-simulated nodes must equal ``partition.num_clients``.
+partition, run directory) and drives the same round loop. With ``simulation.executor =
+"cohort"`` every node of the federation is a worker hosting a share of the clients, whatever
+their number; with ``"flower"`` the federation needs one node per client.
 """
 
 from __future__ import annotations
@@ -31,22 +32,24 @@ def config_from_run_config(run_config: dict) -> ExperimentConfig:
 def main(grid: Grid, context: Context) -> None:
     """Prepare the run, execute the rounds, publish the run directory."""
     from fedsim import rundir
-    from fedsim.app import execute, run_state
-    from fedsim.executors import GridExecutor
+    from fedsim.app import execute, flower_executor, run_state
     from fedsim.experiment import finalize
     from fedsim.prepare import prepare
 
     config = config_from_run_config(dict(context.run_config))
     nodes = len(list(grid.get_node_ids()))
-    if nodes and nodes != config.partition.num_clients:
+    if config.simulation.executor == "flower" and nodes and nodes != config.partition.num_clients:
         raise ValueError(
             f"the federation runs {nodes} nodes but partition.num_clients = "
-            f"{config.partition.num_clients}; set options.num-supernodes to match"
+            f"{config.partition.num_clients} and simulation.executor = 'flower' needs one node per "
+            "client; use simulation.executor = 'cohort' (every node hosts a share of the clients)"
         )
+    if config.simulation.executor == "in-process":
+        raise ValueError("simulation.executor = 'in-process' runs no Flower nodes; under flwr run use "
+                         "'cohort' or 'flower'")
     prepared = prepare(config)
     state = run_state(prepared)
-    executor = GridExecutor(grid, config.partition.num_clients, config.simulation.round_timeout)
-    execute(prepared, state, executor, progress=False)
+    execute(prepared, state, flower_executor(grid, prepared, workers=max(nodes, 1)), progress=False)
     if state.error is not None:
         rundir.mark_failed(prepared.staging, prepared.final, state.error)
         raise state.error

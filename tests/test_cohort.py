@@ -62,7 +62,7 @@ class LocalGrid(Grid):
         return out
 
 
-def run_on_cohort(config, workers: int) -> tuple[pd.DataFrame, pd.DataFrame, LocalGrid, CohortExecutor]:  # noqa: ANN001
+def run_on_cohort(config, workers: int):  # noqa: ANN001, ANN201 - rounds, clients, grid, executor, workers.csv
     prepared = prepare(config)
     state = run_state(prepared)
     grid = LocalGrid(workers)
@@ -71,7 +71,7 @@ def run_on_cohort(config, workers: int) -> tuple[pd.DataFrame, pd.DataFrame, Loc
     execute(prepared, state, executor, progress=False)
     assert state.error is None, state.error
     return (pd.read_csv(prepared.staging / "rounds.csv"), pd.read_csv(prepared.staging / "clients.csv"),
-            grid, executor)
+            grid, executor, pd.read_csv(prepared.staging / "workers.csv"))
 
 
 def test_balance_assigns_by_samples_largest_first() -> None:
@@ -115,7 +115,7 @@ def test_results_are_identical_for_any_number_of_workers(small_config) -> None:
     expected_rounds = reference.rounds.drop(columns="wall_seconds")
     expected_clients = reference.clients.drop(columns="seconds")
     for workers in (1, 3):
-        rounds, clients, grid, executor = run_on_cohort(
+        rounds, clients, grid, executor, load = run_on_cohort(
             small_config(**overrides, **{"output.name": f"cohort-{workers}"}), workers)
         pd.testing.assert_frame_equal(rounds.drop(columns="wall_seconds"), expected_rounds)
         pd.testing.assert_frame_equal(clients.drop(columns="seconds"), expected_clients)
@@ -123,6 +123,11 @@ def test_results_are_identical_for_any_number_of_workers(small_config) -> None:
         assert len(grid.messages) == per_phase * workers, "one message per worker and phase"
         assert len(executor.busy) == per_phase and all(len(b) == workers for b in executor.busy)
         assert all(np.isfinite(b).all() and (np.array(b) > 0).all() for b in executor.busy)
+        # workers.csv: every sampled client once per phase, its samples counted, balanced within one client
+        assert len(load) == per_phase * workers and set(load["phase"]) == {"train", "evaluate"}
+        sampled = clients.groupby(["round", "phase"]).size()
+        pd.testing.assert_series_equal(load.groupby(["round", "phase"])["clients"].sum(), sampled, check_names=False)
+        assert (load.groupby(["round", "phase"])["failed"].sum().loc[(slice(None), "train")] <= 1).all()
 
 
 def test_distillation_with_mixed_architectures_on_cohorts(small_config) -> None:
@@ -130,7 +135,7 @@ def test_distillation_with_mixed_architectures_on_cohorts(small_config) -> None:
                  "model.architectures": ["lenet5", "niid_cnn"], "distill.transfer_size": 120,
                  "partition.min_partition_size": 5, "train.fraction_train": 0.6}
     reference = run(small_config(**overrides, **{"output.name": "reference"}), progress=False)
-    rounds, _, _, _ = run_on_cohort(small_config(**overrides, **{"output.name": "cohort"}), 2)
+    rounds, _, _, _, _ = run_on_cohort(small_config(**overrides, **{"output.name": "cohort"}), 2)
     pd.testing.assert_frame_equal(rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"))
 
 

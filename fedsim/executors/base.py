@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from fedsim.extension import RoundExtension
 from fedsim.protocol import ClientReply, ClientTask
 
 
@@ -25,3 +26,7 @@ class Executor(ABC):
     @abstractmethod
     def execute(self, tasks: list[ClientTask]) -> list[ClientReply]:
         """Run ``tasks``; never raise for a client's failure (return an error reply instead)."""
+
+    def round_extensions(self) -> list[RoundExtension]:
+        """Round extensions the executor brings along (e.g. to record its workers' load)."""
+        return []

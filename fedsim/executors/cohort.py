@@ -12,7 +12,9 @@ reply into per-client replies, in task order. Strategies aggregate unchanged.
 Results do not depend on the number of workers or on which worker ran a client: each client's
 randomness comes from (seed, round, client id) and replies come back in task order (tested).
 A client that raises is that client's failure; a worker whose message fails or does not answer
-within ``timeout`` fails its clients of that round.
+within ``timeout`` fails its clients of that round. What every worker did per round and phase
+(clients, training samples, busy seconds) goes to the run's ``workers.csv``
+(:class:`WorkerLoad`), so imbalance is visible.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedsim.extension import RoundExtension, RoundRecord, RunContext
 from fedsim.protocol import (
     NO_REPLY,
     ClientReply,
@@ -52,7 +55,8 @@ class CohortExecutor(Executor):
     """Sends each worker node one message with its share of the round's client tasks.
 
     ``client_sizes[c]`` is client c's number of training samples (the balance weight).
-    ``busy`` keeps, per ``execute`` call, each worker's reported seconds (NaN for a failure).
+    ``busy`` keeps, per ``execute`` call, each worker's reported seconds (NaN for a failure);
+    ``loads`` the rows for ``workers.csv`` not yet written.
     """
 
     def __init__(self, grid: Grid, workers: int, client_sizes: np.ndarray, timeout: float) -> None:
@@ -61,6 +65,7 @@ class CohortExecutor(Executor):
         self.client_sizes = np.asarray(client_sizes)
         self.timeout = timeout
         self.busy: list[list[float]] = []
+        self.loads: list[dict] = []
         self._node_ids: list[int] | None = None
 
     def node_ids(self) -> list[int]:
@@ -88,7 +93,8 @@ class CohortExecutor(Executor):
                    for reply in self.grid.send_and_receive(messages, timeout=self.timeout)}
         replies: dict[int, ClientReply] = {}
         busy = []
-        for node, shard in zip(nodes, shards):
+        phase = tasks[0].message.metadata.message_type
+        for worker, (node, shard) in enumerate(zip(nodes, shards)):
             shard_tasks = [tasks[i] for i in shard]
             answer = answers.get(node)
             if answer is None:
@@ -99,5 +105,35 @@ class CohortExecutor(Executor):
                 unpacked = unpack_cohort_replies(answer, shard_tasks)
                 busy.append(cohort_seconds(answer))
             replies.update(zip(shard, unpacked))
+            self.loads.append({"phase": phase, "worker": worker, "clients": len(shard),
+                               "samples": int(sum(self.client_sizes[t.client_id] for t in shard_tasks)),
+                               "failed": sum(not r.ok for r in unpacked), "seconds": busy[-1]})
         self.busy.append(busy)
         return [replies[i] for i in range(len(tasks))]
+
+    def round_extensions(self) -> list[RoundExtension]:
+        return [WorkerLoad(self)]
+
+
+class WorkerLoad(RoundExtension):
+    """Writes what each worker did in a round (per phase) to ``workers.csv``."""
+
+    COLUMNS = ("round", "phase", "worker", "clients", "samples", "failed", "seconds")
+
+    def __init__(self, executor: CohortExecutor) -> None:
+        self.executor = executor
+        self.path = None
+
+    def on_run_start(self, run: RunContext, arrays) -> dict[str, float]:  # noqa: ANN001 - ArrayRecord
+        self.path = run.recorder.folder / "workers.csv"
+        self.path.write_text(",".join(self.COLUMNS) + "\n")
+        self.executor.loads.clear()
+        return {}
+
+    def on_round_end(self, record: RoundRecord, arrays) -> None:  # noqa: ANN001 - ArrayRecord
+        assert self.path is not None, "on_run_start comes first"
+        with self.path.open("a") as handle:
+            for load in self.executor.loads:
+                row = {"round": record.server_round, **load}
+                handle.write(",".join("" if row[c] != row[c] else str(row[c]) for c in self.COLUMNS) + "\n")
+        self.executor.loads.clear()
