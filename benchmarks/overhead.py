@@ -4,10 +4,14 @@ Workload (defaults): LeNet-5, 100 clients x 50 synthetic samples, 20 clients per
 5 rounds, no evaluation. Both sides train exactly the same clients (fedsim's seeded
 sampler) with the same local loop (``fedsim.clients.training.train``) and the same
 per-(seed, round, client) generators; the in-process loop averages state dicts with numpy.
-The fedsim sides are the executors named by ``--executors``: ``flower`` (Flower's simulation
-runtime, Ray, one node per client), ``cohort`` (the same runtime, W worker nodes, one message
-per worker and round) and ``in-process`` (the ClientApp called directly: the round loop,
-strategy and message costs without Ray). Repetitions are interleaved (every side, then the
+The sides are named by ``--executors``: ``stock`` (stock Flower: Flower's ``FedAvg.start``, one
+SuperNode per client, a ClientApp written the way Flower's tutorials write one -- a PyTorch
+``DataLoader`` over the node's partition, loaded once per process), and fedsim's executors
+``flower`` (Flower's simulation runtime, Ray, one node per client), ``cohort`` (the same
+runtime, W worker nodes, one message per worker and round) and ``in-process`` (the ClientApp
+called directly: the round loop, strategy and message costs without Ray). Stock Flower's round
+times are the intervals between its ``evaluate_fn`` calls (after each aggregation); it samples
+clients with its own generator, so its clients differ from fedsim's (same count and sizes). Repetitions are interleaved (every side, then the
 loop, then again) because this machine is noisy, and the ratios compare medians measured in
 the same invocation.
 
@@ -35,13 +39,24 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 import numpy as np
 import torch
 
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
+from torch.utils.data import DataLoader, TensorDataset
+
 from fedsim.clients.client import LocalClient
 from fedsim.clients.worker import worker_run
 from fedsim.config import ExperimentConfig
-from fedsim.validation import load_config
+from fedsim.datasets import CachedDataset
 from fedsim.experiment import run
+from fedsim.logs import quiet_flower
+from fedsim.models import build_model
 from fedsim.prepare import initial_model, prepare
 from fedsim.sampling import TRAIN, sample_clients, sample_size
+from fedsim.simulate import backend_config
+from fedsim.spec import PartitionIndex, RunSpec
+from fedsim.validation import load_config
 
 
 def workload(args: argparse.Namespace, out: Path, name: str, executor: str = "flower") -> ExperimentConfig:
@@ -76,6 +91,75 @@ def fedsim_rounds(config: ExperimentConfig) -> tuple[list[float], float]:
     rounds = result.rounds[result.rounds["round"] > 0]["wall_seconds"].tolist()
     shutil.rmtree(result.path)
     return rounds, total
+
+
+# ------------------------------------------------------------------ stock Flower, as its tutorials write it
+
+stock_client = ClientApp()
+_STOCK_DATA: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _stock_partition(run_dir: str, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This node's training partition as normalised tensors, loaded once per process."""
+    key = (run_dir, partition_id)
+    if key not in _STOCK_DATA:
+        spec = RunSpec.load(run_dir)
+        arrays = CachedDataset.open(spec.dataset_folder).load(mmap=True)
+        idx = np.sort(PartitionIndex.load(run_dir).train_of(partition_id))
+        x = torch.from_numpy(np.asarray(arrays["x_train"][idx])).permute(0, 3, 1, 2).float().div(255)
+        mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std).view(1, -1, 1, 1)
+        _STOCK_DATA[key] = ((x - mean) / std, torch.from_numpy(np.asarray(arrays["y_train"][idx], dtype=np.int64)))
+    return _STOCK_DATA[key]
+
+
+@stock_client.train()
+def stock_train(msg: Message, context: Context) -> Message:
+    """Load the global model, train one epoch with a DataLoader, reply with weights and examples."""
+    config = msg.content["config"]
+    x, y = _stock_partition(str(config["run-dir"]), int(context.node_config["partition-id"]))
+    model = build_model(str(config["model"]), int(config["num-classes"]))
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(config["lr"]), momentum=0.9)
+    model.train()
+    for _ in range(int(config["epochs"])):
+        for xb, yb in DataLoader(TensorDataset(x, y), batch_size=int(config["batch-size"]), shuffle=True):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            optimizer.step()
+    content = RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord({"num-examples": len(y)})})
+    return Message(content=content, reply_to=msg)
+
+
+def stock_rounds(config: ExperimentConfig) -> tuple[list[float], float]:
+    """Per-round wall seconds of stock Flower (FedAvg.start, one SuperNode per client), and the whole run."""
+    from flwr.simulation import run_simulation as flwr_run_simulation
+
+    prepared = prepare(config)  # the same partition and initial weights as fedsim's runs
+    stamps: list[float] = []
+    t = config.train
+    server = ServerApp()
+
+    @server.main()
+    def main(grid: Grid, context: Context) -> None:  # noqa: ARG001
+        n = config.partition.num_clients
+        strategy = FedAvg(fraction_train=t.clients_per_round / n, fraction_evaluate=0.0,
+                          min_train_nodes=t.clients_per_round, min_available_nodes=n)
+        strategy.start(grid=grid, initial_arrays=ArrayRecord(initial_model(config, prepared.dataset).state_dict()),
+                       num_rounds=t.rounds, train_config=ConfigRecord({
+                           "run-dir": str(prepared.staging.resolve()), "model": config.model.name,
+                           "num-classes": prepared.dataset.num_classes, "lr": t.lr, "epochs": t.local_epochs,
+                           "batch-size": t.batch_size}),
+                       evaluate_fn=lambda server_round, arrays: stamps.append(time.perf_counter()) or MetricRecord())
+
+    started = time.perf_counter()
+    try:
+        with quiet_flower(False):
+            flwr_run_simulation(server_app=server, client_app=stock_client, num_supernodes=config.partition.num_clients,
+                                backend_config=backend_config(config, False), verbose_logging=False)
+    finally:
+        shutil.rmtree(prepared.staging, ignore_errors=True)
+    return list(np.diff(stamps)), time.perf_counter() - started
 
 
 def loop_rounds(config: ExperimentConfig) -> list[float]:
@@ -115,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--executors", default="flower,cohort,in-process",
-                        help="fedsim sides to measure (simulation.executor values), comma-separated")
+    parser.add_argument("--executors", default="stock,flower,cohort,in-process",
+                        help="sides to measure, comma-separated: simulation.executor values and 'stock' (stock Flower)")
     parser.add_argument("--workers", type=int, default=0, help="cohort executor workers (0 = automatic)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args(argv)
@@ -132,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         for rep in range(args.repetitions):
             line = []
             for executor in executors:
-                rounds, total = fedsim_rounds(workload(args, out, f"{executor}-{rep}", executor))
+                measure = stock_rounds if executor == "stock" else fedsim_rounds
+                rounds, total = measure(workload(args, out, f"{executor}-{rep}", "flower" if executor == "stock" else executor))
                 rounds_of[executor] += rounds
                 totals_of[executor].append(total)
                 line.append(f"{executor} {np.round(rounds, 3).tolist()} (run {total:.1f} s)")

@@ -52,6 +52,16 @@ def training_recipe(config: ExperimentConfig) -> SGDRecipe:
     return SGDRecipe(t.local_epochs, t.batch_size, t.lr, t.momentum, t.weight_decay)
 
 
+def client_device(config: ExperimentConfig) -> str:
+    """The clients' device: ``simulation.device``, except that ``auto`` means the CPU for Ray
+    workers given no GPU share (``num_gpus_per_client = 0``): Ray does not account for a CUDA
+    context such a worker would open. In process, ``auto`` uses a visible GPU."""
+    sim = config.simulation
+    if sim.device == "auto" and sim.executor != "in-process" and sim.num_gpus_per_client == 0:
+        return "cpu"
+    return sim.device
+
+
 def make_partition(config: ExperimentConfig, dataset: CachedDataset
                    ) -> tuple[Partition, np.ndarray, np.ndarray | None]:
     """Partition the training labels as configured.
@@ -104,7 +114,7 @@ def write_inputs(config: ExperimentConfig, dataset: CachedDataset, partition: Pa
         mean=dataset.mean, std=dataset.std, num_classes=dataset.num_classes,
         model=config.model.name, representation_dim=config.model.representation_dim,
         seed=config.seed, recipe=training_recipe(config), eval_batch_size=config.evaluation.batch_size,
-        device=config.simulation.device, architectures=tuple(config.model.architectures),
+        device=client_device(config), architectures=tuple(config.model.architectures),
         distill=method_for(config.strategy.name).client_distill_recipe(config),
         hooks=tuple(config.hooks),
     ).save(folder)

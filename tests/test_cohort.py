@@ -166,3 +166,12 @@ def test_cohort_executor_on_ray_matches_in_process(small_config) -> None:
                                               "simulation.workers": 2}), progress=False)
     pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), local.rounds.drop(columns="wall_seconds"))
     pd.testing.assert_frame_equal(on_ray.clients.drop(columns="seconds"), local.clients.drop(columns="seconds"))
+
+
+def test_clients_on_ray_workers_without_a_gpu_share_use_the_cpu(small_config) -> None:
+    from fedsim.prepare import client_device
+
+    assert client_device(small_config(**{"simulation.executor": "cohort"})) == "cpu"
+    assert client_device(small_config(**{"simulation.executor": "cohort", "simulation.num_gpus_per_client": 0.5})) == "auto"
+    assert client_device(small_config()) == "auto"  # in process: a visible GPU is the server's own
+    assert client_device(small_config(**{"simulation.executor": "flower", "simulation.device": "cuda"})) == "cuda"
