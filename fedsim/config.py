@@ -124,6 +124,7 @@ class SimulationConfig:
     ray_num_cpus: int = 0  # CPUs Ray may use; 0 = all
     executor: str = "cohort"  # where client tasks run: cohort | flower | in-process (fedsim.executors)
     workers: int = 0  # cohort executor: worker nodes; 0 = as many as the per-client resources allow
+    ray_address: str = ""  # "" = start Ray here; else an existing Ray cluster's address (host:port)
     fail_clients: list[int] = field(default_factory=list)  # fault injection: these clients raise
 
 

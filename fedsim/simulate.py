@@ -36,13 +36,22 @@ def node_count(config: ExperimentConfig) -> int:
 
 
 def backend_config(config: ExperimentConfig, verbose: bool) -> dict:
-    """Ray backend settings: per-client resources and a quiet Ray unless ``verbose``."""
+    """Ray backend settings: per-client resources and a quiet Ray unless ``verbose``.
+
+    With ``simulation.ray_address`` the runtime connects to that Ray cluster (started with
+    ``ray start --head`` and joined by other machines) instead of starting Ray here; the
+    cluster's machines need fedsim installed and the dataset cache and run directory on a
+    shared path.
+    """
     sim = config.simulation
     init_args: dict = {
-        "num_cpus": sim.ray_num_cpus or os.cpu_count() or 1,
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.ERROR,
     }
+    if sim.ray_address:
+        init_args["address"] = sim.ray_address
+    else:
+        init_args["num_cpus"] = sim.ray_num_cpus or os.cpu_count() or 1
     return {
         "client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": sim.num_gpus_per_client},
         "init_args": init_args,

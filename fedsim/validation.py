@@ -185,6 +185,11 @@ def _check_simulation(c: ExperimentConfig) -> list[str]:
         (sim.executor in EXECUTOR_NAMES, "simulation.executor", sim.executor,
          f"allowed: {', '.join(EXECUTOR_NAMES)}"),
         (sim.workers >= 0, "simulation.workers", sim.workers, "must be >= 0 (0 = as many as the resources allow)"),
+        (not sim.ray_address or sim.executor != "cohort" or sim.workers > 0, "simulation.workers", sim.workers,
+         "on an existing Ray cluster (simulation.ray_address) say how many workers to run: fedsim cannot "
+         "see the cluster's CPUs before it connects"),
+        (not sim.ray_address or sim.executor != "in-process", "simulation.ray_address", sim.ray_address,
+         "the in-process executor runs no Ray; use executor cohort or flower"),
     ])
     return e
 

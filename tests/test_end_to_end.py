@@ -89,3 +89,33 @@ def test_flower_executor_records_failures_like_the_in_process_one(small_config) 
     assert failed["error"].str.contains(f"client {failing} failed on purpose").all()
     same = ["round", "phase", "client_id", "status", "num_examples", "loss", "accuracy"]  # error texts: Ray adds its trace
     pd.testing.assert_frame_equal(on_ray.clients[same], local.clients[same])
+
+
+@pytest.mark.ray
+def test_cohort_workers_on_an_existing_ray_cluster(small_config) -> None:
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    with socket.socket() as probe:  # a free port on this machine for the head
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
+    started = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false",
+                              f"--temp-dir={ray_dir}", "--disable-usage-stats"],
+                             capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        overrides = {"train.rounds": 2, "train.fraction_train": 0.5}
+        on_cluster = run(small_config(**overrides, **{"output.name": "cluster", "simulation.executor": "cohort",
+                                                      "simulation.workers": 2,
+                                                      "simulation.ray_address": f"127.0.0.1:{port}"}), progress=False)
+        local = run(small_config(**overrides, **{"output.name": "local"}), progress=False)
+        pd.testing.assert_frame_equal(on_cluster.rounds.drop(columns="wall_seconds"),
+                                      local.rounds.drop(columns="wall_seconds"))
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(ray_dir, ignore_errors=True)

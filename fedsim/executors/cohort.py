@@ -38,6 +38,7 @@ from fedsim.protocol import (
 )
 
 from .base import Executor
+from .flower import poll_replies_often
 
 
 def balance(sizes: list[int], workers: int) -> list[list[int]]:
@@ -67,6 +68,7 @@ class CohortExecutor(Executor):
         self.busy: list[list[float]] = []
         self.loads: list[dict] = []
         self._node_ids: list[int] | None = None
+        poll_replies_often(grid)
 
     def node_ids(self) -> list[int]:
         """The worker nodes, waited for once (at most ``timeout`` or 600 s)."""
