@@ -63,6 +63,8 @@ def workload(args: argparse.Namespace, out: Path, name: str, executor: str = "fl
     return load_config(None, {
         "simulation.executor": executor,
         "simulation.workers": args.workers,
+        "simulation.device": args.device,
+        "simulation.num_gpus_per_client": args.gpus_per_client,
         "seed": args.seed,
         "data.dataset": "synthetic",
         "data.synthetic_train": args.clients * args.samples,
@@ -182,7 +184,8 @@ def loop_rounds(config: ExperimentConfig) -> list[float]:
                 for key, value in model.state_dict().items():
                     total[key] += value.detach().cpu().numpy() * stats.num_examples
                 weight += stats.num_examples
-            global_state = {key: (v / weight).astype(global_state[key].dtype) for key, v in total.items()}
+            global_state = {key: np.asarray(v / weight).astype(global_state[key].dtype)  # 0-d buffers too
+                            for key, v in total.items()}
             times.append(time.perf_counter() - started)
         return times
     finally:
@@ -202,10 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--executors", default="stock,flower,cohort,in-process",
                         help="sides to measure, comma-separated: simulation.executor values and 'stock' (stock Flower)")
     parser.add_argument("--workers", type=int, default=0, help="cohort executor workers (0 = automatic)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where clients and the loop train")
+    parser.add_argument("--gpus-per-client", type=float, default=0.0,
+                        help="Ray GPU share per worker (cuda: e.g. 0.5 lets two workers share a GPU)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")
     args = parser.parse_args(argv)
     if args.repetitions < 1 or args.rounds < 1 or not (1 <= args.per_round <= args.clients):
         parser.error("need repetitions >= 1, rounds >= 1 and 1 <= per-round <= clients")
+    if args.device == "cuda" and not (torch.cuda.is_available() and args.gpus_per_client > 0):
+        parser.error("--device cuda needs a visible GPU and --gpus-per-client > 0 (the Ray workers' share)")
 
     out = Path(tempfile.mkdtemp(prefix="fedsim-bench-"))
     executors = [e.strip() for e in args.executors.split(",") if e.strip()]
