@@ -175,3 +175,15 @@ def test_clients_on_ray_workers_without_a_gpu_share_use_the_cpu(small_config) ->
     assert client_device(small_config(**{"simulation.executor": "cohort", "simulation.num_gpus_per_client": 0.5})) == "auto"
     assert client_device(small_config()) == "auto"  # in process: a visible GPU is the server's own
     assert client_device(small_config(**{"simulation.executor": "flower", "simulation.device": "cuda"})) == "cuda"
+
+
+def test_client_side_dp_clipping_applies_per_client_in_a_cohort(small_config) -> None:
+    overrides = {"train.rounds": 2, "strategy.name": "dp-fixed-client", "strategy.kwargs.noise_multiplier": 0.0,
+                 "strategy.kwargs.clipping_norm": 0.05, "evaluation.federated_every": 0}
+    unclipped_overrides = {k: v for k, v in overrides.items() if not k.startswith("strategy.")}
+    reference = run(small_config(**overrides, **{"output.name": "reference"}), progress=False)
+    rounds, _, grid, _, _ = run_on_cohort(small_config(**overrides, **{"output.name": "cohort"}), 2)
+    pd.testing.assert_frame_equal(rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"))
+    unclipped = run(small_config(**unclipped_overrides, **{"output.name": "plain"}), progress=False)
+    assert not np.allclose(reference.rounds["test_loss"].iloc[1:], unclipped.rounds["test_loss"].iloc[1:]), \
+        "clipping changed the updates"
