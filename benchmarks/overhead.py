@@ -85,6 +85,9 @@ def workload(args: argparse.Namespace, out: Path, name: str, executor: str = "fl
     })
 
 
+SIDES = {"stock": "flower", "cohort+streaming": "cohort"}  # side name -> simulation.executor
+
+
 def fedsim_rounds(config: ExperimentConfig) -> tuple[list[float], float]:
     """Per-round wall seconds of a real fedsim run, and the whole run's wall time."""
     started = time.perf_counter()
@@ -203,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--executors", default="stock,flower,cohort,in-process",
-                        help="sides to measure, comma-separated: simulation.executor values and 'stock' (stock Flower)")
+                        help="sides to measure, comma-separated: simulation.executor values, 'stock' (stock Flower) "
+                             "and 'cohort+streaming' (cohort workers sending partial means)")
     parser.add_argument("--workers", type=int, default=0, help="cohort executor workers (0 = automatic)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where clients and the loop train")
     parser.add_argument("--gpus-per-client", type=float, default=0.0,
@@ -225,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             line = []
             for executor in executors:
                 measure = stock_rounds if executor == "stock" else fedsim_rounds
-                rounds, total = measure(workload(args, out, f"{executor}-{rep}", "flower" if executor == "stock" else executor))
+                config = workload(args, out, f"{executor}-{rep}", SIDES.get(executor, executor))
+                config.simulation.streaming = executor == "cohort+streaming"
+                rounds, total = measure(config)
                 rounds_of[executor] += rounds
                 totals_of[executor].append(total)
                 line.append(f"{executor} {np.round(rounds, 3).tolist()} (run {total:.1f} s)")

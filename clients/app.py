@@ -84,7 +84,8 @@ def run_cohort(msg: Message, context: Context) -> Message:  # noqa: ARG001 - Flo
     num_clients = int(msg.content[COHORT]["num-clients"])
     runner = _RUNNERS.setdefault(num_clients, ClientRunner(client_app, num_clients))
     replies = runner.run(unpack_cohort(msg))
-    return Message(content=pack_cohort_replies(replies, time.perf_counter() - started), reply_to=msg)
+    stream_key = str(msg.content[COHORT].get("stream-key", ""))
+    return Message(content=pack_cohort_replies(replies, time.perf_counter() - started, stream_key), reply_to=msg)
 
 
 client_app.train(COHORT_ACTION)(run_cohort)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 from tqdm.auto import tqdm
 
 from fedsim.centralized import run_centralized
@@ -33,7 +34,7 @@ from fedsim.recorder import RunRecorder
 from fedsim.sampling import sample_size
 from fedsim.simulate import worker_count
 from fedsim.spec import PartitionIndex, RunSpec, resolve_device
-from fedsim.strategies import StrategyContext, build_strategy
+from fedsim.strategies import StrategyContext, build_strategy, stream_weight_key
 
 
 @dataclass
@@ -63,6 +64,13 @@ def loop_settings(config: ExperimentConfig, run_dir: str) -> LoopSettings:
         federated_every=e.federated_every, min_success_fraction=sim.min_success_fraction,
         base_config=base_config,
     )
+
+
+def strategy_for(config: ExperimentConfig) -> Strategy:
+    """The run's strategy, built by name with the defaults it derives from the experiment."""
+    context = StrategyContext(config.train.lr, sample_size(
+        config.partition.num_clients, config.train.fraction_train, config.train.clients_per_round))
+    return build_strategy(config.strategy.name, config.strategy.kwargs, context)
 
 
 def server_setup(prepared: PreparedRun, recorder: RunRecorder) -> ServerSetup:
@@ -100,9 +108,7 @@ def execute(prepared: PreparedRun, state: RunState, executor: Executor, progress
     config = prepared.config
     bar, report = _progress(config.train.rounds, progress, on_round)
     try:
-        context = StrategyContext(config.train.lr, sample_size(
-            config.partition.num_clients, config.train.fraction_train, config.train.clients_per_round))
-        strategy = build_strategy(config.strategy.name, config.strategy.kwargs, context)
+        strategy = strategy_for(config)
         setup = server_setup(prepared, state.recorder)
         initial, extensions = method_for(config.strategy.name).start(strategy, setup)
         extensions += round_extensions(build_hooks(list(config.hooks))) + executor.round_extensions()
@@ -142,13 +148,15 @@ def flower_executor(grid: Grid, prepared: PreparedRun, workers: int | None = Non
     """The executor on Flower's runtime that ``simulation.executor`` names.
 
     ``cohort``: ``workers`` worker nodes (default :func:`fedsim.simulate.worker_count`), tasks
-    balanced by each client's training samples; ``flower``: one node per client.
+    balanced by each client's training samples, partial means with ``simulation.streaming``;
+    ``flower``: one node per client.
     """
     config = prepared.config
     sim = config.simulation
     if sim.executor == "cohort":
         sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
-        return CohortExecutor(grid, workers or worker_count(config), sizes, sim.round_timeout)
+        stream_key = (stream_weight_key(strategy_for(config)) or "") if sim.streaming else ""
+        return CohortExecutor(grid, workers or worker_count(config), sizes, sim.round_timeout, stream_key)
     return GridExecutor(grid, config.partition.num_clients, sim.round_timeout)
 
 

@@ -84,6 +84,8 @@ class CentralEvaluation(RoundExtension):
 class ClientModelEvaluation(RoundExtension):
     """Each successful client's uploaded model on the test set (phase ``local-test``)."""
 
+    needs_client_arrays = True
+
     def __init__(self, evaluator: CentralEvaluator) -> None:
         self.evaluator = evaluator
 

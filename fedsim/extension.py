@@ -70,7 +70,13 @@ class RoundRecord:
 
 
 class RoundExtension:
-    """Base class: every stage does nothing; subclasses override what they need."""
+    """Base class: every stage does nothing; subclasses override what they need.
+
+    ``needs_client_arrays``: the extension reads each client's uploaded arrays in
+    ``on_train_replies`` (so workers must not pre-aggregate them: ``simulation.streaming``).
+    """
+
+    needs_client_arrays = False
 
     def on_run_start(self, run: RunContext, arrays: ArrayRecord) -> dict[str, float]:
         return {}

@@ -187,10 +187,10 @@ def run_rounds(
         recorder.add_clients(rows)  # before the check: a failed round's rows stay in clients.csv
         _check_success(server_round, replies, s.min_success_fraction)
         ok = [r for r in replies if r.ok]
-        bytes_up = array_bytes(r.message for r in ok)  # before aggregation: it may consume the arrays
+        bytes_up = sum(r.upload_bytes for r in ok)  # before aggregation: it may consume the arrays
         chain.on_train_replies(record, ok)
         _flush(record, recorder)
-        new_arrays, _ = strategy.aggregate_train(server_round, [r.message for r in replies])
+        new_arrays, _ = strategy.aggregate_train(server_round, executor.aggregation_inputs(replies))
         if new_arrays is None:
             raise AggregationError(
                 f"round {server_round}: strategy {type(strategy).__name__} returned no aggregate "

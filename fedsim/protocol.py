@@ -1,6 +1,6 @@
 """The wire protocol between fedsim's server side and its clients: keys, tasks, replies, packing.
 
-A leaf module (it imports Flower's record types and nothing from fedsim), so that
+A leaf module (it imports Flower's record types and :mod:`fedsim.arrays` only), so that
 ``fedsim.clients`` and ``fedsim.strategies`` can both depend on it without depending on each
 other. Everything a message carries is named here once:
 
@@ -21,6 +21,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+
+from fedsim.arrays import aggregate_arrays
 
 # ----------------------------------------------------------------------- record names
 ARRAYS = "arrays"
@@ -67,10 +69,20 @@ class ClientTask:
 
 @dataclass
 class ClientReply:
-    """What came back for one task: the client's reply message, or one carrying an ``Error``."""
+    """What came back for one task: the client's reply message, or one carrying an ``Error``.
+
+    ``sent_bytes`` is what the client uploaded when its arrays did not travel on their own (a
+    streaming cohort worker summed them); None means: count the message's arrays.
+    """
 
     client_id: int
     message: Message
+    sent_bytes: int | None = None
+
+    @property
+    def upload_bytes(self) -> int:
+        """Bytes of model arrays the client sent (what a real client would upload)."""
+        return self.sent_bytes if self.sent_bytes is not None else array_bytes([self.message])
 
     @property
     def ok(self) -> bool:
@@ -180,13 +192,14 @@ def cohort_message_type(message_type: str) -> str:
     return f"{message_type}.{COHORT_ACTION}"
 
 
-def pack_cohort(tasks: list[ClientTask], num_clients: int) -> RecordDict:
+def pack_cohort(tasks: list[ClientTask], num_clients: int, stream_key: str = "") -> RecordDict:
     """Several clients' tasks as one ``RecordDict``; a record shared by several tasks travels once.
 
     Strategies send one content to every client (the global arrays and config); peer models
     or distillation targets attached to it are shared too. Records are stored once as
     ``r<k>``, and the ``fedsim.cohort`` ConfigRecord says which client has which content and
-    which records (by name) make up each content.
+    which records (by name) make up each content. A ``stream_key`` asks the worker to reply with
+    the weighted mean of its clients' arrays (weighted by that metric) instead of every model.
     """
     records: list = []
     record_index: dict[int, int] = {}
@@ -208,7 +221,7 @@ def pack_cohort(tasks: list[ClientTask], num_clients: int) -> RecordDict:
         content_of.append(content_index[id(content)])
     packed = RecordDict({f"r{k}": record for k, record in enumerate(records)})
     packed[COHORT] = ConfigRecord({"clients": [t.client_id for t in tasks], "content-of": content_of,
-                                   "num-clients": int(num_clients), **layout})
+                                   "num-clients": int(num_clients), "stream-key": stream_key, **layout})
     return packed
 
 
@@ -227,18 +240,32 @@ def unpack_cohort(message: Message) -> list[ClientTask]:
     return tasks
 
 
-def pack_cohort_replies(replies: list[ClientReply], seconds: float) -> RecordDict:
-    """Every client's reply records as ``<client id>:<record name>``; failures by id and reason."""
+def pack_cohort_replies(replies: list[ClientReply], seconds: float, stream_key: str = "") -> RecordDict:
+    """Every client's reply records as ``<client id>:<record name>``; failures by id and reason.
+
+    With a ``stream_key``, the clients' ``arrays`` do not travel: ``partial:arrays`` holds their
+    weighted mean (by the ``stream_key`` metric), ``partial:metrics`` the total weight, and each
+    client's upload size is recorded so results still count what real clients would send.
+    """
     packed = RecordDict()
-    failed, reasons = [], []
+    failed, reasons, streamed, sizes = [], [], [], []
     for client_reply in replies:
         if not client_reply.ok:
             failed.append(client_reply.client_id)
             reasons.append(client_reply.error)
             continue
         for name, record in client_reply.message.content.items():
+            if stream_key and name == ARRAYS:
+                streamed.append(client_reply)
+                sizes.append(record.count_bytes())
+                continue
             packed[f"{client_reply.client_id}:{name}"] = record
-    packed[COHORT] = ConfigRecord({"failed": failed, "reasons": reasons, "seconds": float(seconds)})
+    if streamed:
+        weights = [float(r.metrics[stream_key]) for r in streamed]
+        packed[f"partial:{ARRAYS}"] = aggregate_arrays([r.arrays for r in streamed], weights)
+        packed[f"partial:{METRICS}"] = MetricRecord({stream_key: float(sum(weights))})
+    packed[COHORT] = ConfigRecord({"failed": failed, "reasons": reasons, "seconds": float(seconds),
+                                   "streamed": [r.client_id for r in streamed], "streamed-bytes": sizes})
     return packed
 
 
@@ -250,6 +277,7 @@ def unpack_cohort_replies(message: Message, tasks: list[ClientTask]) -> list[Cli
     packed = message.content
     meta = packed[COHORT]
     reasons = dict(zip((int(c) for c in meta["failed"]), meta["reasons"]))
+    streamed = dict(zip((int(c) for c in meta["streamed"]), (int(b) for b in meta["streamed-bytes"])))
     replies = []
     for task in tasks:
         if task.client_id in reasons:
@@ -257,8 +285,17 @@ def unpack_cohort_replies(message: Message, tasks: list[ClientTask]) -> list[Cli
             continue
         prefix = f"{task.client_id}:"
         content = RecordDict({key[len(prefix):]: record for key, record in packed.items() if key.startswith(prefix)})
-        replies.append(ClientReply(task.client_id, Message(content=content, reply_to=task.message)))
+        replies.append(ClientReply(task.client_id, Message(content=content, reply_to=task.message),
+                                   streamed.get(task.client_id)))
     return replies
+
+
+def cohort_partial(message: Message, task: ClientTask) -> Message | None:
+    """A streaming worker's partial aggregate as one reply message (None when it sent none)."""
+    if message.has_error() or f"partial:{ARRAYS}" not in message.content:
+        return None
+    content = RecordDict({ARRAYS: message.content[f"partial:{ARRAYS}"], METRICS: message.content[f"partial:{METRICS}"]})
+    return Message(content=content, reply_to=task.message)
 
 
 def cohort_seconds(message: Message) -> float:

@@ -20,9 +20,16 @@ from fedsim.datasets import check_data, check_partition, check_partition_for_dat
 from fedsim.executors import EXECUTOR_NAMES
 from fedsim.methods import METHODS, method_for
 from fedsim.models import MODEL_NAMES, parse_architecture
-from fedsim.modes import check_mode
+from fedsim.modes import check_mode, evaluates_client_models
 from fedsim.sampling import sample_size
-from fedsim.strategies import STRATEGIES, StrategyContext, StrategyError, build_strategy
+from fedsim.strategies import (
+    STRATEGIES,
+    STREAMABLE,
+    StrategyContext,
+    StrategyError,
+    build_strategy,
+    stream_weight_key,
+)
 
 DEVICES_HELP = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 RESULT_FORMATS = ("csv", "parquet")
@@ -59,6 +66,7 @@ def validate(config: ExperimentConfig) -> None:
     e += _check_evaluation(c)
     e += _check_simulation(c)
     e += _check_output(c)
+    e += _check_streaming(c)
     if e:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(e))
 
@@ -190,8 +198,40 @@ def _check_simulation(c: ExperimentConfig) -> list[str]:
          "see the cluster's CPUs before it connects"),
         (not sim.ray_address or sim.executor != "in-process", "simulation.ray_address", sim.ray_address,
          "the in-process executor runs no Ray; use executor cohort or flower"),
+        (not sim.streaming or sim.executor == "cohort", "simulation.streaming", sim.streaming,
+         "streaming aggregation happens in cohort workers: set simulation.executor = 'cohort'"),
     ])
     return e
+
+
+def _check_streaming(c: ExperimentConfig) -> list[str]:
+    """Streaming aggregation needs a weighted-mean strategy and nothing that reads each client's arrays."""
+    if not c.simulation.streaming or c.strategy.name not in STRATEGIES:
+        return []
+    e: list[str] = []
+    try:
+        strategy = build_strategy(c.strategy.name, c.strategy.kwargs, StrategyContext(c.train.lr, 1))
+    except StrategyError:
+        return []  # reported by _check_strategy
+    if stream_weight_key(strategy) is None:
+        streamable = ", ".join(n for n in STRATEGIES if n != c.strategy.name and _streams(n))
+        e.append(problem("simulation.streaming", True, f"strategy {c.strategy.name!r} does not aggregate a weighted "
+                         f"mean of the client models; streaming works with: {streamable}"))
+    if evaluates_client_models(c):
+        e.append(problem("simulation.streaming", True, "every client's model is evaluated (one-shot mode or "
+                         "evaluation.client_models): the models must travel; turn streaming off"))
+    try:
+        needing = [h.name for h in build_hooks(list(c.hooks)) if getattr(h.round_extension(), "needs_client_arrays", False)]
+    except HookError:
+        needing = []
+    if needing:
+        e.append(problem("simulation.streaming", True, f"hook(s) {', '.join(needing)} use other clients' models: "
+                         "turn streaming off"))
+    return e
+
+
+def _streams(name: str) -> bool:
+    return STRATEGIES[name].cls in STREAMABLE
 
 
 def _check_output(c: ExperimentConfig) -> list[str]:

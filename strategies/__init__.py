@@ -7,6 +7,7 @@ Every strategy is a ``flwr.serverapp.strategy`` class, so it also works in a pla
 
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg, aggregate_arrays, ema_weights
 from .distillation import LatentDistillation, consensus
+from .streaming import STREAMABLE, stream_weight_key
 from .registry import (
     STRATEGIES,
     STRATEGY_NAMES,
@@ -18,6 +19,7 @@ from .registry import (
 )
 
 __all__ = [
+    "STREAMABLE", "stream_weight_key",
     "LatentDistillation", "consensus", "STRATEGIES", "STRATEGY_NAMES", "SequentialEMA", "StrategyContext",
     "StrategyError", "UniformAvg", "WeightedFedAvg", "aggregate_arrays", "build_strategy",
     "ema_weights", "parse_strategy_spec", "strategy_arguments",

@@ -20,30 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
+from fedsim.arrays import aggregate_arrays
 from fedsim.protocol import reply_client_id
-
-
-def aggregate_arrays(records: list[ArrayRecord], weights: np.ndarray | list[float]) -> ArrayRecord:
-    """Weighted mean of ArrayRecords with weights normalised to sum 1; dtypes are preserved."""
-    w = np.asarray(weights, dtype=np.float64)
-    if len(records) != len(w) or not len(records):
-        raise ValueError(f"need one weight per record, got {len(w)} weights for {len(records)} records")
-    if (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be non-negative with a positive sum, got {w.tolist()}")
-    w = w / w.sum()
-    out: dict[str, Array] = {}
-    for key in records[0].keys():
-        first = records[0][key].numpy()
-        total = np.zeros(first.shape, dtype=np.float64)
-        for record, weight in zip(records, w):
-            total += record[key].numpy().astype(np.float64) * weight
-        if np.issubdtype(first.dtype, np.integer):
-            total = np.rint(total)
-        out[key] = Array(np.asarray(total.astype(first.dtype)))
-    return ArrayRecord(out)
 
 
 def ema_weights(num_models: int, beta: float) -> np.ndarray:

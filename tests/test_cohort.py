@@ -10,7 +10,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.app import execute, run_state
+from fedsim.app import execute, flower_executor, run_state
 from fedsim.clients.app import client_app
 from fedsim.executors import CohortExecutor, balance
 from fedsim.experiment import run
@@ -34,6 +34,7 @@ class LocalGrid(Grid):
                                                                              "num-partitions": workers},
                                        state=RecordDict(), run_config={}) for node in range(100, 100 + workers)}
         self.messages: list[Message] = []
+        self.replies: list[Message] = []
 
     def set_run(self, run) -> None:  # noqa: ANN001
         raise NotImplementedError
@@ -59,15 +60,17 @@ class LocalGrid(Grid):
         for msg in messages:
             self.messages.append(msg)
             out.append(client_app(msg, self.contexts[msg.metadata.dst_node_id]))
+        self.replies.extend(out)
         return out
 
 
 def run_on_cohort(config, workers: int):  # noqa: ANN001, ANN201 - rounds, clients, grid, executor, workers.csv
+    config.simulation.executor = "cohort"  # on a grid of local worker nodes
     prepared = prepare(config)
     state = run_state(prepared)
     grid = LocalGrid(workers)
-    sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
-    executor = CohortExecutor(grid, workers, sizes, timeout=60)
+    executor = flower_executor(grid, prepared, workers)  # as the ServerApp builds it
+    assert isinstance(executor, CohortExecutor)
     execute(prepared, state, executor, progress=False)
     assert state.error is None, state.error
     return (pd.read_csv(prepared.staging / "rounds.csv"), pd.read_csv(prepared.staging / "clients.csv"),
@@ -187,3 +190,39 @@ def test_client_side_dp_clipping_applies_per_client_in_a_cohort(small_config) ->
     unclipped = run(small_config(**unclipped_overrides, **{"output.name": "plain"}), progress=False)
     assert not np.allclose(reference.rounds["test_loss"].iloc[1:], unclipped.rounds["test_loss"].iloc[1:]), \
         "clipping changed the updates"
+
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+def test_streaming_workers_send_one_partial_mean_and_results_match(small_config, strategy: str) -> None:
+    overrides = {"train.rounds": 3, "train.fraction_train": 0.8, "strategy.name": strategy,
+                 "evaluation.federated_every": 0, "simulation.fail_clients": [4]}
+    if strategy == "fedadam":
+        overrides["strategy.kwargs.eta"] = 0.01
+    reference = run(small_config(**overrides, **{"output.name": "per-client"}), progress=False)
+    streamed = small_config(**overrides, **{"output.name": "streamed", "simulation.executor": "cohort",
+                                            "simulation.streaming": True})
+    rounds, clients, grid, _, _ = run_on_cohort(streamed, 2)
+    ref_rounds, ref_clients = reference.rounds, reference.clients
+    # bytes are the federated ones: what every client uploaded, not what the workers sent
+    assert rounds["bytes_up"].tolist() == ref_rounds["bytes_up"].tolist()
+    assert rounds["clients_succeeded"].tolist()[1:] == ref_rounds["clients_succeeded"].tolist()[1:]
+    # equal up to float summation order
+    np.testing.assert_allclose(rounds["test_loss"], ref_rounds["test_loss"], rtol=1e-4)
+    np.testing.assert_allclose(clients["loss"], ref_clients["loss"], rtol=1e-4)
+    train_replies = [r for r in grid.replies if r.metadata.message_type == "train.cohort"]
+    model_bytes = ref_rounds["bytes_up"].iloc[1] // ref_rounds["clients_succeeded"].iloc[1]
+    moved = [sum(rec.count_bytes() for rec in r.content.array_records.values()) for r in train_replies]
+    assert moved == [model_bytes] * len(train_replies), "one partial model per worker and round"
+
+
+def test_streaming_is_refused_where_it_cannot_be_exact(small_config) -> None:
+    from fedsim.config import ConfigError
+
+    with pytest.raises(ConfigError, match="strategy 'fedmedian' does not aggregate a weighted mean"):
+        small_config(**{"simulation.executor": "cohort", "simulation.streaming": True, "strategy.name": "fedmedian"})
+    with pytest.raises(ConfigError, match="hook\\(s\\) crucial use other clients' models"):
+        small_config(**{"simulation.executor": "cohort", "simulation.streaming": True,
+                        "hooks": [{"name": "crucial", "committee": "peers"}]})
+    with pytest.raises(ConfigError, match="set simulation.executor = 'cohort'"):
+        small_config(**{"simulation.streaming": True})

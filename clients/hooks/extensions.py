@@ -44,6 +44,8 @@ class HookStatistics(RoundExtension):
 class PeerCommittee(RoundExtension):
     """The previous round's client models, sent with the next round's training tasks."""
 
+    needs_client_arrays = True
+
     def __init__(self, size: int) -> None:
         self.size = size
         self.peers: list[tuple[int, ArrayRecord]] = []

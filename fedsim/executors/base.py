@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from flwr.app import Message
+
 from fedsim.extension import RoundExtension
 from fedsim.protocol import ClientReply, ClientTask
 
@@ -26,6 +28,13 @@ class Executor(ABC):
     @abstractmethod
     def execute(self, tasks: list[ClientTask]) -> list[ClientReply]:
         """Run ``tasks``; never raise for a client's failure (return an error reply instead)."""
+
+    def aggregation_inputs(self, replies: list[ClientReply]) -> list[Message]:
+        """What the strategy aggregates for these training replies: the replies themselves.
+
+        An executor whose workers pre-aggregate (streaming) returns their partial aggregates.
+        """
+        return [r.message for r in replies]
 
     def round_extensions(self) -> list[RoundExtension]:
         """Round extensions the executor brings along (e.g. to record its workers' load)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from flwr.app import Message
+from flwr.app import Message, MessageType
 from flwr.serverapp import Grid
 
 from fedsim.extension import RoundExtension, RoundRecord, RunContext
@@ -31,6 +31,7 @@ from fedsim.protocol import (
     ClientReply,
     ClientTask,
     cohort_message_type,
+    cohort_partial,
     cohort_seconds,
     failed_reply,
     pack_cohort,
@@ -57,11 +58,17 @@ class CohortExecutor(Executor):
 
     ``client_sizes[c]`` is client c's number of training samples (the balance weight).
     ``busy`` keeps, per ``execute`` call, each worker's reported seconds (NaN for a failure);
-    ``loads`` the rows for ``workers.csv`` not yet written.
+    ``loads`` the rows for ``workers.csv`` not yet written. With a ``stream_key`` (streaming
+    aggregation), training workers reply with the weighted mean of their clients' arrays
+    instead of every model, and :meth:`aggregation_inputs` hands those partial means to the
+    strategy; the per-client replies keep their metrics and record their upload size.
     """
 
-    def __init__(self, grid: Grid, workers: int, client_sizes: np.ndarray, timeout: float) -> None:
+    def __init__(self, grid: Grid, workers: int, client_sizes: np.ndarray, timeout: float,
+                 stream_key: str = "") -> None:
         self.grid = grid
+        self.stream_key = stream_key  # "" = every client's arrays travel back; else workers send partial means
+        self._partials: list[Message] = []
         self.workers = workers
         self.client_sizes = np.asarray(client_sizes)
         self.timeout = timeout
@@ -87,15 +94,17 @@ class CohortExecutor(Executor):
         nodes = self.node_ids()
         shards = [shard for shard in balance([int(self.client_sizes[t.client_id]) for t in tasks], len(nodes))
                   if shard]
-        message_type = cohort_message_type(tasks[0].message.metadata.message_type)
+        phase = tasks[0].message.metadata.message_type
+        stream_key = self.stream_key if phase == MessageType.TRAIN else ""
         num_clients = len(self.client_sizes)
-        messages = [Message(pack_cohort([tasks[i] for i in shard], num_clients), dst_node_id=node,
-                            message_type=message_type) for node, shard in zip(nodes, shards)]
+        messages = [Message(pack_cohort([tasks[i] for i in shard], num_clients, stream_key), dst_node_id=node,
+                            message_type=cohort_message_type(phase)) for node, shard in zip(nodes, shards)]
         answers = {reply.metadata.src_node_id: reply
                    for reply in self.grid.send_and_receive(messages, timeout=self.timeout)}
         replies: dict[int, ClientReply] = {}
         busy = []
-        phase = tasks[0].message.metadata.message_type
+        if stream_key:
+            self._partials = []
         for worker, (node, shard) in enumerate(zip(nodes, shards)):
             shard_tasks = [tasks[i] for i in shard]
             answer = answers.get(node)
@@ -106,12 +115,18 @@ class CohortExecutor(Executor):
             else:
                 unpacked = unpack_cohort_replies(answer, shard_tasks)
                 busy.append(cohort_seconds(answer))
+                partial = cohort_partial(answer, shard_tasks[0]) if stream_key else None
+                if partial is not None:
+                    self._partials.append(partial)
             replies.update(zip(shard, unpacked))
             self.loads.append({"phase": phase, "worker": worker, "clients": len(shard),
                                "samples": int(sum(self.client_sizes[t.client_id] for t in shard_tasks)),
                                "failed": sum(not r.ok for r in unpacked), "seconds": busy[-1]})
         self.busy.append(busy)
         return [replies[i] for i in range(len(tasks))]
+
+    def aggregation_inputs(self, replies: list[ClientReply]) -> list[Message]:
+        return list(self._partials) if self.stream_key else super().aggregation_inputs(replies)
 
     def round_extensions(self) -> list[RoundExtension]:
         return [WorkerLoad(self)]
