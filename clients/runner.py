@@ -5,20 +5,60 @@ worker (a Flower node runs the clients of its shard): each client gets a Flower 
 of its own, as a simulated SuperNode would give it (``node_config`` with its
 ``partition-id``, a ``state`` kept across rounds), the ClientApp (with its mods) is called on
 the client's message, and an exception becomes that client's error reply -- the other
-clients go on.
+clients go on. With ``simulation.client_timeout`` a client that takes longer is interrupted and
+fails alone (:func:`time_limit`).
 """
 
 from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.protocol import PARTITION_ID, ClientReply, ClientTask, failed_reply
+from fedsim.protocol import CLIENT_TIMEOUT, PARTITION_ID, ClientReply, ClientTask, failed_reply, message_config
 
 
 SERVER_NODE_ID = 1  # Flower's SUPERLINK_NODE_ID
+
+
+class ClientTimeout(Exception):
+    """A client took longer than ``simulation.client_timeout`` on its worker."""
+
+
+def can_limit_time() -> bool:
+    """Whether this thread can interrupt a client: POSIX timers signal the main thread only."""
+    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+
+
+@contextmanager
+def time_limit(seconds: float, client_id: int) -> Iterator[None]:
+    """Raise :class:`ClientTimeout` in the block after ``seconds`` (0: no limit).
+
+    A real-time timer interrupts the client's Python code (a training step in progress
+    finishes first), so the worker moves on to its next client; the next client reloads its
+    weights, so nothing of the interrupted one leaks. Without a main thread (or SIGALRM) no
+    limit applies and the round's timeout bounds the worker instead.
+    """
+    if seconds <= 0 or not can_limit_time():
+        yield
+        return
+
+    def interrupt(signum, frame):  # noqa: ANN001, ARG001 - signal handler signature
+        raise ClientTimeout(f"client {client_id} exceeded simulation.client_timeout = {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def ensure_task_identity(run_id: int = 0) -> None:
@@ -72,7 +112,9 @@ class ClientRunner:
             torch.set_num_threads(threads)
 
     def _run_one(self, task: ClientTask) -> ClientReply:
+        limit = float(message_config(task.message).get(CLIENT_TIMEOUT, 0.0)) if task.message.has_content() else 0.0
         try:
-            return ClientReply(task.client_id, self.client_app(task.message, self.context(task.client_id)))
+            with time_limit(limit, task.client_id):
+                return ClientReply(task.client_id, self.client_app(task.message, self.context(task.client_id)))
         except Exception as error:  # noqa: BLE001 - a client's failure is a reply, as in Flower
             return failed_reply(task, f"{type(error).__name__}: {error}")

@@ -29,7 +29,7 @@ from fedsim.extension import RoundExtension
 from fedsim.loop import LoopSettings, run_rounds
 from fedsim.methods import ServerSetup, method_for
 from fedsim.prepare import PreparedRun, initial_model
-from fedsim.protocol import FAIL_CLIENTS, RUN_DIR
+from fedsim.protocol import CLIENT_TIMEOUT, FAIL_CLIENTS, RUN_DIR
 from fedsim.recorder import RunRecorder
 from fedsim.sampling import sample_size
 from fedsim.simulate import worker_count
@@ -57,6 +57,8 @@ def loop_settings(config: ExperimentConfig, run_dir: str) -> LoopSettings:
     base_config: dict = {RUN_DIR: run_dir}
     if sim.fail_clients:
         base_config[FAIL_CLIENTS] = list(sim.fail_clients)
+    if sim.client_timeout > 0:
+        base_config[CLIENT_TIMEOUT] = float(sim.client_timeout)
     return LoopSettings(
         seed=config.seed, rounds=t.rounds, num_clients=n,
         clients_per_round=sample_size(n, t.fraction_train, t.clients_per_round),

@@ -125,6 +125,7 @@ class SimulationConfig:
     executor: str = "cohort"  # where client tasks run: cohort | flower | in-process (fedsim.executors)
     workers: int = 0  # cohort executor: worker nodes; 0 = as many as the per-client resources allow
     ray_address: str = ""  # "" = start Ray here; else an existing Ray cluster's address (host:port)
+    client_timeout: float = 0.0  # seconds one client may take on a worker (cohort, in-process); 0 = no limit
     streaming: bool = False  # cohort workers reply with partial weighted means (weighted-mean strategies)
     fail_clients: list[int] = field(default_factory=list)  # fault injection: these clients raise
 

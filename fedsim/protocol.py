@@ -39,6 +39,7 @@ DISTILL = "fedsim.distill"  # the message asks for a distillation round (latent-
 SEND_OUTPUTS = "fedsim.send-outputs"  # distillation: reply with transfer-set outputs
 DP_ADAPTIVE = "fedsim.dp-adaptive"  # client-side adaptive clipping instead of fixed clipping
 PARTITION_ID = "partition-id"  # in the reply's ``client`` record (and Flower's node_config)
+CLIENT_TIMEOUT = "fedsim.client-timeout"  # seconds one client may take on a worker (0 = no limit)
 PEER_PREFIX = "peer-"  # ArrayRecords ``peer-<client id>``: other clients' models attached to a task
 
 # ----------------------------------------------------------------------- metric keys

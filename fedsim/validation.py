@@ -198,6 +198,7 @@ def _check_simulation(c: ExperimentConfig) -> list[str]:
          "see the cluster's CPUs before it connects"),
         (not sim.ray_address or sim.executor != "in-process", "simulation.ray_address", sim.ray_address,
          "the in-process executor runs no Ray; use executor cohort or flower"),
+        (sim.client_timeout >= 0, "simulation.client_timeout", sim.client_timeout, "must be >= 0 (0 = no limit)"),
         (not sim.streaming or sim.executor == "cohort", "simulation.streaming", sim.streaming,
          "streaming aggregation happens in cohort workers: set simulation.executor = 'cohort'"),
     ])

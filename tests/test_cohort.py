@@ -226,3 +226,28 @@ def test_streaming_is_refused_where_it_cannot_be_exact(small_config) -> None:
                         "hooks": [{"name": "crucial", "committee": "peers"}]})
     with pytest.raises(ConfigError, match="set simulation.executor = 'cohort'"):
         small_config(**{"simulation.streaming": True})
+
+
+def hung_client_config(small_config, **extra):  # noqa: ANN001, ANN003, ANN201
+    return small_config(**{"train.rounds": 1, "evaluation.federated_every": 0, "simulation.client_timeout": 1.0,
+                           "hooks": [{"name": "user_hooks:SlowClient", "client": 3, "seconds": 120}], **extra})
+
+
+def test_a_hung_client_is_stopped_by_the_client_timeout(small_config) -> None:
+    import time
+
+    started = time.perf_counter()
+    result = run(hung_client_config(small_config), progress=False)
+    assert time.perf_counter() - started < 60, "the run did not wait for the stuck client"
+    failed = result.clients[result.clients["status"] == "failed"]
+    assert failed["client_id"].tolist() == [3]
+    assert "exceeded simulation.client_timeout = 1 s" in failed["error"].iloc[0]
+    assert result.rounds["clients_succeeded"].iloc[-1] == 9
+
+
+@pytest.mark.ray
+def test_a_hung_client_in_a_ray_cohort_worker_fails_alone(small_config) -> None:
+    result = run(hung_client_config(small_config, **{"simulation.executor": "cohort", "simulation.workers": 2,
+                                                     "output.name": "ray"}), progress=False)
+    failed = result.clients[result.clients["status"] == "failed"]
+    assert failed["client_id"].tolist() == [3] and failed["error"].str.contains("client_timeout").all()

@@ -1,4 +1,4 @@
-"""A user hook used by the tests (named by import path ``user_hooks:KeepEvenLabels``)."""
+"""User hooks used by the tests (named by import path, e.g. ``user_hooks:KeepEvenLabels``)."""
 
 from __future__ import annotations
 
@@ -20,3 +20,19 @@ class KeepEvenLabels:
 
     def report(self, ctx):  # noqa: ANN001, ANN201
         return ctx.stats[self.name]
+
+
+class SlowClient:
+    """Hangs (sleeps ``seconds``) while preparing client ``client``'s data: a stuck client."""
+
+    name = "slow_client"
+
+    def __init__(self, client: int = 0, seconds: float = 60.0) -> None:
+        self.client, self.seconds = client, seconds
+
+    def prepare(self, data, ctx):  # noqa: ANN001, ANN201
+        if ctx.client_id == self.client:
+            import time
+
+            time.sleep(self.seconds)
+        return data
