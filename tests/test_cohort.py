@@ -176,7 +176,7 @@ def test_clients_on_ray_workers_without_a_gpu_share_use_the_cpu(small_config) ->
 
     assert client_device(small_config(**{"simulation.executor": "cohort"})) == "cpu"
     assert client_device(small_config(**{"simulation.executor": "cohort", "simulation.num_gpus_per_client": 0.5})) == "auto"
-    assert client_device(small_config()) == "auto"  # in process: a visible GPU is the server's own
+    assert client_device(small_config(**{"simulation.executor": "in-process"})) == "auto"  # the server's own GPU
     assert client_device(small_config(**{"simulation.executor": "flower", "simulation.device": "cuda"})) == "cuda"
 
 
@@ -225,7 +225,7 @@ def test_streaming_is_refused_where_it_cannot_be_exact(small_config) -> None:
         small_config(**{"simulation.executor": "cohort", "simulation.streaming": True,
                         "hooks": [{"name": "crucial", "committee": "peers"}]})
     with pytest.raises(ConfigError, match="set simulation.executor = 'cohort'"):
-        small_config(**{"simulation.streaming": True})
+        small_config(**{"simulation.streaming": True, "simulation.executor": "in-process"})
 
 
 def hung_client_config(small_config, **extra):  # noqa: ANN001, ANN003, ANN201

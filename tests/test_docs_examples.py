@@ -182,8 +182,9 @@ def test_hook_example_trains_on_the_kept_share_and_reports_it(small_config, monk
     module_from_example("hook", "myhooks", monkeypatch)
     hooks = tomllib.loads(code_of("hook-config", "toml"))["hooks"]
     assert hooks == [{"name": "myhooks:KeepFraction", "fraction": 0.25}]
+    # the example's module exists only in this process (a Ray worker could not import it)
     result = run(small_config(**{"train.rounds": 2, "evaluation.federated_every": 0, "output.figures": False,
-                                 "hooks": hooks}), progress=False)
+                                 "hooks": hooks, "simulation.executor": "in-process"}), progress=False)
 
     stats = pd.read_csv(result.path / "hooks.csv")
     assert set(stats["hook"]) == {"keep_fraction"} and set(stats["metric"]) == {"kept", "of"}
