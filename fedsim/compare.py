@@ -9,7 +9,8 @@ same clients in the same rounds (tested). The federated runs share one Flower si
 (``fedsim.experiment.run_many``) and execute one after another; a strategy that fails is
 reported in the summary and the others still run.
 
-The comparison directory holds ``runs/<label>-s<seed>/`` (ordinary run directories), a tidy
+The comparison directory holds ``runs/<label>-s<seed>/`` (ordinary run directories without
+figures: ``fedsim plot`` draws a run's, and the comparison draws its own), a tidy
 table ``tidy.csv`` (strategy, seed, round, metric, value), ``summary.csv`` (one row per
 strategy and seed), ``summary_by_strategy.csv`` (mean and std over seeds) and figures:
 accuracy vs round, accuracy vs cumulative MB communicated (mean with a min-max band over
@@ -146,6 +147,7 @@ def compare(
         run_config.output.dir = str(staging / "runs")
         run_config.output.name = f"{_dir_name(spec.label)}-s{seed}"
         run_config.output.overwrite = False
+        run_config.output.figures = False  # the comparison draws its own; `fedsim plot` draws a run's
         run_configs.append(run_config)
     outcomes = run_many(run_configs, progress=progress, verbose=verbose,
                         on_start=(lambda i: on_run(entries[i][0].label, entries[i][1])) if on_run else None)
