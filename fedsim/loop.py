@@ -99,7 +99,6 @@ class ClientGrid(Grid):
 
 def client_rows(server_round: int, phase: str, replies: list[ClientReply]) -> list[dict]:
     """One ``clients.csv`` row per task (ok or failed), sorted by client id."""
-    prefix = "train" if phase == PHASE_TRAIN else "eval"
     rows = []
     for reply in replies:
         row = {"round": server_round, "phase": phase, "client_id": reply.client_id}

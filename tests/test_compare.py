@@ -42,6 +42,7 @@ def test_every_strategy_runs_on_identical_partition_init_and_sampling(small_conf
     assert ok.loc["centralized", "total_mb"] == 0
 
     runs = result.path / "runs"
+    assert not (runs / "fedavg-s0" / "figures").exists(), "the comparison draws the figures, not each run"
     reference = np.load(runs / "fedavg-s0" / "partition.npz")
     ref_clients = pd.read_csv(runs / "fedavg-s0" / "clients.csv")
     ref_rounds = pd.read_csv(runs / "fedavg-s0" / "rounds.csv")
