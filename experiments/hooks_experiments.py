@@ -16,7 +16,7 @@ FedAvg over all clients, SGD lr 0.01 momentum 0.9 batch 32, test on the full CIF
     trained centrally on all 50,000 training images for 3 epochs (a checkpoint, loaded safely) --
     alpha in {0, 0.5, 1}, without and with online flip + crop augmentation.
 
-    python experiments/hooks_experiments.py --data-dir ../shared/data/cifar10 --seeds 0,1,2 --docs
+    python experiments/hooks_experiments.py --data-dir DIR --seeds 0,1,2 --docs
 
 All runs share one Flower simulation runtime. Writes ``experiments/out/hooks/`` and, with
 ``--docs``, ``docs/experiments/hooks_<a|b|c>.csv`` and ``docs/figures/hooks_<a|b|c>.png``.

@@ -18,7 +18,7 @@ CIFAR-10's cat (3) and dog (5) classes:
 Also reported: each client's own model on the test set (seed 001: 0.668-0.880), and FedAvg
 over 10 rounds of 1 epoch (same epochs, more communication) as a reference.
 
-    python experiments/seed001_cats_dogs.py --data-dir ../shared/data/cifar10 --seeds 0,1,2
+    python experiments/seed001_cats_dogs.py --data-dir DIR --seeds 0,1,2
 
 Writes ``experiments/out/seed001/`` (comparison directories) and, with ``--docs``, the table
 ``docs/experiments/seed001_cats_dogs.csv`` and figure ``docs/figures/seed001_cats_dogs.png``.

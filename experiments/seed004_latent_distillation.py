@@ -18,7 +18,7 @@ Setting (METHODS.md 1.5/1.6, scaled to a 2-core CPU budget):
   (T_priv for FedAvg's global model is the expectation sum_k p_k recall_k over each client's
   class mix).
 
-    python experiments/seed004_latent_distillation.py --data-dir ../shared/data/cifar10 --seeds 0,1,2 --docs
+    python experiments/seed004_latent_distillation.py --data-dir DIR --seeds 0,1,2 --docs
 
 All runs share one Flower simulation runtime. Writes ``experiments/out/seed004/`` and, with
 ``--docs``, ``docs/experiments/seed004_latent_distillation.csv`` and the figure
