@@ -21,6 +21,7 @@ from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.interrupt import check_stop
 from fedsim.protocol import CLIENT_TIMEOUT, PARTITION_ID, ClientReply, ClientTask, failed_reply, message_config
 
 
@@ -107,7 +108,11 @@ class ClientRunner:
         if self.threads_per_client is not None:
             torch.set_num_threads(self.threads_per_client)
         try:
-            return [self._run_one(task) for task in tasks]
+            replies = []
+            for task in tasks:
+                check_stop()  # Ctrl-C in this process: no further clients
+                replies.append(self._run_one(task))
+            return replies
         finally:
             torch.set_num_threads(threads)
 

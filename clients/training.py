@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fedsim.interrupt import check_stop
 from fedsim.recipe import SGDRecipe
 
 
@@ -110,6 +111,7 @@ def train(
     for _ in range(recipe.epochs):
         order = torch.randperm(n, generator=generator).to(x.device)
         for start in range(0, n, recipe.batch_size):
+            check_stop()  # Ctrl-C in this process: stop between batches
             idx = order[start : start + recipe.batch_size]
             if len(idx) < 2 and n >= 2 and single_sample_breaks:
                 continue  # BatchNorm cannot train on a single sample

@@ -36,7 +36,7 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 import numpy as np
 import pandas as pd
 
-from fedsim.compare import compare
+from fedsim.comparison import compare
 from _publish import publish
 from fedsim.validation import load_config
 from fedsim.results import load_run

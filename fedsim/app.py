@@ -20,12 +20,14 @@ from flwr.serverapp.strategy import Strategy
 from tqdm.auto import tqdm
 
 from fedsim.centralized import run_centralized
+from fedsim.checkpoint import Checkpoint
 from fedsim.clients.hooks import build_hooks, round_extensions
 from fedsim.clients.training import to_tensor
 from fedsim.config import ExperimentConfig
 from fedsim.evaluation import CentralEvaluation, CentralEvaluator
 from fedsim.executors import CohortExecutor, Executor, GridExecutor
 from fedsim.extension import RoundExtension
+from fedsim.interrupt import RunInterrupted, stop_requested
 from fedsim.loop import LoopSettings, run_rounds
 from fedsim.methods import ServerSetup, method_for
 from fedsim.prepare import PreparedRun, initial_model
@@ -43,12 +45,15 @@ class RunState:
 
     recorder: RunRecorder
     extensions: list[RoundExtension] = field(default_factory=list)  # the user's, after the run's own
+    resume: Checkpoint | None = None  # continue after this checkpoint's round
     final_arrays: ArrayRecord | None = None
     error: BaseException | None = None
 
 
-def run_state(prepared: PreparedRun, extensions: list[RoundExtension] | None = None) -> RunState:
-    return RunState(recorder=RunRecorder(prepared.staging), extensions=list(extensions or []))
+def run_state(prepared: PreparedRun, extensions: list[RoundExtension] | None = None,
+              resume: Checkpoint | None = None) -> RunState:
+    return RunState(recorder=RunRecorder(prepared.staging, resume=resume is not None),
+                    extensions=list(extensions or []), resume=resume)
 
 
 def loop_settings(config: ExperimentConfig, run_dir: str) -> LoopSettings:
@@ -57,14 +62,13 @@ def loop_settings(config: ExperimentConfig, run_dir: str) -> LoopSettings:
     base_config: dict = {RUN_DIR: run_dir}
     if sim.fail_clients:
         base_config[FAIL_CLIENTS] = list(sim.fail_clients)
-    if sim.client_timeout > 0:
-        base_config[CLIENT_TIMEOUT] = float(sim.client_timeout)
+    base_config[CLIENT_TIMEOUT] = float(sim.client_timeout or sim.round_timeout)
     return LoopSettings(
         seed=config.seed, rounds=t.rounds, num_clients=n,
         clients_per_round=sample_size(n, t.fraction_train, t.clients_per_round),
         clients_per_eval=sample_size(n, e.fraction_evaluate, e.clients_per_eval),
         federated_every=e.federated_every, min_success_fraction=sim.min_success_fraction,
-        base_config=base_config,
+        base_config=base_config, checkpoint_every=config.output.checkpoint_every, lr=t.lr,
     )
 
 
@@ -117,7 +121,7 @@ def execute(prepared: PreparedRun, state: RunState, executor: Executor, progress
         extensions += state.extensions
         state.final_arrays = run_rounds(strategy, executor, initial,
                                         loop_settings(config, str(prepared.staging.resolve())),
-                                        state.recorder, extensions, report)
+                                        state.recorder, extensions, report, resume=state.resume)
     except BaseException as error:  # surfaced by the caller with the run directory marked failed
         state.error = error
     finally:
@@ -139,7 +143,8 @@ def execute_centralized(prepared: PreparedRun, state: RunState, progress: bool =
         evaluation = CentralEvaluation(setup.evaluator, config.evaluation.centralized_every)
         state.final_arrays = run_centralized(
             setup.build_model().to(setup.device), x, y, setup.recipe, config.seed, config.train.rounds,
-            config.partition.num_clients, evaluation, state.recorder, report)
+            config.partition.num_clients, evaluation, state.recorder, report,
+            checkpoint_every=config.output.checkpoint_every, resume=state.resume)
     except BaseException as error:
         state.error = error
     finally:
@@ -174,6 +179,9 @@ def build_server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
         for index, (prepared, state) in enumerate(jobs):
+            if stop_requested():  # Ctrl-C: the runs not started yet do not start
+                state.error = RunInterrupted("interrupted by the user (Ctrl-C) before it started")
+                continue
             if on_start:
                 on_start(index)
             execute(prepared, state, flower_executor(grid, prepared), progress, on_round)

@@ -14,9 +14,12 @@ from collections.abc import Callable
 import torch
 from flwr.app import ArrayRecord
 
+from fedsim.checkpoint import Checkpoint, rng_state, set_rng_state
 from fedsim.clients.training import seeded_generator, train
 from fedsim.evaluation import CentralEvaluation
 from fedsim.extension import RoundRecord, RunContext
+from fedsim.interrupt import check_stop
+from fedsim.loop import check_finite
 from fedsim.models import FedsimNet
 from fedsim.recipe import SGDRecipe
 from fedsim.recorder import RunRecorder
@@ -24,30 +27,52 @@ from fedsim.recorder import RunRecorder
 
 def run_centralized(model: FedsimNet, x: torch.Tensor, y: torch.Tensor, recipe: SGDRecipe, seed: int,
                     rounds: int, stream: int, evaluation: CentralEvaluation, recorder: RunRecorder,
-                    on_round: Callable[[dict], None] | None = None) -> ArrayRecord:
+                    on_round: Callable[[dict], None] | None = None, checkpoint_every: int = 0,
+                    resume: Checkpoint | None = None) -> ArrayRecord:
     """Train ``model`` on ``(x, y)`` for ``rounds`` x ``recipe.epochs`` epochs; one row per round.
 
     ``stream`` is the generator's client-id slot (one no client uses), so the shuffling is
-    determined by (seed, round, stream).
+    determined by (seed, round, stream). Checkpoints and ``resume`` work as in
+    :func:`fedsim.loop.run_rounds` (each round starts a fresh optimizer, so the weights are
+    the whole training state).
     """
     def finish(row: dict) -> None:
         recorder.add_round(row)
         if on_round:
             on_round(row)
 
+    def checkpoint(server_round: int) -> None:
+        Checkpoint(server_round, arrays, {}, evaluation.state(), recorder.position(), rng_state()).write(recorder.folder)
+
     arrays = ArrayRecord(model.state_dict())
-    initial = evaluation.on_run_start(RunContext(rounds, 0, recorder), arrays)
-    if initial:
-        finish({"round": 0, "bytes_down": 0, "bytes_up": 0, "wall_seconds": 0.0, **initial})
-    for server_round in range(1, rounds + 1):
+    first = 1
+    if resume is not None:
+        first = resume.server_round + 1
+        evaluation.on_run_start(RunContext(rounds, 0, recorder, resume.server_round), arrays)
+        arrays = resume.arrays
+        model.load_state_dict(arrays.to_torch_state_dict())
+        evaluation.load_state(resume.extensions)
+        recorder.restore(resume.recorder)
+        set_rng_state(resume.rng)
+    else:
+        initial = evaluation.on_run_start(RunContext(rounds, 0, recorder), arrays)
+        if initial:
+            finish({"round": 0, "bytes_down": 0, "bytes_up": 0, "wall_seconds": 0.0, **initial})
+        if checkpoint_every:
+            checkpoint(0)
+    for server_round in range(first, rounds + 1):
+        check_stop()
         started = time.perf_counter()
         generator = seeded_generator(seed, server_round, stream)
         torch.manual_seed(generator.initial_seed())
         stats = train(model, x, y, recipe, generator)
         arrays = ArrayRecord(model.state_dict())
+        check_finite(server_round, arrays, recipe.lr)
         record = RoundRecord(server_round, {"round": server_round, "train_loss": stats.loss,
                                             "train_accuracy": stats.accuracy, "bytes_down": 0, "bytes_up": 0})
         evaluation.on_round_end(record, arrays)
         record.row["wall_seconds"] = time.perf_counter() - started
         finish(record.row)
+        if checkpoint_every and (server_round % checkpoint_every == 0 or server_round == rounds):
+            checkpoint(server_round)
     return arrays

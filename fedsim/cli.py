@@ -1,39 +1,53 @@
 """The ``fedsim`` command line: ``run``, ``compare``, ``partition``, ``plot``.
 
-Errors in user input (config values, missing data, an existing run directory) print one
-clear message to stderr and exit with status 2; nothing is written in that case.
+Every error ends in one message on stderr naming the cause, and an exit status:
+
+- **2** -- bad input (a config value, missing or malformed data, a folder in the way, a run that
+  cannot be resumed); nothing was written;
+- **1** -- a run failed after it started (e.g. too few clients succeeded, the model diverged),
+  or a comparison in which any run failed; partial output is kept as ``<name>.failed``;
+- **130** -- Ctrl-C; the run is kept as ``<name>.interrupted`` with its checkpoint
+  (``fedsim run --resume`` continues it).
+
+Tracebacks are shown only with ``--verbose``.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
+import traceback
 from pathlib import Path
 
-from fedsim.config import ConfigError, ExperimentConfig
+from fedsim.config import ConfigError, ExperimentConfig, parse_override
+from fedsim.errors import EXIT_FAILED, EXIT_INPUT, InputError
+from fedsim.interrupt import EXIT_INTERRUPTED, RunInterrupted
 from fedsim.validation import load_config
 
-USER_ERROR = 2
+USER_ERROR = EXIT_INPUT
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", type=Path, help="TOML experiment config (defaults if omitted)")
     parser.add_argument("--set", "-s", dest="overrides", action="append", default=[],
-                        metavar="KEY=VALUE", help="override a config value, e.g. --set train.rounds=10")
+                        metavar="KEY=VALUE", help="override a config value, e.g. --set train.rounds=10; "
+                        "the value is read as TOML if it is valid TOML, else taken literally as a string")
     parser.add_argument("--data-dir", help="folder with the datasets (sets data.data_dir; "
                         "default $FEDSIM_DATA_DIR or ./data)")
 
 
 def _load(args: argparse.Namespace) -> ExperimentConfig:
-    overrides = list(args.overrides)
+    """The config file with ``--set`` overrides, then the dedicated flags (taken verbatim)."""
+    overrides = dict(parse_override(text) for text in args.overrides)
     if args.data_dir:
-        overrides.append(f"data.data_dir={args.data_dir!r}".replace("'", '"'))
+        overrides["data.data_dir"] = args.data_dir
     if getattr(args, "overwrite", False):
-        overrides.append("output.overwrite=true")
+        overrides["output.overwrite"] = True
     if getattr(args, "output", None):
-        overrides.append(f'output.dir="{args.output}"')
+        overrides["output.dir"] = args.output
     if getattr(args, "name", None):
-        overrides.append(f'output.name="{args.name}"')
+        overrides["output.name"] = args.name
     return load_config(args.config, overrides)
 
 
@@ -52,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one experiment and write its run directory")
     _config_args(run)
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                     help="continue an interrupted, failed or killed run from its last checkpoint "
+                          "(RUN_DIR: its .interrupted/.failed folder or its final path); takes no other config")
     run.add_argument("--output", "-o", help="parent folder of run directories (output.dir)")
     run.add_argument("--name", help="run directory name (output.name)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -83,51 +100,95 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    verbose = bool(getattr(args, "verbose", False))
+    try:
+        return _dispatch(args)
+    except RunInterrupted as interrupted:
+        print(f"fedsim: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print("fedsim: aborted (second Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException as error:  # noqa: BLE001 - every error ends in one message and a status
+        if isinstance(error, SystemExit):
+            raise
+        status = EXIT_INPUT if _is_input_error(error) else EXIT_FAILED
+        if verbose:
+            traceback.print_exception(error)
+        label = "error" if status == EXIT_INPUT else "run failed"
+        print(f"fedsim: {label}: {_message(error)}", file=sys.stderr)
+        if not verbose and status == EXIT_FAILED:
+            print("(run with --verbose for the traceback)", file=sys.stderr)
+        return status
+
+
+def _is_input_error(error: BaseException) -> bool:
+    """Bad input (exit 2): fedsim's input errors, and files that are missing or unreadable."""
     from fedsim.datasets import DatasetError, PartitionError
-    from fedsim.rundir import RunDirectoryExists
     from fedsim.strategies import StrategyError
 
-    try:
-        if args.command == "run":
-            from fedsim.experiment import run
+    return isinstance(error, (InputError, ConfigError, DatasetError, PartitionError, StrategyError,
+                              FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
 
-            config = _load(args)
-            result = run(config, progress=not args.no_progress, verbose=args.verbose)
-            acc = result.summary.get("final_test_accuracy")
-            print(f"run directory: {result.path}")
-            if acc is not None:
-                print(f"final test accuracy: {acc:.4f}")
-        elif args.command == "compare":
-            from fedsim.compare import compare
 
-            config = _load(args)
-            seeds = _seeds(args.seeds)
-            result = compare(config, args.strategies, seeds, target=args.target,
-                             progress=not args.no_progress, verbose=args.verbose,
-                             on_run=lambda label, seed: print(f"== {label} (seed {seed})", flush=True))
-            columns = [c for c in ("strategy", "runs_ok", "runs_failed", "final_accuracy_mean",
-                                   "final_accuracy_std", "best_accuracy_mean", "rounds_to_target_mean",
-                                   "total_mb_mean") if c in result.by_strategy]
-            print(result.by_strategy[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-            failed = result.summary[result.summary["status"] == "failed"] if len(result.summary) else []
-            for _, row in (failed.iterrows() if len(failed) else []):
-                print(f"FAILED {row['strategy']} (seed {row['seed']}): {row['error']}", file=sys.stderr)
-            print(f"comparison directory: {result.path}")
-        elif args.command == "partition":
-            from fedsim.partition_report import partition
+def _message(error: BaseException) -> str:
+    """The error's message and notes on one screen, without a traceback."""
+    text = str(error) or type(error).__name__
+    if isinstance(error, OSError) and error.errno is not None and error.filename:
+        text = f"{error.strerror}: {error.filename}"
+        if error.errno == errno.ENOSPC:
+            text += " (the disk is full: free space and resume the run with fedsim run --resume)"
+    elif not isinstance(error, (InputError, ConfigError)) and type(error).__module__ != "builtins":
+        text = f"{type(error).__name__}: {text}"
+    notes = getattr(error, "__notes__", [])
+    return "\n".join([text, *notes])
 
-            report = partition(_load(args), args.output)
-            print(report)
-            print(f"counts: {report.table}\nheat map: {report.heatmap}")
-        elif args.command == "plot":
-            from fedsim.plots import plot_run
 
-            for path in plot_run(args.run_dir):
-                print(path)
-    except (ConfigError, DatasetError, PartitionError, RunDirectoryExists, StrategyError,
-            FileNotFoundError) as err:
-        print(f"fedsim: error: {err}", file=sys.stderr)
-        return USER_ERROR
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        from fedsim.experiment import resume, run
+
+        if args.resume is not None:
+            if args.config or args.overrides or args.data_dir or args.output or args.name or args.overwrite:
+                raise ConfigError("--resume continues a run with its own config.toml: leave out --config, --set, "
+                                  "--data-dir, --output, --name and --overwrite")
+            result = resume(args.resume, progress=not args.no_progress, verbose=args.verbose)
+        else:
+            result = run(_load(args), progress=not args.no_progress, verbose=args.verbose)
+        acc = result.summary.get("final_test_accuracy")
+        print(f"run directory: {result.path}")
+        if acc is not None:
+            print(f"final test accuracy: {acc:.4f}")
+    elif args.command == "compare":
+        from fedsim.comparison import compare
+
+        config = _load(args)
+        seeds = _seeds(args.seeds)
+        result = compare(config, args.strategies, seeds, target=args.target,
+                         progress=not args.no_progress, verbose=args.verbose,
+                         on_run=lambda label, seed: print(f"== {label} (seed {seed})", flush=True))
+        columns = [c for c in ("strategy", "runs_ok", "runs_failed", "final_accuracy_mean",
+                               "final_accuracy_std", "best_accuracy_mean", "rounds_to_target_mean",
+                               "total_mb_mean") if c in result.by_strategy]
+        print(result.by_strategy[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        failed = result.summary[result.summary["status"] == "failed"] if len(result.summary) else []
+        for _, row in (failed.iterrows() if len(failed) else []):
+            print(f"FAILED {row['strategy']} (seed {row['seed']}): {row['error']}", file=sys.stderr)
+        print(f"comparison directory: {result.path}")
+        if len(failed):
+            print(f"fedsim: {len(failed)} of {len(result.summary)} runs failed", file=sys.stderr)
+            return EXIT_FAILED
+    elif args.command == "partition":
+        from fedsim.partition_report import partition
+
+        report = partition(_load(args), args.output)
+        print(report)
+        print(f"counts: {report.table}\nheat map: {report.heatmap}")
+    elif args.command == "plot":
+        from fedsim.plots import plot_run
+
+        for path in plot_run(args.run_dir):
+            print(path)
     return 0
 
 

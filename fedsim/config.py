@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.datasets.settings import DataSettings as DataConfig
+from fedsim.errors import InputError
 from fedsim.datasets.settings import PartitionSettings as PartitionConfig
 from fedsim.datasets.settings import problem
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration value is invalid; the message names field, value and what is allowed."""
 
 
@@ -125,7 +126,7 @@ class SimulationConfig:
     executor: str = "cohort"  # where client tasks run: cohort | flower | in-process (fedsim.executors)
     workers: int = 0  # cohort executor: worker nodes; 0 = as many as the per-client resources allow
     ray_address: str = ""  # "" = start Ray here; else an existing Ray cluster's address (host:port)
-    client_timeout: float = 0.0  # seconds one client may take on a worker (cohort, in-process); 0 = no limit
+    client_timeout: float = 0.0  # seconds one client may take on a worker (cohort, in-process); 0 = round_timeout
     streaming: bool = False  # cohort workers reply with partial weighted means (weighted-mean strategies)
     fail_clients: list[int] = field(default_factory=list)  # fault injection: these clients raise
 
@@ -137,8 +138,9 @@ class OutputConfig:
     dir: str = "runs"
     name: str = ""  # "" -> <strategy>-<dataset>-<scheme>-s<seed>-<timestamp>
     format: str = "csv"
-    overwrite: bool = False
+    overwrite: bool = False  # replace an existing *fedsim* run directory of that name (never any other folder)
     figures: bool = True
+    checkpoint_every: int = 1  # rounds between checkpoints (the last round always gets one); 0 = none
 
 
 @dataclass

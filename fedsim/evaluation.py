@@ -73,7 +73,7 @@ class CentralEvaluation(RoundExtension):
 
     def on_run_start(self, run: RunContext, arrays: ArrayRecord) -> dict[str, float]:
         self.run = run
-        return self.evaluate(arrays) if self.every > 0 else {}
+        return self.evaluate(arrays) if self.every > 0 and not run.resumed_after else {}
 
     def on_round_end(self, record: RoundRecord, arrays: ArrayRecord) -> None:
         assert self.run is not None, "on_run_start comes first"

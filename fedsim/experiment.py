@@ -9,6 +9,7 @@ baseline) without clients -- and publish each run directory atomically (``fedsim
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,10 +26,11 @@ from fedsim.datasets import plot_heatmap
 from fedsim.datasets import summary as partition_summary
 from fedsim.executors import ON_FLOWER, InProcessExecutor
 from fedsim.extension import RoundExtension
+from fedsim.interrupt import RunInterrupted, handling_interrupts, stop_requested
 from fedsim.logs import quiet_flower
 from fedsim.methods import method_for
 from fedsim.modes import is_federated
-from fedsim.prepare import PreparedRun, prepare
+from fedsim.prepare import PreparedRun, prepare, prepare_resume
 from fedsim.results import RunResult, load_run
 from fedsim.simulate import node_count, run_simulation
 from fedsim.validation import validate
@@ -107,9 +109,35 @@ def run(
     Clients run where ``simulation.executor`` says (Flower's simulation runtime by default).
     ``extensions`` are round extensions (:mod:`fedsim.extension`) that take part in every round
     after the run's own; ``on_round`` is called with every ``rounds.csv`` row as it is written.
+    Raises an :class:`~fedsim.errors.InputError` for bad input (nothing written), a
+    :class:`~fedsim.errors.RunError` (or the error that stopped the run) when the run failed
+    (kept as ``<name>.failed``) and :class:`~fedsim.interrupt.RunInterrupted` after Ctrl-C
+    (kept as ``<name>.interrupted``, see :func:`resume`).
     """
     (outcome,) = run_many([config], progress=progress, verbose=verbose, on_round=on_round,
                           extensions=(lambda _: list(extensions)) if extensions else None)
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+def resume(
+    path: str | Path,
+    progress: bool = True,
+    verbose: bool = False,
+    on_round: Callable[[dict], None] | None = None,
+    extensions: list[RoundExtension] | None = None,
+) -> RunResult:
+    """Continue an interrupted, failed or killed run from its last checkpoint.
+
+    ``path`` is the ``<name>.interrupted`` / ``<name>.failed`` folder, a staging folder left by a
+    killed process, or the run's final path. The run goes on with its own ``config.toml`` and
+    ends as the uninterrupted run would have -- bit for bit on CPU -- published under its final
+    name. ``extensions`` must be the same kinds as the interrupted run had.
+    """
+    prepared, checkpoint = prepare_resume(path)
+    state = run_state(prepared, list(extensions or []), checkpoint)
+    (outcome,) = _run_jobs([(0, prepared, state)], [None], progress, verbose, on_round, None)
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
@@ -129,36 +157,78 @@ def run_many(
     per-client resources (a strategy comparison) therefore share one runtime, executed one
     after another by the same ServerApp. Runs with ``simulation.executor = "in-process"`` and
     the centralized baseline run in this process first. ``extensions``, if given, makes the
-    user's round extensions for each federated run (a new set per run: extensions keep state). Each run keeps its own run directory, and a run that
-    fails is returned as its exception (its partial output kept as ``<name>.failed``) while the
-    others go on. Input errors of any config are raised before anything is written.
+    user's round extensions for each federated run (a new set per run: extensions keep
+    state). Each run keeps its own run directory, and a run that fails is returned as its
+    exception (its partial output kept as ``<name>.failed``) while the others go on. Input
+    errors of any config are raised before anything is written. After Ctrl-C the run in
+    progress and those not started are returned as :class:`~fedsim.interrupt.RunInterrupted`.
     """
     for config in configs:
         validate(config)
     outcomes: list[RunResult | BaseException | None] = [None] * len(configs)
     jobs: list[tuple[int, PreparedRun, RunState]] = []
-    for index, config in enumerate(configs):
-        try:
-            prepared = prepare(config)
-        except Exception as error:  # noqa: BLE001 - reported per run
-            outcomes[index] = error
-            continue
-        jobs.append((index, prepared, run_state(prepared, extensions(config) if extensions else None)))
+    try:
+        for index, config in enumerate(configs):
+            try:
+                prepared = prepare(config)
+            except Exception as error:  # noqa: BLE001 - reported per run
+                outcomes[index] = error
+                continue
+            jobs.append((index, prepared, run_state(prepared, extensions(config) if extensions else None)))
+    except BaseException:  # e.g. Ctrl-C while preparing: no staging folder stays behind
+        for _, prepared, _ in jobs:
+            shutil.rmtree(prepared.staging, ignore_errors=True)
+        raise
+    return _run_jobs(jobs, outcomes, progress, verbose, on_round, on_start)
 
+
+def _run_jobs(jobs: list[tuple[int, PreparedRun, RunState]], outcomes: list, progress: bool, verbose: bool,
+              on_round: Callable[[dict], None] | None, on_start: Callable[[int], None] | None,
+              ) -> list[RunResult | BaseException]:
+    """Execute prepared jobs, then publish, fail or keep (interrupted) each run directory.
+
+    Every exit path leaves each job's folder under a name: ``<name>``, ``<name>.failed`` or
+    ``<name>.interrupted`` -- never a staging folder (short of SIGKILL).
+    """
+    try:
+        with handling_interrupts():
+            _execute(jobs, progress, verbose, on_round, on_start)
+            for index, prepared, state in jobs:
+                outcomes[index] = _conclude(prepared, state)
+    finally:  # an exception of our own, or a second Ctrl-C: keep what is there, resumable
+        for index, prepared, state in jobs:
+            if prepared.staging.exists():
+                kept = rundir.mark_interrupted(prepared.staging, prepared.final)
+                if outcomes[index] is None:
+                    outcomes[index] = RunInterrupted(f"stopped; kept in {kept}")
+    return [o if o is not None else RuntimeError("run did not execute") for o in outcomes]
+
+
+def _execute(jobs: list[tuple[int, PreparedRun, RunState]], progress: bool, verbose: bool,
+             on_round: Callable[[dict], None] | None, on_start: Callable[[int], None] | None) -> None:
+    """Run every job: centralized and in-process ones here, the others on Flower's runtime."""
     on_flower = [(i, p, s) for i, p, s in jobs if is_federated(p.config) and p.config.simulation.executor in ON_FLOWER]
+    flower_indices = {i for i, _, _ in on_flower}
     for index, prepared, state in jobs:
+        if index in flower_indices:
+            continue
+        if stop_requested():
+            state.error = RunInterrupted("interrupted by the user (Ctrl-C) before it started")
+            continue
+        if on_start:
+            on_start(index)
         if not is_federated(prepared.config):
-            if on_start:
-                on_start(index)
             execute_centralized(prepared, state, progress=progress, on_round=on_round)
-        elif prepared.config.simulation.executor == "in-process":
-            if on_start:
-                on_start(index)
+        else:
             executor = InProcessExecutor(client_app, prepared.config.partition.num_clients,
                                          int(prepared.config.simulation.num_cpus_per_client))
             with quiet_flower(verbose):
                 execute(prepared, state, executor, progress=progress, on_round=on_round)
     for group in _simulation_groups(on_flower):
+        if stop_requested():
+            for _, _, state in group:
+                state.error = RunInterrupted("interrupted by the user (Ctrl-C) before it started")
+            continue
         server_app = build_server_app([(p, s) for _, p, s in group], progress=progress,
                                       on_round=on_round,
                                       on_start=(lambda k, g=group: on_start(g[k][0])) if on_start else None)
@@ -169,20 +239,23 @@ def run_many(
                 if state.error is None and state.final_arrays is None:
                     state.error = error
 
-    for index, prepared, state in jobs:
-        try:
-            if state.error is not None:
-                raise state.error
-            if state.final_arrays is None:
-                raise RuntimeError("the simulation ended before the server finished its rounds")
-            outcomes[index] = load_run(finalize(prepared, state.final_arrays, state.recorder.confusion,
-                                                state.recorder.extras))
-        except Exception as error:  # noqa: BLE001 - reported per run
-            if prepared.staging.exists():
-                failed = rundir.mark_failed(prepared.staging, prepared.final, error)
-                error.add_note(f"partial output kept in {failed}")
-            outcomes[index] = error
-    return [o if o is not None else RuntimeError("run did not execute") for o in outcomes]
+
+def _conclude(prepared: PreparedRun, state: RunState) -> RunResult | BaseException:
+    """Publish a finished run; keep a failed one as ``.failed``, an interrupted one as ``.interrupted``."""
+    if isinstance(state.error, (RunInterrupted, KeyboardInterrupt)):
+        kept = rundir.mark_interrupted(prepared.staging, prepared.final)
+        return RunInterrupted(f"interrupted; the run is kept in {kept} (resume with: fedsim run --resume {kept})")
+    try:
+        if state.error is not None:
+            raise state.error
+        if state.final_arrays is None:
+            raise RuntimeError("the simulation ended before the server finished its rounds")
+        return load_run(finalize(prepared, state.final_arrays, state.recorder.confusion, state.recorder.extras))
+    except Exception as error:  # noqa: BLE001 - reported per run
+        if prepared.staging.exists():
+            failed = rundir.mark_failed(prepared.staging, prepared.final, error)
+            error.add_note(f"partial output kept in {failed}")
+        return error
 
 
 def _simulation_groups(jobs: list) -> list[list]:

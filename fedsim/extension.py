@@ -25,8 +25,11 @@ The loop calls the stages of every extension in the order the extensions were gi
 Rows follow the run directory's fixed schema (:data:`fedsim.recorder.ROUND_COLUMNS`,
 ``CLIENT_COLUMNS``), so tables of different methods line up; an extension with other results
 writes a file of its own into ``run.recorder.folder`` or puts run-level facts into
-``run.recorder.extras`` (``summary.json``). ``state()`` / ``load_state()`` are the contract a
-checkpoint will use to resume an extension exactly.
+``run.recorder.extras`` (``summary.json``). ``state()`` / ``load_state()`` are what a
+checkpoint (:mod:`fedsim.checkpoint`) stores to resume an extension exactly: plain values,
+NumPy arrays, tensors and ``ArrayRecord``s. A resumed run calls ``on_run_start`` again (with
+``run.resumed_after`` set: files the extension appends to are already there, and no round-0
+metrics are wanted), then ``load_state``.
 
 A leaf module apart from the protocol and the recorder, so clients' hooks and strategies can
 define extensions without importing the engine.
@@ -54,6 +57,7 @@ class RunContext:
     rounds: int
     num_clients: int
     recorder: RunRecorder  # run-level facts go to recorder.extras, the confusion matrix to set_confusion
+    resumed_after: int = 0  # 0: a new run; r: the run continues from its checkpoint after round r
 
 
 @dataclass

@@ -4,10 +4,17 @@ Flower's ``Strategy.start()`` is closed (no per-round callback, unseeded node sa
 fedsim calls the strategy's variation points itself -- ``configure_train``,
 ``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate`` -- and around them does
 only what every run needs: seeded client sampling by client id, per-client rows, failure
-accounting, the federated-evaluation schedule, bytes communicated, and one row per round
-streamed to the run directory. Everything a particular method needs happens in round
+accounting, screening of client updates (non-finite values, wrong shapes), the
+federated-evaluation schedule, bytes communicated, one row per round streamed to the run
+directory, a checkpoint every ``checkpoint_every`` rounds (:mod:`fedsim.checkpoint`) and a stop
+at the next safe point after Ctrl-C (:mod:`fedsim.interrupt`). Everything a particular method needs happens in round
 extensions (:mod:`fedsim.extension`); where clients run is the executor's business
 (:mod:`fedsim.executors`). Any ``flwr.serverapp.strategy`` strategy plugs in unchanged.
+
+Randomness outside the clients' own seeded generators (Flower's differential-privacy noise
+draws from NumPy's global generator, its node sampling from ``random``) is seeded at the
+start of every round from (seed, round), so a run resumed from a checkpoint draws exactly
+what the uninterrupted run drew.
 
 Strategies address clients through a :class:`ClientGrid`: its "node ids" are the sampled
 client ids, so a strategy built with ``fraction = 1`` addresses exactly the sample, whatever
@@ -16,15 +23,19 @@ its own sampling code does.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.checkpoint import Checkpoint, CheckpointError, load_strategy_state, rng_state, set_rng_state, strategy_state
+from fedsim.errors import RunError
 from fedsim.executors import Executor
 from fedsim.extension import PHASE_EVALUATE, PHASE_TRAIN, ExtensionChain, RoundExtension, RoundRecord, RunContext
 from fedsim.protocol import (
@@ -34,20 +45,27 @@ from fedsim.protocol import (
     NUM_EXAMPLES,
     TRAIN_ACCURACY,
     TRAIN_LOSS,
+    INVALID_UPDATE,
     ClientReply,
     ClientTask,
     array_bytes,
+    failed_reply,
 )
+from fedsim.interrupt import check_stop
 from fedsim.recorder import RunRecorder
 from fedsim.sampling import EVALUATE, TRAIN, due, sample_clients
 
 
-class AggregationError(RuntimeError):
+class AggregationError(RunError):
     """The strategy produced no global model from a round's successful replies."""
 
 
-class TooFewClientsError(RuntimeError):
+class TooFewClientsError(RunError):
     """Fewer sampled clients succeeded in a round than ``simulation.min_success_fraction``."""
+
+
+class DivergenceError(RunError):
+    """The global model has NaN or infinite values: the run diverged."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,8 @@ class LoopSettings:
     federated_every: int  # 0 = no federated evaluation
     min_success_fraction: float
     base_config: dict = field(default_factory=dict)  # added to every strategy's ConfigRecord
+    checkpoint_every: int = 0  # rounds between checkpoints (0: none); the last round always gets one
+    lr: float | None = None  # the clients' learning rate, named when the run diverges
 
 
 class ClientGrid(Grid):
@@ -130,6 +150,66 @@ def _tasks(messages: Iterable[Message]) -> list[ClientTask]:
     return sorted((ClientTask(int(m.metadata.dst_node_id), m) for m in messages), key=lambda t: t.client_id)
 
 
+def seed_round(seed: int, server_round: int) -> None:
+    """Seed ``random``, NumPy's and torch's global generators from (seed, round)."""
+    words = np.random.SeedSequence([seed, server_round, 0x5EED]).generate_state(2)
+    random.seed(int(words[0]))
+    np.random.seed(int(words[0]))
+    torch.manual_seed(int(words[1]))
+
+
+def _nonfinite(arrays: ArrayRecord) -> list[str]:
+    """Keys of ``arrays`` holding NaN or infinite values."""
+    bad = []
+    for key in arrays.keys():
+        values = arrays[key].numpy()
+        if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
+            bad.append(key)
+    return bad
+
+
+def screen_updates(tasks: list[ClientTask], replies: list[ClientReply], reference: ArrayRecord) -> list[ClientReply]:
+    """Successful replies whose arrays cannot be aggregated become failures with the reason.
+
+    A reply's arrays must be finite, and where they share names with the arrays the round
+    sent (weight averaging) they must have the same names and shapes: one client's NaN or a
+    wrong shape would otherwise poison or crash the aggregate. Replies without arrays (a
+    streaming worker summed them after its own check) pass.
+    """
+    screened = []
+    expected = {key: reference[key].shape for key in reference.keys()}
+    for task, reply in zip(tasks, replies):
+        reason = ""
+        if reply.ok and reply.message.content.array_records:
+            arrays = reply.arrays
+            shapes = {key: arrays[key].shape for key in arrays.keys()}
+            if set(shapes) & set(expected):
+                missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+                wrong = [f"{k}: {shapes[k]} instead of {expected[k]}" for k in shapes
+                         if k in expected and tuple(shapes[k]) != tuple(expected[k])]
+                if missing or extra or wrong:
+                    reason = (f"its update does not match the global model (missing {missing[:3]}, "
+                              f"unexpected {extra[:3]}, shapes {wrong[:3]})")
+            bad = _nonfinite(arrays) if not reason else []
+            if bad:
+                reason = f"its update has NaN or infinite values (in {', '.join(bad[:3])}): local training diverged"
+        screened.append(failed_reply(task, reason, INVALID_UPDATE) if reason else reply)
+    return screened
+
+
+def check_finite(server_round: int, arrays: ArrayRecord, lr: float | None) -> None:
+    """Raise :class:`DivergenceError` naming the round if ``arrays`` hold NaN or Inf."""
+    bad = _nonfinite(arrays)
+    if bad:
+        hint = f" (train.lr = {lr:g})" if lr is not None else ""
+        raise DivergenceError(
+            f"round {server_round}: the global model has NaN or infinite values in {len(bad)} of "
+            f"{len(list(arrays.keys()))} arrays ({', '.join(bad[:3])}) after aggregation: the run diverged. "
+            f"Likely cause: a learning rate too high for this model{hint}, or a strategy setting "
+            "(e.g. a server learning rate) that amplifies updates; lower it and run again"
+        )
+
+
 def _flush(record: RoundRecord, recorder: RunRecorder) -> None:
     if record.client_rows:
         recorder.add_clients(record.client_rows)
@@ -157,8 +237,14 @@ def run_rounds(
     recorder: RunRecorder,
     extensions: list[RoundExtension] | None = None,
     on_round: Callable[[dict], None] | None = None,
+    resume: Checkpoint | None = None,
 ) -> ArrayRecord:
-    """Run ``settings.rounds`` rounds of ``strategy`` through ``executor``; return the final arrays."""
+    """Run ``settings.rounds`` rounds of ``strategy`` through ``executor``; return the final arrays.
+
+    With ``resume``, the run continues after the checkpoint's round: the global arrays, the
+    strategy's attributes, the extensions' state, the tables and the RNG states are put back
+    first, so the remaining rounds are those of the uninterrupted run, bit for bit (CPU).
+    """
     s = settings
     chain = ExtensionChain(extensions or [])
 
@@ -167,13 +253,36 @@ def run_rounds(
         if on_round:
             on_round(row)
 
-    arrays = initial_arrays
-    initial = chain.on_run_start(RunContext(s.rounds, s.num_clients, recorder), arrays)
-    if initial:
-        finish({"round": 0, "bytes_down": 0, "bytes_up": 0, "wall_seconds": 0.0, **initial})
+    def checkpoint(server_round: int) -> None:
+        Checkpoint(server_round, arrays, strategy_state(strategy), chain.state(), recorder.position(),
+                   rng_state()).write(recorder.folder)
 
-    for server_round in range(1, s.rounds + 1):
+    arrays = initial_arrays
+    first = 1
+    if resume is not None:
+        first = resume.server_round + 1
+        chain.on_run_start(RunContext(s.rounds, s.num_clients, recorder, resume.server_round), arrays)
+        arrays = resume.arrays
+        load_strategy_state(strategy, resume.strategy)
+        try:
+            chain.load_state(resume.extensions)
+        except ValueError as error:
+            raise CheckpointError(f"{error}: resume with the same round extensions the run had "
+                                  "(fedsim.resume(..., extensions=[...]))") from error
+        recorder.restore(resume.recorder)
+        resume.restore_client_state(recorder.folder)
+        set_rng_state(resume.rng)
+    else:
+        initial = chain.on_run_start(RunContext(s.rounds, s.num_clients, recorder), arrays)
+        if initial:
+            finish({"round": 0, "bytes_down": 0, "bytes_up": 0, "wall_seconds": 0.0, **initial})
+        if s.checkpoint_every:
+            checkpoint(0)
+
+    for server_round in range(first, s.rounds + 1):
+        check_stop()
         started = time.perf_counter()
+        seed_round(s.seed, server_round)
         record = RoundRecord(server_round, {"round": server_round})
 
         sampled = sample_clients(s.seed, server_round, TRAIN, s.num_clients, s.clients_per_round)
@@ -181,7 +290,8 @@ def run_rounds(
                                                 ClientGrid(sampled)))
         chain.on_configure(server_round, PHASE_TRAIN, tasks)
         bytes_down = array_bytes(t.message for t in tasks)
-        replies = executor.execute(tasks)
+        replies = screen_updates(tasks, executor.execute(tasks), arrays)
+        check_stop()
         rows = client_rows(server_round, PHASE_TRAIN, replies)
         recorder.add_clients(rows)  # before the check: a failed round's rows stay in clients.csv
         _check_success(server_round, replies, s.min_success_fraction)
@@ -196,6 +306,7 @@ def run_rounds(
                 f"from {len(ok)} successful replies; check its requirements (e.g. Bulyan needs "
                 "n >= 4 * num_malicious_nodes + 3 clients per round, Krum n > 2f + 2)"
             )
+        check_finite(server_round, new_arrays, s.lr)
         arrays = new_arrays
         record.row.update({
             "clients_sampled": len(tasks), "clients_succeeded": len(ok), "clients_failed": len(tasks) - len(ok),
@@ -210,6 +321,7 @@ def run_rounds(
             chain.on_configure(server_round, PHASE_EVALUATE, eval_tasks)
             record.row["bytes_down"] += array_bytes(t.message for t in eval_tasks)
             eval_replies = executor.execute(eval_tasks)
+            check_stop()
             eval_rows = client_rows(server_round, PHASE_EVALUATE, eval_replies)
             record.client_rows.extend(eval_rows)
             strategy.aggregate_evaluate(server_round, [r.message for r in eval_replies])
@@ -222,5 +334,7 @@ def run_rounds(
         _flush(record, recorder)
         record.row["wall_seconds"] = time.perf_counter() - started
         finish(record.row)
+        if s.checkpoint_every and (server_round % s.checkpoint_every == 0 or server_round == s.rounds):
+            checkpoint(server_round)
     chain.on_run_end(arrays)
     return arrays

@@ -62,20 +62,35 @@ def plot_loss(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
     return path
 
 
+RUN_FIGURES = ("accuracy.png", "loss.png", "label_distribution.png")
+
+
 def plot_run(path: str | Path) -> list[Path]:
-    """Re-draw a finished run's figures from its tables (``fedsim plot RUN_DIR``)."""
+    """Re-draw a finished run's figures from its tables (``fedsim plot RUN_DIR``).
+
+    Writes only into the run's own ``figures/`` folder and never through a symlink: a
+    ``figures`` that is a symlink is refused, and a figure file that is a symlink is replaced
+    by a regular file (the link's target is left alone).
+    """
     from fedsim.datasets import plot_heatmap
+    from fedsim.errors import InputError
     from fedsim.results import load_run
 
     result = load_run(path)
     figures = result.path / "figures"
+    if figures.is_symlink() or (figures.exists() and not figures.is_dir()):
+        raise InputError(f"{figures} is a symlink or a file, not the run's figures folder; fedsim plot writes "
+                         "only into a real figures/ folder inside the run directory: remove it and plot again")
     figures.mkdir(exist_ok=True)
+    for name in RUN_FIGURES:
+        if (figures / name).is_symlink():
+            (figures / name).unlink()
     title = f"{result.summary['strategy']} / {result.summary['model']} / {result.summary['partition']}"
+    accuracy, loss, labels = (figures / name for name in RUN_FIGURES)
     return [
-        plot_accuracy(result.rounds, figures / "accuracy.png", title),
-        plot_loss(result.rounds, figures / "loss.png", title),
-        plot_heatmap(result.partition_counts.to_numpy(), list(result.partition_counts.columns),
-                     figures / "label_distribution.png"),
+        plot_accuracy(result.rounds, accuracy, title),
+        plot_loss(result.rounds, loss, title),
+        plot_heatmap(result.partition_counts.to_numpy(), list(result.partition_counts.columns), labels),
     ]
 
 

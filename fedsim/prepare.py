@@ -14,10 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from fedsim import rundir
+from fedsim.checkpoint import Checkpoint, discard_partial
 from fedsim.config import ExperimentConfig
+from fedsim.errors import InputError
 from fedsim.datasets import (
     CachedDataset,
     Partition,
@@ -31,7 +34,7 @@ from fedsim.methods import method_for
 from fedsim.models import FedsimNet, build_model
 from fedsim.recipe import SGDRecipe
 from fedsim.spec import PartitionIndex, RunSpec
-from fedsim.validation import validate, validate_against_dataset
+from fedsim.validation import load_config, validate, validate_against_dataset
 
 
 @dataclass
@@ -99,6 +102,30 @@ def prepare(config: ExperimentConfig) -> PreparedRun:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return PreparedRun(config, dataset, partition, counts, staging, final)
+
+
+def prepare_resume(path: str | Path) -> tuple[PreparedRun, Checkpoint]:
+    """An interrupted, failed or killed run, taken over to continue from its checkpoint.
+
+    Everything that can refuse (no such run, no checkpoint, a corrupt one, a changed dataset,
+    a run still going) is checked before the folder is touched; then it is renamed to this
+    process's staging name. The partition is recomputed from the run's own ``config.toml``
+    (it depends on the data and the seed alone) and must match the counts the run recorded.
+    """
+    folder, final = rundir.find_resumable(Path(path))
+    config = load_config(folder / "config.toml")
+    checkpoint = Checkpoint.read(folder)
+    dataset = materialize(config.data)
+    validate_against_dataset(config, dataset.num_train, dataset.num_classes)
+    partition, counts, _ = make_partition(config, dataset)
+    recorded = pd.read_csv(folder / "partition_counts.csv", index_col=0).to_numpy()
+    if recorded.shape != counts.shape or not np.array_equal(recorded, counts):
+        raise InputError(f"the dataset {config.data.dataset!r} gives another partition than the one {folder} "
+                         "was run on: it changed since; the run cannot be resumed exactly")
+    rundir.check_replaceable(final, config.output.overwrite)
+    staging = rundir.claim(folder, final)
+    discard_partial(staging)
+    return PreparedRun(config, dataset, partition, counts, staging, final), checkpoint
 
 
 def write_inputs(config: ExperimentConfig, dataset: CachedDataset, partition: Partition,

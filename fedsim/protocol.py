@@ -58,6 +58,7 @@ HOOK_PREFIX = "hook."
 # ----------------------------------------------------------------------- error codes
 CLIENT_RAISED = 2  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 NO_REPLY = 100  # fedsim: the client did not answer before the round's timeout
+INVALID_UPDATE = 101  # fedsim: the client's update has NaN/Inf values or the wrong shapes
 
 
 @dataclass

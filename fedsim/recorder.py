@@ -28,14 +28,15 @@ CLIENT_COLUMNS = ("round", "phase", "client_id", "status", "num_examples", "loss
 class RunRecorder:
     """Appends rows to CSV files in ``folder`` and keeps the latest confusion matrix."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, resume: bool = False):
         self.folder = Path(folder)
         self.rounds_path = self.folder / "rounds.csv"
         self.clients_path = self.folder / "clients.csv"
         self.hooks_path = self.folder / "hooks.csv"
         self.confusion: np.ndarray | None = None
         self.extras: dict[str, object] = {}  # run-level facts for summary.json (e.g. the teacher's accuracy)
-        self.round_rows: list[dict] = []
+        if resume:  # the tables are there; :meth:`restore` cuts them back to the checkpoint
+            return
         for path, columns in ((self.rounds_path, ROUND_COLUMNS), (self.clients_path, CLIENT_COLUMNS)):
             with path.open("w", newline="") as handle:
                 csv.writer(handle).writerow(columns)
@@ -56,7 +57,6 @@ class RunRecorder:
                 writer.writerow([self._cell(row.get(c)) for c in columns])
 
     def add_round(self, row: dict) -> None:
-        self.round_rows.append(row)
         self._append(self.rounds_path, ROUND_COLUMNS, [row])
 
     def add_clients(self, rows: list[dict]) -> None:
@@ -76,3 +76,29 @@ class RunRecorder:
 
     def set_confusion(self, matrix: np.ndarray) -> None:
         self.confusion = matrix
+
+    def position(self) -> dict:
+        """Where the run's tables end now, and the in-memory results (for a checkpoint).
+
+        Every ``*.csv`` at the top of the run directory is append-only while a run goes on
+        (this recorder's tables and those extensions write, e.g. ``workers.csv``), so its byte
+        length marks the position.
+        """
+        return {"tables": {p.name: p.stat().st_size for p in sorted(self.folder.glob("*.csv"))},
+                "extras": dict(self.extras), "confusion": self.confusion}
+
+    def restore(self, position: dict) -> None:
+        """Cut every table back to ``position`` (rows of rounds after the checkpoint go)."""
+        tables = position["tables"]
+        for path in self.folder.glob("*.csv"):
+            if path.name not in tables:
+                path.unlink()
+        for name, size in tables.items():
+            path = self.folder / name
+            if not path.is_file() or path.stat().st_size < size:
+                raise FileNotFoundError(f"{path} is shorter than at the checkpoint: the run directory "
+                                        "was changed after it was written; it cannot be resumed exactly")
+            with path.open("r+b") as handle:
+                handle.truncate(size)
+        self.extras = dict(position["extras"])
+        self.confusion = position["confusion"]

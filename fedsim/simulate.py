@@ -11,6 +11,9 @@ from fedsim.config import ExperimentConfig
 from fedsim.logs import quiet_flower
 
 
+WORKER_RESTARTS = 100  # how often Ray brings back a dead worker process in one run
+
+
 def worker_count(config: ExperimentConfig) -> int:
     """Cohort executor: ``simulation.workers``, or as many as the per-client resources allow.
 
@@ -53,7 +56,12 @@ def backend_config(config: ExperimentConfig, verbose: bool) -> dict:
     else:
         init_args["num_cpus"] = sim.ray_num_cpus or os.cpu_count() or 1
     return {
-        "client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": sim.num_gpus_per_client},
+        # Flower passes these to Ray's actor options: a worker process that dies (killed, out of
+        # memory, a crash in native code) is restarted by Ray; its task in flight fails, so its
+        # clients fail that round and the next rounds run on the new process. Without this,
+        # Flower keeps the dead actor in its pool and every later message to it fails.
+        "client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": sim.num_gpus_per_client,
+                             "max_restarts": WORKER_RESTARTS},
         "init_args": init_args,
     }
 

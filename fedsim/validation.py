@@ -11,6 +11,8 @@ sections (``[train]``, ``[evaluation]``, ``[simulation]``, ``[output]``) are her
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,9 @@ def _rules(errors: list[str], rules: list[tuple[bool, str, object, str]]) -> Non
     errors.extend(problem(key, value, allowed) for ok, key, value, allowed in rules if not ok)
 
 
+MAX_SEED = 2**32 - 1  # NumPy's legacy global generator (seeded per round) takes 32-bit seeds
+
+
 def validate(config: ExperimentConfig) -> None:
     """Check every field's range and the cross-field rules; raise one error listing all problems.
 
@@ -55,7 +60,7 @@ def validate(config: ExperimentConfig) -> None:
     """
     c = config
     e: list[str] = []
-    _rules(e, [(c.seed >= 0, "seed", c.seed, "must be >= 0")])
+    _rules(e, [(0 <= c.seed <= MAX_SEED, "seed", c.seed, f"must be an integer in 0..{MAX_SEED}")])
     e += check_data(c.data)
     e += check_partition(c.partition)
     e += _check_model(c)
@@ -67,6 +72,7 @@ def validate(config: ExperimentConfig) -> None:
     e += _check_simulation(c)
     e += _check_output(c)
     e += _check_streaming(c)
+    e += check_resources(c)
     if e:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(e))
 
@@ -186,7 +192,8 @@ def _check_simulation(c: ExperimentConfig) -> list[str]:
         (_valid_device(sim.device), "simulation.device", sim.device, f"allowed: {DEVICES_HELP}"),
         (0 < sim.min_success_fraction <= 1, "simulation.min_success_fraction", sim.min_success_fraction,
          "must be in (0, 1]"),
-        (sim.round_timeout > 0, "simulation.round_timeout", sim.round_timeout, "must be > 0"),
+        (0 < sim.round_timeout < math.inf, "simulation.round_timeout", sim.round_timeout,
+         "must be a finite number of seconds > 0 (fedsim never waits without a limit)"),
         (all(0 <= k < n for k in sim.fail_clients), "simulation.fail_clients", sim.fail_clients,
          f"client ids must be in 0..{n - 1}"),
         (sim.ray_num_cpus >= 0, "simulation.ray_num_cpus", sim.ray_num_cpus, "must be >= 0 (0 = all CPUs)"),
@@ -198,10 +205,40 @@ def _check_simulation(c: ExperimentConfig) -> list[str]:
          "see the cluster's CPUs before it connects"),
         (not sim.ray_address or sim.executor != "in-process", "simulation.ray_address", sim.ray_address,
          "the in-process executor runs no Ray; use executor cohort or flower"),
-        (sim.client_timeout >= 0, "simulation.client_timeout", sim.client_timeout, "must be >= 0 (0 = no limit)"),
+        (0 <= sim.client_timeout < math.inf, "simulation.client_timeout", sim.client_timeout,
+         "must be a finite number of seconds >= 0 (0 = simulation.round_timeout)"),
         (not sim.streaming or sim.executor == "cohort", "simulation.streaming", sim.streaming,
          "streaming aggregation happens in cohort workers: set simulation.executor = 'cohort'"),
     ])
+    return e
+
+
+def check_resources(c: ExperimentConfig) -> list[str]:
+    """Per-client resources this machine cannot give, refused before Ray starts.
+
+    Ray would otherwise accept the request and wait forever for a CPU or GPU that does not
+    exist. On an existing cluster (``simulation.ray_address``) the cluster's resources are not
+    known here, and the in-process executor asks Ray for nothing.
+    """
+    sim = c.simulation
+    if sim.ray_address or sim.executor == "in-process" or c.train.mode == "centralized":
+        return []
+    import os
+
+    cpus = sim.ray_num_cpus or os.cpu_count() or 1
+    e: list[str] = []
+    if sim.num_cpus_per_client > cpus:
+        e.append(problem("simulation.num_cpus_per_client", sim.num_cpus_per_client,
+                         f"this machine gives Ray {cpus} CPU(s) (simulation.ray_num_cpus or all CPUs); "
+                         f"ask for at most {cpus}"))
+    if sim.num_gpus_per_client > 0:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if sim.num_gpus_per_client > gpus:
+            e.append(problem("simulation.num_gpus_per_client", sim.num_gpus_per_client,
+                             f"this machine has {gpus} visible GPU(s); use 0 on a machine without a GPU"
+                             if gpus == 0 else f"this machine has {gpus} visible GPU(s); ask for at most {gpus}"))
     return e
 
 
@@ -243,5 +280,7 @@ def _check_output(c: ExperimentConfig) -> list[str]:
         ("/" not in o.name and o.name not in (".", ".."), "output.name", o.name,
          "must be a plain directory name (no '/')"),
         (o.format in RESULT_FORMATS, "output.format", o.format, f"allowed: {', '.join(RESULT_FORMATS)}"),
+        (o.checkpoint_every >= 0, "output.checkpoint_every", o.checkpoint_every,
+         "must be >= 0 (rounds between checkpoints; 0 = none)"),
     ])
     return e

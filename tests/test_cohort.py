@@ -35,6 +35,7 @@ class LocalGrid(Grid):
                                        state=RecordDict(), run_config={}) for node in range(100, 100 + workers)}
         self.messages: list[Message] = []
         self.replies: list[Message] = []
+        self._unread: dict[str, Message] = {}
 
     def set_run(self, run) -> None:  # noqa: ANN001
         raise NotImplementedError
@@ -50,18 +51,22 @@ class LocalGrid(Grid):
         return list(self.contexts)
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        raise NotImplementedError
+        """Runs each message's node at once; its reply waits to be pulled."""
+        ids = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = f"m{len(self.messages)}"  # as Flower's grid does
+            self.messages.append(msg)
+            reply = client_app(msg, self.contexts[msg.metadata.dst_node_id])
+            self.replies.append(reply)
+            self._unread[msg.metadata.message_id] = reply
+            ids.append(msg.metadata.message_id)
+        return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        raise NotImplementedError
+        return [self._unread.pop(i) for i in list(message_ids) if i in self._unread]
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        out = []
-        for msg in messages:
-            self.messages.append(msg)
-            out.append(client_app(msg, self.contexts[msg.metadata.dst_node_id]))
-        self.replies.extend(out)
-        return out
+        return self.pull_messages(self.push_messages(messages))
 
 
 def run_on_cohort(config, workers: int):  # noqa: ANN001, ANN201 - rounds, clients, grid, executor, workers.csv
@@ -144,15 +149,15 @@ def test_distillation_with_mixed_architectures_on_cohorts(small_config) -> None:
 
 def test_a_failed_worker_fails_its_clients_only(small_config) -> None:
     class OneDeadWorker(LocalGrid):
-        def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001, ANN201
-            replies = list(super().send_and_receive(messages, timeout=timeout))
+        def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
+            replies = list(super().pull_messages(message_ids))
             return [r for r in replies if r.metadata.src_node_id != 100]  # worker 100 never answers
 
     prepared = prepare(small_config(**{"train.rounds": 1, "evaluation.federated_every": 0,
                                        "simulation.min_success_fraction": 0.1}))
     state = run_state(prepared)
     sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
-    execute(prepared, state, CohortExecutor(OneDeadWorker(2), 2, sizes, timeout=60), progress=False)
+    execute(prepared, state, CohortExecutor(OneDeadWorker(2), 2, sizes, timeout=0.5), progress=False)
     assert state.error is None
     clients = pd.read_csv(prepared.staging / "clients.csv")
     failed = clients[clients["status"] == "failed"]
@@ -171,8 +176,12 @@ def test_cohort_executor_on_ray_matches_in_process(small_config) -> None:
     pd.testing.assert_frame_equal(on_ray.clients.drop(columns="seconds"), local.clients.drop(columns="seconds"))
 
 
-def test_clients_on_ray_workers_without_a_gpu_share_use_the_cpu(small_config) -> None:
+def test_clients_on_ray_workers_without_a_gpu_share_use_the_cpu(small_config, monkeypatch) -> None:
+    import torch
+
     from fedsim.prepare import client_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a GPU share is refused without a GPU
 
     assert client_device(small_config(**{"simulation.executor": "cohort"})) == "cpu"
     assert client_device(small_config(**{"simulation.executor": "cohort", "simulation.num_gpus_per_client": 0.5})) == "auto"

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fedsim.cli import main
-from fedsim.compare import compare, parse_strategies
+from fedsim.comparison import compare, parse_strategies
 from fedsim.config import ConfigError
 from fedsim.experiment import run
 from fedsim.strategies import STRATEGY_NAMES, StrategyError

@@ -36,3 +36,52 @@ class SlowClient:
 
             time.sleep(self.seconds)
         return data
+
+
+class Sleepy:
+    """Every client sleeps ``seconds`` before training: rounds slow enough to interrupt."""
+
+    name = "sleepy"
+
+    def __init__(self, seconds: float = 0.05) -> None:
+        self.seconds = seconds
+
+    def prepare(self, data, ctx):  # noqa: ANN001, ANN201, ARG002
+        import time
+
+        time.sleep(self.seconds)
+        return data
+
+
+class PoisonClient:
+    """Client ``client``'s loss becomes NaN: its update is NaN (a diverging client)."""
+
+    name = "poison"
+
+    def __init__(self, client: int = 0) -> None:
+        self.client = client
+
+    def loss(self, xb, yb, logits, base_loss, ctx):  # noqa: ANN001, ANN201, ARG002
+        return base_loss * float("nan") if ctx.client_id == self.client else base_loss
+
+
+class KillWorker:
+    """The process training client ``client`` dies (SIGKILL) the first time: a worker killed mid-round.
+
+    ``flag`` is a file created just before dying, so the replacement worker lives.
+    """
+
+    name = "kill_worker"
+
+    def __init__(self, client: int = 0, flag: str = "") -> None:
+        self.client, self.flag = client, flag
+
+    def prepare(self, data, ctx):  # noqa: ANN001, ANN201
+        import os
+        import signal
+        from pathlib import Path
+
+        if ctx.client_id == self.client and not Path(self.flag).exists():
+            Path(self.flag).write_text("killed")
+            os.kill(os.getpid(), signal.SIGKILL)
+        return data

@@ -6,7 +6,7 @@ node and no partition query is needed. Per phase, the executor assigns the round
 workers by samples, not by count (greedy longest-processing-time first: the largest client to
 the least-loaded worker), packs each worker's tasks into one message
 (:func:`fedsim.protocol.pack_cohort`: records shared by several clients -- the global arrays --
-travel once), sends all messages with ``send_and_receive`` and unpacks each worker's single
+travel once), sends all messages (:func:`~fedsim.executors.flower.send_and_collect`) and unpacks each worker's single
 reply into per-client replies, in task order. Strategies aggregate unchanged.
 
 Results do not depend on the number of workers or on which worker ran a client: each client's
@@ -19,7 +19,6 @@ within ``timeout`` fails its clients of that round. What every worker did per ro
 
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from flwr.app import Message, MessageType
@@ -39,7 +38,7 @@ from fedsim.protocol import (
 )
 
 from .base import Executor
-from .flower import poll_replies_often
+from .flower import send_and_collect, wait_for_nodes
 
 
 def balance(sizes: list[int], workers: int) -> list[list[int]]:
@@ -75,17 +74,11 @@ class CohortExecutor(Executor):
         self.busy: list[list[float]] = []
         self.loads: list[dict] = []
         self._node_ids: list[int] | None = None
-        poll_replies_often(grid)
 
     def node_ids(self) -> list[int]:
-        """The worker nodes, waited for once (at most ``timeout`` or 600 s)."""
+        """The worker nodes, waited for once (:func:`~fedsim.executors.flower.wait_for_nodes`)."""
         if self._node_ids is None:
-            deadline = time.monotonic() + min(self.timeout, 600.0)
-            while len(ids := sorted(self.grid.get_node_ids())) < self.workers:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"only {len(ids)} of {self.workers} worker nodes came up")
-                time.sleep(0.05)
-            self._node_ids = ids[: self.workers]
+            self._node_ids = wait_for_nodes(self.grid, self.workers)[: self.workers]
         return self._node_ids
 
     def execute(self, tasks: list[ClientTask]) -> list[ClientReply]:
@@ -100,7 +93,7 @@ class CohortExecutor(Executor):
         messages = [Message(pack_cohort([tasks[i] for i in shard], num_clients, stream_key), dst_node_id=node,
                             message_type=cohort_message_type(phase)) for node, shard in zip(nodes, shards)]
         answers = {reply.metadata.src_node_id: reply
-                   for reply in self.grid.send_and_receive(messages, timeout=self.timeout)}
+                   for reply in send_and_collect(self.grid, messages, self.timeout)}
         replies: dict[int, ClientReply] = {}
         busy = []
         if stream_key:
@@ -143,7 +136,8 @@ class WorkerLoad(RoundExtension):
 
     def on_run_start(self, run: RunContext, arrays) -> dict[str, float]:  # noqa: ANN001 - ArrayRecord
         self.path = run.recorder.folder / "workers.csv"
-        self.path.write_text(",".join(self.COLUMNS) + "\n")
+        if not run.resumed_after or not self.path.is_file():
+            self.path.write_text(",".join(self.COLUMNS) + "\n")
         self.executor.loads.clear()
         return {}
 

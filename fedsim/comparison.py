@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import re
-import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -34,10 +33,12 @@ import pandas as pd
 from fedsim.config import ConfigError, ExperimentConfig
 from fedsim.validation import validate
 from fedsim.methods import method_for
-from fedsim.rundir import RunDirectoryExists, create_staging, publish, write_config
+from fedsim import rundir
+from fedsim.interrupt import RunInterrupted
 from fedsim.strategies import STRATEGY_NAMES, StrategyError, parse_strategy_spec
 
 CENTRALIZED = "centralized"
+KIND = "comparison"  # the run-directory marker's kind (fedsim.rundir)
 TIDY_METRICS = ("test_accuracy", "test_loss", "test_f1", "train_loss", "train_accuracy",
                 "fed_eval_accuracy", "cumulative_mb")
 
@@ -118,9 +119,11 @@ def compare(
     verbose: bool = False,
     on_run: Callable[[str, int], None] | None = None,
 ) -> ComparisonResult:
-    """Run every strategy for every seed on identical data; write and return the comparison."""
-    from fedsim.experiment import run_many
+    """Run every strategy for every seed on identical data; write and return the comparison.
 
+    A run that fails is a row with ``status = failed`` (the others go on); Ctrl-C raises
+    :class:`~fedsim.interrupt.RunInterrupted` with the comparison kept as ``<name>.interrupted``.
+    """
     specs = parse_strategies(strategies)
     seeds = list(seeds) if seeds else [config.seed]
     if any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
@@ -134,11 +137,28 @@ def compare(
             raise ConfigError(f"strategy {spec.label!r}: {err}") from err
 
     final = Path(config.output.dir).expanduser() / (config.output.name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    if final.exists() and not config.output.overwrite:
-        raise RunDirectoryExists(f"comparison directory {final} already exists; choose another "
-                                 "--name or pass --overwrite")
-    staging = create_staging(final)
-    write_config(config, staging)
+    rundir.check_replaceable(final, config.output.overwrite, "comparison directory")
+    staging = rundir.create_staging(final, kind=KIND)
+    try:
+        result = _compare(config, specs, seeds, target, progress, verbose, on_run, staging, final)
+    except RunInterrupted as interrupted:
+        kept = rundir.mark_interrupted(staging, final, kind=KIND)
+        raise RunInterrupted(f"{interrupted}; the comparison so far is kept in {kept}") from None
+    except BaseException as error:
+        if staging.exists():
+            failed = rundir.mark_failed(staging, final, error, kind=KIND)
+            error.add_note(f"partial output kept in {failed}")
+        raise
+    return result
+
+
+def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[int], target: float | None,
+             progress: bool, verbose: bool, on_run: Callable[[str, int], None] | None, staging: Path,
+             final: Path) -> ComparisonResult:
+    """Run the entries into ``staging``, write the tables and figures, publish as ``final``."""
+    from fedsim.experiment import run_many
+
+    rundir.write_config(config, staging)
     rows, tidy_parts, confusions = [], [], {}
     entries = [(spec, seed) for seed in seeds for spec in specs]
     run_configs = []
@@ -151,6 +171,9 @@ def compare(
         run_configs.append(run_config)
     outcomes = run_many(run_configs, progress=progress, verbose=verbose,
                         on_start=(lambda i: on_run(entries[i][0].label, entries[i][1])) if on_run else None)
+    interrupted = [o for o in outcomes if isinstance(o, RunInterrupted)]
+    if interrupted:
+        raise interrupted[0]
     for (spec, seed), result in zip(entries, outcomes):
         row = {"strategy": spec.label, "seed": seed}
         if isinstance(result, BaseException):  # reported; the other strategies still ran
@@ -202,9 +225,7 @@ def compare(
         plots.plot_confusions(confusions, figures / "confusion_matrices.png")
         if tidy["metric"].str.startswith("hook.").any():
             plots.plot_hook_stats(tidy, figures / "hook_stats.png")
-    if final.exists():
-        shutil.rmtree(final)
-    publish(staging, final)
+    rundir.publish(staging, final, kind=KIND)
     return ComparisonResult(final, tidy, summary, by_strategy)
 
 
