@@ -12,8 +12,10 @@ import time
 
 from flwr.app import ArrayRecord, Message
 
+from fedsim.arrays import nonfinite_keys, nonfinite_update
 from fedsim.protocol import (
     ARRAYS,
+    CLIENT_TIMEOUT,
     CLIENT_SECONDS,
     DISTILL,
     EVAL_ACCURACY,
@@ -34,6 +36,7 @@ from fedsim.protocol import (
 
 from .client import LocalClient
 from .distill import distill_round, evaluate_views
+from .runner import time_limit
 from .worker import worker_run
 
 
@@ -51,14 +54,40 @@ def _global_model(client: LocalClient, msg: Message):  # noqa: ANN202 - a Fedsim
     return model
 
 
+class DivergedUpdate(ValueError):
+    """The client's update has NaN or infinite values: it must not be aggregated."""
+
+
+def _checked(arrays: ArrayRecord) -> ArrayRecord:
+    bad = nonfinite_keys(arrays)
+    if bad:
+        raise DivergedUpdate(nonfinite_update(bad))
+    return arrays
+
+
+def _limit(msg: Message) -> float:
+    """Seconds this client may take (the server sends ``simulation.client_timeout``)."""
+    return float(message_config(msg).get(CLIENT_TIMEOUT, 0.0)) if msg.has_content() else 0.0
+
+
 def handle_train(msg: Message, client_id: int) -> Message:
-    """Train client ``client_id`` on the task ``msg``; reply with its arrays and metrics."""
+    """Train client ``client_id`` on the task ``msg``; reply with its arrays and metrics.
+
+    The client is stopped after ``simulation.client_timeout`` seconds (:func:`time_limit`), and
+    an update with NaN or infinite values is refused here, before any worker could sum it.
+    """
+    with time_limit(_limit(msg), client_id):
+        return _train(msg, client_id)
+
+
+def _train(msg: Message, client_id: int) -> Message:
     started = time.perf_counter()
     client = _client(msg, client_id)
     config = message_config(msg)
     server_round = int(config[SERVER_ROUND])
     if config.get(DISTILL, False):
         values, outputs = distill_round(client, msg.content[ARRAYS], server_round, bool(config.get(SEND_OUTPUTS, True)))
+        outputs = _checked(outputs) if outputs is not None else None
         return reply(msg, client_id, {**values, CLIENT_SECONDS: time.perf_counter() - started}, outputs)
     model = _global_model(client, msg)
     recipe = client.run.spec.recipe.with_proximal_mu(float(config.get(PROXIMAL_MU, 0.0)))
@@ -66,11 +95,16 @@ def handle_train(msg: Message, client_id: int) -> Message:
     stats = client.fit(model, server_round, recipe, peers=peers)
     metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy,
                TRAIN_STEPS: stats.steps, CLIENT_SECONDS: time.perf_counter() - started, **stats.hook_metrics}
-    return reply(msg, client_id, metrics, ArrayRecord(model.state_dict()))
+    return reply(msg, client_id, metrics, _checked(ArrayRecord(model.state_dict())))
 
 
 def handle_evaluate(msg: Message, client_id: int) -> Message:
     """Evaluate the task's weights (or, for distillation, the client's own model) on its held-out data."""
+    with time_limit(_limit(msg), client_id):
+        return _evaluate(msg, client_id)
+
+
+def _evaluate(msg: Message, client_id: int) -> Message:
     client = _client(msg, client_id)
     if message_config(msg).get(DISTILL, False):
         return reply(msg, client_id, evaluate_views(client))

@@ -5,8 +5,8 @@ worker (a Flower node runs the clients of its shard): each client gets a Flower 
 of its own, as a simulated SuperNode would give it (``node_config`` with its
 ``partition-id``, a ``state`` kept across rounds), the ClientApp (with its mods) is called on
 the client's message, and an exception becomes that client's error reply -- the other
-clients go on. With ``simulation.client_timeout`` a client that takes longer is interrupted and
-fails alone (:func:`time_limit`).
+clients go on. A client that takes longer than ``simulation.client_timeout`` is interrupted by
+the client handler (:func:`time_limit`) and fails alone.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.interrupt import check_stop
-from fedsim.protocol import CLIENT_TIMEOUT, PARTITION_ID, ClientReply, ClientTask, failed_reply, message_config
+from fedsim.protocol import PARTITION_ID, ClientReply, ClientTask, failed_reply
 
 
 SERVER_NODE_ID = 1  # Flower's SUPERLINK_NODE_ID
@@ -117,9 +117,7 @@ class ClientRunner:
             torch.set_num_threads(threads)
 
     def _run_one(self, task: ClientTask) -> ClientReply:
-        limit = float(message_config(task.message).get(CLIENT_TIMEOUT, 0.0)) if task.message.has_content() else 0.0
         try:
-            with time_limit(limit, task.client_id):
-                return ClientReply(task.client_id, self.client_app(task.message, self.context(task.client_id)))
+            return ClientReply(task.client_id, self.client_app(task.message, self.context(task.client_id)))
         except Exception as error:  # noqa: BLE001 - a client's failure is a reply, as in Flower
             return failed_reply(task, f"{type(error).__name__}: {error}")

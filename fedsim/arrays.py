@@ -1,13 +1,30 @@
-"""Arithmetic on ``ArrayRecord``s: the dtype-preserving weighted mean, in one place.
+"""Arithmetic on ``ArrayRecord``s: the dtype-preserving weighted mean and the finiteness check.
 
 A leaf module. fedsim's averaging strategies aggregate with it, and a cohort worker that
-streams (``simulation.streaming``) sums its clients' models with it before replying.
+streams (``simulation.streaming``) sums its clients' models with it before replying. Clients
+check their own update with :func:`nonfinite_keys` (so a streaming worker never sums a NaN),
+and the round loop checks every update it receives and the new global model with it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+
+
+def nonfinite_keys(arrays: ArrayRecord) -> list[str]:
+    """Names of the floating-point arrays in ``arrays`` holding NaN or infinite values."""
+    bad = []
+    for key in arrays.keys():
+        values = arrays[key].numpy()
+        if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
+            bad.append(key)
+    return bad
+
+
+def nonfinite_update(keys: list[str]) -> str:
+    """Why an update with non-finite ``keys`` is refused (one wording for clients and server)."""
+    return f"its update has NaN or infinite values (in {', '.join(keys[:3])}): local training diverged"
 
 
 def aggregate_arrays(records: list[ArrayRecord], weights: np.ndarray | list[float]) -> ArrayRecord:

@@ -35,6 +35,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.checkpoint import Checkpoint, CheckpointError, load_strategy_state, rng_state, set_rng_state, strategy_state
+from fedsim.arrays import nonfinite_keys, nonfinite_update
 from fedsim.errors import RunError
 from fedsim.executors import Executor
 from fedsim.extension import PHASE_EVALUATE, PHASE_TRAIN, ExtensionChain, RoundExtension, RoundRecord, RunContext
@@ -158,16 +159,6 @@ def seed_round(seed: int, server_round: int) -> None:
     torch.manual_seed(int(words[1]))
 
 
-def _nonfinite(arrays: ArrayRecord) -> list[str]:
-    """Keys of ``arrays`` holding NaN or infinite values."""
-    bad = []
-    for key in arrays.keys():
-        values = arrays[key].numpy()
-        if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
-            bad.append(key)
-    return bad
-
-
 def screen_updates(tasks: list[ClientTask], replies: list[ClientReply], reference: ArrayRecord) -> list[ClientReply]:
     """Successful replies whose arrays cannot be aggregated become failures with the reason.
 
@@ -190,16 +181,16 @@ def screen_updates(tasks: list[ClientTask], replies: list[ClientReply], referenc
                 if missing or extra or wrong:
                     reason = (f"its update does not match the global model (missing {missing[:3]}, "
                               f"unexpected {extra[:3]}, shapes {wrong[:3]})")
-            bad = _nonfinite(arrays) if not reason else []
+            bad = nonfinite_keys(arrays) if not reason else []
             if bad:
-                reason = f"its update has NaN or infinite values (in {', '.join(bad[:3])}): local training diverged"
+                reason = nonfinite_update(bad)
         screened.append(failed_reply(task, reason, INVALID_UPDATE) if reason else reply)
     return screened
 
 
 def check_finite(server_round: int, arrays: ArrayRecord, lr: float | None) -> None:
     """Raise :class:`DivergenceError` naming the round if ``arrays`` hold NaN or Inf."""
-    bad = _nonfinite(arrays)
+    bad = nonfinite_keys(arrays)
     if bad:
         hint = f" (train.lr = {lr:g})" if lr is not None else ""
         raise DivergenceError(

@@ -432,3 +432,17 @@ def test_a_worker_killed_mid_round_fails_its_clients_and_the_run_goes_on(small_c
     assert 3 in set(first[first["status"] == "failed"]["client_id"])
     assert (train[train["round"] > 1]["status"] == "ok").all()
     assert len(result.rounds) == 4 and time.monotonic() - started < 200
+
+
+@pytest.mark.ray
+def test_a_hung_client_on_its_own_flower_node_does_not_hold_the_run(small_config) -> None:
+    """R-HANG: a client that never returns fails at the client time limit; the run ends (executor flower)."""
+    config = small_config(**{"train.rounds": 1, "evaluation.federated_every": 0, "partition.num_clients": 4,
+                             "simulation.executor": "flower", "simulation.round_timeout": 8,
+                             "simulation.min_success_fraction": 0.5,
+                             "hooks": [{"name": "user_hooks:SlowClient", "client": 1, "seconds": 600}]})
+    started = time.monotonic()
+    result = run(config, progress=False)
+    assert time.monotonic() - started < 90, "the run waited for the hung client"
+    failed = result.clients[result.clients["status"] == "failed"]
+    assert failed["client_id"].tolist() == [1]
