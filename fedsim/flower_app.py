@@ -34,6 +34,7 @@ def main(grid: Grid, context: Context) -> None:
     from fedsim import rundir
     from fedsim.app import execute, flower_executor, run_state
     from fedsim.experiment import finalize
+    from fedsim.interrupt import RunInterrupted
     from fedsim.prepare import prepare
 
     config = config_from_run_config(dict(context.run_config))
@@ -49,11 +50,19 @@ def main(grid: Grid, context: Context) -> None:
                          "'cohort' or 'flower'")
     prepared = prepare(config)
     state = run_state(prepared)
-    execute(prepared, state, flower_executor(grid, prepared, workers=max(nodes, 1)), progress=False)
-    if state.error is not None:
-        rundir.mark_failed(prepared.staging, prepared.final, state.error)
-        raise state.error
-    final = finalize(prepared, state.final_arrays, state.recorder.confusion, state.recorder.extras)
+    try:
+        execute(prepared, state, flower_executor(grid, prepared, workers=max(nodes, 1)), progress=False)
+        if state.error is not None:
+            raise state.error
+        final = finalize(prepared, state.final_arrays, state.recorder.confusion, state.recorder.extras)
+    except (RunInterrupted, KeyboardInterrupt):
+        kept = rundir.mark_interrupted(prepared.staging, prepared.final)
+        print(f"fedsim: interrupted; resume with: fedsim run --resume {kept}")
+        raise
+    except BaseException as error:
+        if prepared.staging.exists():
+            rundir.mark_failed(prepared.staging, prepared.final, error)
+        raise
     print(f"fedsim run directory: {final}")
 
 

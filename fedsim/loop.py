@@ -211,12 +211,17 @@ def _check_success(server_round: int, replies: list[ClientReply], needed_fractio
     ok = sum(r.ok for r in replies)
     needed = int(np.ceil(needed_fraction * len(replies)))
     if ok < max(needed, 1):
-        errors = "; ".join(f"client {r.client_id}: {r.error}" for r in sorted(replies, key=lambda r: r.client_id)
-                           if not r.ok)
+        by_reason: dict[str, list[int]] = {}
+        for r in sorted(replies, key=lambda r: r.client_id):
+            if not r.ok:
+                by_reason.setdefault(r.error, []).append(r.client_id)
+        errors = "; ".join(f"client{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids[:20]))}"
+                           f"{' ...' if len(ids) > 20 else ''}: {reason}" for reason, ids in by_reason.items())
         raise TooFewClientsError(
             f"round {server_round}: only {ok} of {len(replies)} sampled clients succeeded "
             f"(simulation.min_success_fraction = {needed_fraction} needs {needed}). "
-            f"Failures: {errors[:2000]}"
+            f"Failures: {errors[:2000]}. Each failure is in clients.csv; to go on with fewer clients, lower "
+            "simulation.min_success_fraction"
         )
 
 

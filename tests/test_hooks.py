@@ -221,3 +221,12 @@ def test_select_waits_for_its_start_round() -> None:
     assert len(early) == 40 and ctx.stats["select"]["fraction"] == 1.0
     on_time = SelectHook(rho=0.25, start_round=2).prepare(local_data(), context())
     assert len(on_time) == 10
+
+
+def test_a_hook_needing_another_listed_first_is_a_config_error(small_config) -> None:
+    """augment with target = "crucial" needs the crucial hook before it: refused before anything runs."""
+    with pytest.raises(ConfigError, match="needs the 'crucial' hook listed before it"):
+        small_config(**{"hooks": [{"name": "augment", "target": "crucial"}]})
+    with pytest.raises(ConfigError, match="needs the 'select' hook"):
+        small_config(**{"hooks": [{"name": "augment", "target": "random", "random_like": "selected"}]})
+    small_config(**{"hooks": [{"name": "crucial"}, {"name": "augment", "target": "crucial"}]})  # accepted

@@ -91,11 +91,21 @@ def build_hook(spec: dict[str, Any]) -> Hook:
 
 
 def build_hooks(specs: list[dict[str, Any]]) -> list[Hook]:
-    """All configured hooks, in order; two hooks with the same name are refused."""
+    """All configured hooks, in order; two hooks with the same name are refused.
+
+    A hook that reads another's per-sample masks names it in ``needs``; that hook must be
+    listed before it (checked here, so the mistake is a config error, not a failure of
+    every client at run time).
+    """
     hooks = [build_hook(spec) for spec in specs]
     names = [h.name for h in hooks]
     if len(set(names)) != len(names):
         raise HookError(f"hooks listed twice: {names}")
+    for position, hook in enumerate(hooks):
+        for needed in getattr(hook, "needs", ()):
+            if needed not in names[:position]:
+                raise HookError(f"hook {hook.name!r} (as configured) needs the {needed!r} hook listed before it "
+                                f"in [[hooks]]; the hooks are: {names}")
     return hooks
 
 

@@ -71,6 +71,10 @@ class AugmentHook(Hook):
         require(isinstance(magnitude, int) and 0 <= magnitude <= 30, self.name, "magnitude", magnitude,
                 "must be an integer in 0..30 (torchvision's 31 bins)")
         self.transform_name, self.target, self.mode, self.random_like = transform, target, mode, random_like
+        if target in ("crucial", "selected"):  # the hooks whose masks this one reads (checked by build_hooks)
+            self.needs = ("crucial" if target == "crucial" else "select",)
+        elif target == "random":
+            self.needs = ("crucial" if random_like == "crucial" else "select",)
         self.transform = build_transform(transform, num_ops, magnitude)
         self._batches = 0
 

@@ -102,6 +102,7 @@ class Hook:
     """Base class with no-op stages; subclasses override what they need."""
 
     name = "hook"
+    needs: tuple[str, ...] = ()  # hooks that must be listed before this one (it reads their masks)
 
     def prepare(self, data: LocalData, ctx: HookContext) -> LocalData:
         return data
