@@ -9,6 +9,7 @@ from flwr.serverapp import ServerApp
 
 from fedsim.config import ExperimentConfig
 from fedsim.logs import quiet_flower
+from fedsim.reaper import start_reaper
 
 
 WORKER_RESTARTS = 100  # how often Ray brings back a dead worker process in one run
@@ -72,6 +73,8 @@ def run_simulation(server_app: ServerApp, config: ExperimentConfig, verbose: boo
 
     from fedsim.clients.app import client_app
 
+    if not config.simulation.ray_address:  # Ray's processes will be this process's descendants
+        start_reaper()
     with quiet_flower(verbose):
         flwr_run_simulation(
             server_app=server_app,

@@ -481,3 +481,30 @@ def test_a_hung_client_on_its_own_flower_node_does_not_hold_the_run(small_config
     assert time.monotonic() - started < 90, "the run waited for the hung client"
     failed = result.clients[result.clients["status"] == "failed"]
     assert failed["client_id"].tolist() == [1]
+
+
+@pytest.mark.ray
+def test_after_sigkill_no_ray_process_stays_and_the_run_resumes(tmp_path) -> None:
+    """R-SIGKILL-RAY: fedsim killed outright -> its Ray processes are gone within seconds; --resume continues."""
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
+    process = subprocess.Popen(
+        _cli("run", *SMALL, "--set", "train.rounds=3", "--set", "simulation.executor=cohort", "--set",
+             "simulation.workers=2", "--set", 'hooks=[{name="tests.user_hooks:Sleepy", seconds=0.3}]',
+             "--output", str(tmp_path / "runs"), "--name", "killed"),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if list((tmp_path / "runs").glob(".killed.staging-*/checkpoint/state.json")):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    process.kill()
+    process.wait(timeout=30)
+    gone = time.monotonic() + 15
+    while _alive_in_group(process.pid) and time.monotonic() < gone:
+        time.sleep(0.5)
+    assert not _alive_in_group(process.pid), "Ray processes outlived the killed run"
+    resumed = subprocess.run(_cli("run", "--resume", str(tmp_path / "runs" / "killed"), "--no-progress"),
+                             env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(pd.read_csv(tmp_path / "runs" / "killed" / "rounds.csv")) == 4
