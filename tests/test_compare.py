@@ -22,6 +22,7 @@ DP_ARGS = {
 }
 
 
+@pytest.mark.slow
 def test_every_strategy_runs_on_identical_partition_init_and_sampling(small_config, tmp_path: Path) -> None:
     # every weight-averaging strategy (latent-distill needs r and has its own end-to-end test)
     specs = [name + DP_ARGS.get(name, "") for name in STRATEGY_NAMES if name != "latent-distill"]

@@ -105,6 +105,7 @@ def test_resume_after_a_kill_continues_from_the_last_checkpoint(small_config) ->
     assert not staging.exists()
 
 
+@pytest.mark.slow
 def test_distillation_resumes_with_its_client_state(small_config) -> None:
     """R-RESUME: latent-distill keeps per-client models on disk; the checkpoint snapshots them."""
     settings = {"strategy.name": "latent-distill", "model.representation_dim": 16, "train.rounds": 3,
@@ -508,3 +509,15 @@ def test_after_sigkill_no_ray_process_stays_and_the_run_resumes(tmp_path) -> Non
                              env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(pd.read_csv(tmp_path / "runs" / "killed" / "rounds.csv")) == 4
+
+
+@pytest.mark.ray
+def test_a_small_round_timeout_names_the_round_timeout_not_the_start_up(small_config) -> None:
+    """R-TIMEOUT-MESSAGE: start-up has its own allowance; a too-small round_timeout fails naming it."""
+    config = small_config(**{"train.rounds": 1, "evaluation.federated_every": 0, "partition.num_clients": 4,
+                             "simulation.executor": "cohort", "simulation.workers": 2,
+                             "simulation.round_timeout": 1,
+                             "hooks": [{"name": "user_hooks:Sleepy", "seconds": 3}]})
+    with pytest.raises(RunError, match="round_timeout") as info:
+        run(config, progress=False)
+    assert "came up" not in str(info.value)
