@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,13 +127,38 @@ def _channel_stats(x: np.ndarray) -> tuple[list[float], list[float]]:
     return mean.tolist(), std.tolist()
 
 
+def _damage(folder: Path) -> str:
+    """What is wrong with a cache folder ("" if nothing): unreadable files or sizes unlike its meta."""
+    try:
+        dataset = CachedDataset.open(folder)
+        arrays = dataset.load()
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as error:
+        return f"{type(error).__name__}: {error}"
+    expected = {"x_train": dataset.num_train, "y_train": dataset.num_train,
+                "x_test": dataset.num_test, "y_test": dataset.num_test}
+    for name, length in expected.items():
+        if len(arrays[name]) != length:
+            return f"{name}.npy holds {len(arrays[name])} items, meta.json says {length}"
+    if arrays["x_train"].shape[1:] != arrays["x_test"].shape[1:]:
+        return "train and test images differ in shape"
+    return ""
+
+
 def materialize(data: DataSettings) -> CachedDataset:
     """Return the cached dataset, decoding the source into the cache on first use."""
     key, identity = _cache_key(data)
     cache_root = resolve_cache_dir(data)
     folder = cache_root / key
     if (folder / "meta.json").is_file():
-        return CachedDataset.open(folder)
+        problem = _damage(folder)
+        if not problem:
+            return CachedDataset.open(folder)
+        # a damaged cache (a truncated copy, a disk error, an edit) is decoded again, not trusted
+        warnings.warn(f"dataset cache {folder} is damaged ({problem}); decoding the dataset again", stacklevel=2)
+        aside = cache_root / f".{key}-damaged-{os.getpid()}"
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
     arrays = _read_source(data)
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))

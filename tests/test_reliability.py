@@ -521,3 +521,21 @@ def test_a_small_round_timeout_names_the_round_timeout_not_the_start_up(small_co
     with pytest.raises(RunError, match="round_timeout") as info:
         run(config, progress=False)
     assert "came up" not in str(info.value)
+
+
+def test_a_damaged_dataset_cache_is_decoded_again(small_config) -> None:
+    """R-CACHE: a truncated or inconsistent cache file is detected and rebuilt, with a warning, not trusted."""
+    from fedsim.datasets import materialize
+
+    config = small_config(**{"train.rounds": 1})
+    dataset = materialize(config.data)
+    reference = dataset.load(mmap=False)
+    path = dataset.folder / "x_train.npy"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.warns(UserWarning, match="is damaged"):
+        rebuilt = materialize(config.data)
+    assert all(np.array_equal(rebuilt.load()[k], reference[k]) for k in reference)
+    np.save(rebuilt.folder / "y_test.npy", reference["y_test"][:-1])  # one label short of meta.json
+    with pytest.warns(UserWarning, match="y_test.npy holds"):
+        materialize(config.data)
+    assert run(config, progress=False).summary["rounds"] == 1
