@@ -25,10 +25,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedsim.errors import InputError
+
 from .settings import PARTITION_SCHEMES
 
 
-class PartitionError(ValueError):
+class PartitionError(InputError):
     """The requested partition cannot be built from this dataset."""
 
 

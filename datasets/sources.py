@@ -12,12 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
+from fedsim.errors import InputError
+
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 
 
-class DatasetError(RuntimeError):
+class DatasetError(InputError, RuntimeError):
     """The dataset is missing or unreadable; the message says where we looked and what to do."""
 
 

@@ -12,11 +12,34 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def flat_values(array: Array) -> np.ndarray:
+    """An ``Array``'s values as a flat read-only view, without ``np.load``'s header parsing.
+
+    Flower stores an array as ``.npy`` bytes; parsing that header costs ~30 us per array, which
+    adds up when every update of every client is checked. The values start right after it (its
+    length is in bytes 8-9, or 8-11 from format version 2), so a view is taken there; any other
+    encoding falls back to ``Array.numpy()``.
+    """
+    data = array.data
+    if isinstance(data, bytes) and data[:6] == _NPY_MAGIC and array.dtype:
+        major = data[6]
+        size = 2 if major == 1 else 4
+        start = 8 + size + int.from_bytes(data[8 : 8 + size], "little")
+        try:
+            return np.frombuffer(data, dtype=np.dtype(array.dtype), offset=start)
+        except (TypeError, ValueError):
+            pass
+    return array.numpy().reshape(-1)
+
+
 def nonfinite_keys(arrays: ArrayRecord) -> list[str]:
     """Names of the floating-point arrays in ``arrays`` holding NaN or infinite values."""
     bad = []
     for key in arrays.keys():
-        values = arrays[key].numpy()
+        values = flat_values(arrays[key])
         if np.issubdtype(values.dtype, np.inexact) and not np.isfinite(values).all():
             bad.append(key)
     return bad

@@ -124,11 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _is_input_error(error: BaseException) -> bool:
     """Bad input (exit 2): fedsim's input errors, and files that are missing or unreadable."""
-    from fedsim.datasets import DatasetError, PartitionError
-    from fedsim.strategies import StrategyError
-
-    return isinstance(error, (InputError, ConfigError, DatasetError, PartitionError, StrategyError,
-                              FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
+    return isinstance(error, (InputError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError))
 
 
 def _message(error: BaseException) -> str:
@@ -138,7 +134,7 @@ def _message(error: BaseException) -> str:
         text = f"{error.strerror}: {error.filename}"
         if error.errno == errno.ENOSPC:
             text += " (the disk is full: free space and resume the run with fedsim run --resume)"
-    elif not isinstance(error, (InputError, ConfigError)) and type(error).__module__ != "builtins":
+    elif not isinstance(error, InputError) and type(error).__module__ != "builtins":
         text = f"{type(error).__name__}: {text}"
     notes = getattr(error, "__notes__", [])
     return "\n".join([text, *notes])

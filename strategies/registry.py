@@ -4,7 +4,8 @@ fedsim's round loop samples clients itself (seeded, by partition id) and hands t
 grid exposing only the sampled nodes, so every strategy is built with ``fraction_train =
 fraction_evaluate = 1`` and minimum node counts of 1. Users pass the remaining keyword
 arguments (``strategy.kwargs`` or ``name:key=value:key=value`` specs); unknown names and
-arguments are refused with the list of what exists.
+arguments are refused with the list of what exists, wrong types and ranges with the rule
+(:mod:`fedsim.strategies.arguments`).
 
 Not offered: ``FedXgbBagging`` and ``FedXgbCyclic``, which aggregate serialized XGBoost trees,
 not the PyTorch models fedsim's clients train.
@@ -22,14 +23,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
+from fedsim.errors import InputError
 from fedsim.protocol import DP_ADAPTIVE  # tells the client which clipping mod to apply
 
+from .arguments import check_arguments
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
 from .distillation import LatentDistillation
 
 
-class StrategyError(ValueError):
-    """Unknown strategy name or keyword argument."""
+class StrategyError(InputError):
+    """Unknown strategy name, or a keyword argument of the wrong name, type or range."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class StrategyEntry:
 STRATEGIES: dict[str, StrategyEntry] = {
     "fedavg": StrategyEntry(WeightedFedAvg, "FedAvg, weighted by num-examples (or weighted_by_key)"),
     "uniform": StrategyEntry(UniformAvg, "plain mean of client models"),
-    "ema": StrategyEntry(SequentialEMA, "seed 001 sequential EMA w <- beta*w_i + (1-beta)*w, by partition id"),
+    "ema": StrategyEntry(SequentialEMA, "sequential EMA w <- beta*w_i + (1-beta)*w, by partition id"),
     "fedavgm": StrategyEntry(flwr_strategy.FedAvgM, "FedAvg with server momentum (Hsu et al. 2019)"),
     "fedprox": StrategyEntry(flwr_strategy.FedProx, "FedAvg + client proximal term (proximal_mu)"),
     "fedadam": StrategyEntry(flwr_strategy.FedAdam, "adaptive server optimiser Adam (Reddi et al. 2021)"),
@@ -163,6 +166,7 @@ def build_strategy(name: str, kwargs: dict[str, Any] | None = None,
             "train.clients_per_round)"
         )
     params = _parameters(entry.cls)
+    check_arguments(name, kwargs, params, StrategyError)
     arguments = {k: v for k, v in SAMPLING_ARGS.items() if k in params}
     arguments.update(entry.defaults(context))
     arguments.update(kwargs)

@@ -539,3 +539,22 @@ def test_a_damaged_dataset_cache_is_decoded_again(small_config) -> None:
     with pytest.warns(UserWarning, match="y_test.npy holds"):
         materialize(config.data)
     assert run(config, progress=False).summary["rounds"] == 1
+
+
+def test_the_fast_finiteness_check_reads_every_value() -> None:
+    """flat_values (the screening's view of an update) equals Array.numpy() for every layout and dtype."""
+    from flwr.app import Array
+
+    from fedsim.arrays import flat_values, nonfinite_keys
+
+    cases = [np.arange(6, dtype=np.float64).reshape(2, 3), np.asfortranarray(np.ones((3, 4), np.float16)),
+             np.array(5, np.int64), np.zeros((0, 3), np.float32), np.random.default_rng(0).normal(size=(7, 5))]
+    for values in cases:
+        got = flat_values(Array(values))
+        assert np.array_equal(np.sort(got), np.sort(values.reshape(-1))), values.dtype
+    poisoned = np.ones((4, 4), np.float32)
+    poisoned[3, 2] = np.inf
+    from flwr.app import ArrayRecord
+
+    record = ArrayRecord({"w": Array(poisoned), "b": Array(np.zeros(4, np.float32)), "n": Array(np.array([3]))})
+    assert nonfinite_keys(record) == ["w"]

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedsim.errors import InputError
 from fedsim.extension import RoundExtension
 
 
@@ -122,7 +123,7 @@ class Hook:
         return None
 
 
-class HookError(ValueError):
+class HookError(InputError):
     """A hook name or parameter is invalid; the message says what is allowed."""
 
 
