@@ -75,14 +75,57 @@ def load_npz(path: Path) -> ImageArrays:
         raise DatasetError(f"{path} is not a readable .npz archive ({err}); re-create or re-copy it") from err
     x_train = _as_hwc_uint8(arrays["x_train"], f"{path}:x_train")
     x_test = _as_hwc_uint8(arrays["x_test"], f"{path}:x_test")
-    y_train = arrays["y_train"].astype(np.int64).reshape(-1)
-    y_test = arrays["y_test"].astype(np.int64).reshape(-1)
+    y_train = _as_labels(arrays["y_train"], f"{path}:y_train")
+    y_test = _as_labels(arrays["y_test"], f"{path}:y_test")
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
         raise DatasetError(f"{path}: image and label counts differ")
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    num_classes = check_labels(y_train, y_test, names, str(path))
     if names is None:
         names = list(CIFAR10_CLASSES) if num_classes == 10 else [str(i) for i in range(num_classes)]
     return ImageArrays(x_train, y_train, x_test, y_test, names)
+
+
+def _as_labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Labels as int64, refusing non-integer values (e.g. 1.5, or one-hot rows)."""
+    y = np.asarray(y)
+    if y.ndim > 1 and not (y.ndim == 2 and y.shape[1] == 1):
+        raise DatasetError(f"{where}: labels must be one class id per image, got shape {y.shape} "
+                           "(one-hot labels? store their argmax)")
+    y = y.reshape(-1)
+    if not (np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating) and np.all(y == np.round(y)))):
+        raise DatasetError(f"{where}: labels must be integer class ids, got dtype {y.dtype}")
+    return y.astype(np.int64)
+
+
+def check_labels(y_train: np.ndarray, y_test: np.ndarray, names: list[str] | None, where: str) -> int:
+    """The number of classes C, after checking every label is a class id in 0..C-1.
+
+    With ``class_names`` stored in the file, C is their number. Without, C is the largest label
+    + 1 and every id in 0..C-1 must occur in the training labels: a label such as 255 (an
+    "ignore" marker) or -1 would otherwise silently create classes that do not exist.
+    """
+    labels = np.concatenate([y_train, y_test])
+    if len(labels) == 0:
+        raise DatasetError(f"{where}: no labels")
+    if names is not None:
+        allowed = len(names)
+        bad = np.unique(labels[(labels < 0) | (labels >= allowed)])
+        if len(bad):
+            raise DatasetError(f"{where}: labels {bad[:5].tolist()} are outside 0..{allowed - 1} "
+                               f"(the file names {allowed} classes)")
+        return allowed
+    negative = np.unique(labels[labels < 0])
+    if len(negative):
+        raise DatasetError(f"{where}: labels {negative[:5].tolist()} are negative; class ids are 0..C-1")
+    count = int(labels.max()) + 1
+    missing = np.setdiff1d(np.arange(count), np.unique(y_train))
+    if len(missing):
+        raise DatasetError(
+            f"{where}: labels run up to {count - 1}, but ids {missing[:5].tolist()}"
+            f"{' ...' if len(missing) > 5 else ''} never occur in y_train, so they are not classes "
+            f"(e.g. 255 or -1 used as an 'ignore' marker?). Class ids must be 0..C-1; if the dataset "
+            "really has classes without training samples, store their names as class_names in the .npz")
+    return count
 
 
 def load_cifar(name: str, root: Path, download: bool) -> ImageArrays:

@@ -31,7 +31,7 @@ from fedsim.datasets import (
     split_train_val,
 )
 from fedsim.methods import method_for
-from fedsim.models import FedsimNet, build_model
+from fedsim.models import FedsimNet, build_model, parse_architecture
 from fedsim.recipe import SGDRecipe
 from fedsim.spec import PartitionIndex, RunSpec
 from fedsim.validation import load_config, validate, validate_against_dataset
@@ -87,11 +87,32 @@ def make_partition(config: ExperimentConfig, dataset: CachedDataset
     return partition, partition.counts(labels), holdout
 
 
+def check_image_shape(config: ExperimentConfig, dataset: CachedDataset) -> None:
+    """Every model of the run must take the dataset's images (one forward pass of a blank image).
+
+    fedsim's models are built for 32x32 images (CIFAR's size); other sizes fail inside the first
+    convolution or linear layer, which would otherwise surface as a failure of every client.
+    """
+    shape = tuple(int(n) for n in np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape[1:])
+    names = {config.model.name, *(parse_architecture(entry)[0] for entry in config.model.architectures)}
+    for name in sorted(names):
+        model = build_model(name, dataset.num_classes, config.model.representation_dim, shape[-1])
+        try:
+            with torch.no_grad():
+                model.eval()(torch.zeros(1, shape[2], shape[0], shape[1]))
+        except RuntimeError as error:
+            raise InputError(
+                f"model {name!r} cannot take the dataset's {shape[0]}x{shape[1]} images with {shape[2]} "
+                f"channel(s) ({str(error).splitlines()[0]}); fedsim's models are built for 32x32 images "
+                "(CIFAR's size): resize the images to 32x32") from error
+
+
 def prepare(config: ExperimentConfig) -> PreparedRun:
     """Validate, load and partition; create the staging folder with spec, partition and config."""
     validate(config)
     dataset = materialize(config.data)
     validate_against_dataset(config, dataset.num_train, dataset.num_classes)
+    check_image_shape(config, dataset)
     partition, counts, holdout = make_partition(config, dataset)
     final = rundir.final_run_path(config)
     staging = rundir.create_staging(final)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import importlib
 import json
+import re
 import os
 import shutil
 import signal
@@ -558,3 +559,37 @@ def test_the_fast_finiteness_check_reads_every_value() -> None:
 
     record = ArrayRecord({"w": Array(poisoned), "b": Array(np.zeros(4, np.float32)), "n": Array(np.array([3]))})
     assert nonfinite_keys(record) == ["w"]
+
+
+def _npz(path: Path, y_train: np.ndarray, size: int = 32, y_test: np.ndarray | None = None, **extra) -> Path:
+    rng = np.random.default_rng(0)
+    y_test = np.arange(40) % 10 if y_test is None else y_test
+    np.savez(path, x_train=rng.integers(0, 255, (len(y_train), size, size, 3), dtype=np.uint8), y_train=y_train,
+             x_test=rng.integers(0, 255, (len(y_test), size, size, 3), dtype=np.uint8), y_test=y_test, **extra)
+    return path
+
+
+@pytest.mark.parametrize(("labels", "extra", "message"), [
+    (np.r_[np.arange(200) % 10, 255], {}, "labels run up to 255, but ids [10, 11, 12, 13, 14]"),
+    (np.r_[np.arange(200) % 10, -1], {}, "labels [-1] are negative"),
+    (np.r_[np.arange(200) % 10, 12], {"class_names": np.array([str(i) for i in range(10)])},
+     "labels [12] are outside 0..9 (the file names 10 classes)"),
+    (np.r_[np.arange(200) % 10, 0.5], {}, "labels must be integer class ids"),
+])
+def test_labels_outside_the_classes_are_refused_when_the_data_is_loaded(small_config, tmp_path, labels, extra,
+                                                                        message) -> None:
+    """R-LABELS: a label that is not a class id 0..C-1 is refused at load time, naming file, labels and range."""
+    path = _npz(tmp_path / "data.npz", labels, **extra)
+    with pytest.raises(InputError, match=re.escape(message)):
+        run(small_config(**{"data.dataset": "npz", "data.path": str(path)}), progress=False)
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())
+
+
+def test_images_the_models_cannot_take_are_refused_before_the_run(small_config, tmp_path) -> None:
+    """R-IMAGES: 28x28 images with a 32x32 model -> one input error naming the model and the size."""
+    path = _npz(tmp_path / "small.npz", np.arange(200) % 10, size=28)
+    with pytest.raises(InputError, match="model 'lenet5' cannot take the dataset's 28x28 images"):
+        run(small_config(**{"data.dataset": "npz", "data.path": str(path)}), progress=False)
+    good = _npz(tmp_path / "good.npz", np.arange(200) % 10, size=32)
+    assert run(small_config(**{"data.dataset": "npz", "data.path": str(good), "train.rounds": 1,
+                               "partition.num_clients": 4}), progress=False).summary["rounds"] == 1
