@@ -86,6 +86,7 @@ def test_interrupted_run_resumes_bitwise_identical(small_config, strategy) -> No
     same_results(reference.path, result.path)
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_continues_from_the_last_checkpoint(small_config) -> None:
     """R-RESUME-KILL: a staging folder left by a killed run (rows past the checkpoint included) resumes exactly."""
     settings = {"strategy.name": "fedavgm", "train.rounds": 4, "output.checkpoint_every": 2}
