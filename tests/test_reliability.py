@@ -63,11 +63,13 @@ def same_results(a: Path, b: Path) -> None:
 # -- checkpoints and exact resume ---------------------------------------------------------
 
 @pytest.mark.parametrize("strategy", ["fedadam", pytest.param("fedavgm", marks=pytest.mark.slow),
-                                      pytest.param("dp-fixed-server", marks=pytest.mark.slow)])
+                                      pytest.param("dp-fixed-server", marks=pytest.mark.slow),
+                                      pytest.param("dp-adaptive-server", marks=pytest.mark.slow)])
 def test_interrupted_run_resumes_bitwise_identical(small_config, strategy) -> None:
     """R-RESUME: Ctrl-C after round 2 of 4, then --resume == the uninterrupted run (stateful strategies)."""
-    kwargs = {"strategy.kwargs.noise_multiplier": 0.1, "strategy.kwargs.clipping_norm": 1.0} \
-        if strategy.startswith("dp-") else {}
+    kwargs = {"dp-fixed-server": {"strategy.kwargs.noise_multiplier": 0.1, "strategy.kwargs.clipping_norm": 1.0},
+              "dp-adaptive-server": {"strategy.kwargs.noise_multiplier": 0.1, "strategy.kwargs.clipped_count_stddev": 1.0,
+                                     "strategy.kwargs.initial_clipping_norm": 1.0}}.get(strategy, {})
     settings = {"strategy.name": strategy, "train.rounds": 4, "evaluation.federated_every": 2, **kwargs}
     reference = run(small_config(**settings, **{"output.name": "reference"}), progress=False)
 
@@ -255,22 +257,35 @@ def test_one_nan_client_is_a_recorded_failure_and_the_round_goes_on(small_config
 
 
 def test_wrong_shapes_are_a_recorded_failure(small_config) -> None:
-    """R-SHAPES: an update whose arrays do not match the global model fails that client only."""
+    """R-SHAPES: a client whose update does not match the global model fails alone; the round goes on."""
     from flwr.app import Array, ArrayRecord, Message
 
-    from fedsim.loop import screen_updates
-    from fedsim.protocol import ClientReply, ClientTask, reply
+    from fedsim.app import execute, run_state
+    from fedsim.clients.app import client_app
+    from fedsim.executors import InProcessExecutor
+    from fedsim.prepare import prepare
+    from fedsim.protocol import ARRAYS
 
-    reference = ArrayRecord({"w": Array(np.zeros((2, 3), np.float32)), "b": Array(np.zeros(3, np.float32))})
-    good = ArrayRecord({"w": Array(np.ones((2, 3), np.float32)), "b": Array(np.ones(3, np.float32))})
-    wrong = ArrayRecord({"w": Array(np.ones((3, 2), np.float32)), "b": Array(np.ones(3, np.float32))})
-    tasks = [ClientTask(i, Message(fedsim.protocol.RecordDict(), dst_node_id=i, message_type="train"))
-             for i in range(2)]
-    replies = [ClientReply(0, reply(tasks[0].message, 0, {"n": 1}, good)),
-               ClientReply(1, reply(tasks[1].message, 1, {"n": 1}, wrong))]
-    screened = screen_updates(tasks, replies, reference)
-    assert screened[0].ok and not screened[1].ok
-    assert "w: (3, 2) instead of (2, 3)" in screened[1].error
+    def misshapen(msg: Message, context) -> Message:  # noqa: ANN001 - client 2 sends a transposed layer
+        reply = client_app(msg, context)
+        if msg.metadata.message_type == "train" and int(context.node_config["partition-id"]) == 2:
+            arrays = reply.content[ARRAYS]
+            first = next(iter(arrays.keys()))
+            broken = dict(arrays.items())
+            broken[first] = Array(np.ascontiguousarray(arrays[first].numpy().reshape(-1)[::-1].copy()))
+            reply.content[ARRAYS] = ArrayRecord(broken)
+        return reply
+
+    prepared = prepare(small_config(**{"train.rounds": 2, "evaluation.federated_every": 0}))
+    state = run_state(prepared)
+    execute(prepared, state, InProcessExecutor(misshapen, 10), progress=False)  # any ClientApp-like callable
+    assert state.error is None, state.error
+    clients = pd.read_csv(prepared.staging / "clients.csv")
+    bad = clients[clients["client_id"] == 2]
+    assert len(bad) == 2 and (bad["status"] == "failed").all()
+    assert bad["error"].str.contains("does not match the global model").all()
+    assert (clients[clients["client_id"] != 2]["status"] == "ok").all()
+    assert np.isfinite(pd.read_csv(prepared.staging / "rounds.csv")["test_accuracy"]).all()
 
 
 # -- data safety ------------------------------------------------------------------------------
