@@ -13,6 +13,7 @@ from fedsim.reaper import start_reaper
 
 
 WORKER_RESTARTS = 100  # how often Ray brings back a dead worker process in one run
+WORKER_TASK_RETRIES = 1  # how often a task whose worker died runs again on the restarted one
 
 
 def worker_count(config: ExperimentConfig) -> int:
@@ -58,11 +59,13 @@ def backend_config(config: ExperimentConfig, verbose: bool) -> dict:
         init_args["num_cpus"] = sim.ray_num_cpus or os.cpu_count() or 1
     return {
         # Flower passes these to Ray's actor options: a worker process that dies (killed, out of
-        # memory, a crash in native code) is restarted by Ray; its task in flight fails, so its
-        # clients fail that round and the next rounds run on the new process. Without this,
-        # Flower keeps the dead actor in its pool and every later message to it fails.
+        # memory, a crash in native code) is restarted by Ray, and the task it was running (and
+        # any sent while it restarts) runs again once on the new process -- with the same seeds,
+        # so the round's results do not change. A task that kills its worker twice fails: its
+        # clients are recorded as failed for that round. Without this, Flower keeps the dead
+        # actor in its pool and every later message to it fails.
         "client_resources": {"num_cpus": sim.num_cpus_per_client, "num_gpus": sim.num_gpus_per_client,
-                             "max_restarts": WORKER_RESTARTS},
+                             "max_restarts": WORKER_RESTARTS, "max_task_retries": WORKER_TASK_RETRIES},
         "init_args": init_args,
     }
 

@@ -66,22 +66,25 @@ class PoisonClient:
 
 
 class KillWorker:
-    """The process training client ``client`` dies (SIGKILL) the first time: a worker killed mid-round.
+    """The process training client ``client`` dies (SIGKILL) the first ``times`` times: a worker killed mid-round.
 
-    ``flag`` is a file created just before dying, so the replacement worker lives.
+    ``flag`` is a file counting the kills (written just before dying), so the replacement
+    worker lives once the count is reached.
     """
 
     name = "kill_worker"
 
-    def __init__(self, client: int = 0, flag: str = "") -> None:
-        self.client, self.flag = client, flag
+    def __init__(self, client: int = 0, flag: str = "", times: int = 1) -> None:
+        self.client, self.flag, self.times = client, flag, times
 
     def prepare(self, data, ctx):  # noqa: ANN001, ANN201
         import os
         import signal
         from pathlib import Path
 
-        if ctx.client_id == self.client and not Path(self.flag).exists():
-            Path(self.flag).write_text("killed")
+        flag = Path(self.flag)
+        kills = len(flag.read_text()) if flag.exists() else 0
+        if ctx.client_id == self.client and kills < self.times:
+            flag.write_text("k" * (kills + 1))
             os.kill(os.getpid(), signal.SIGKILL)
         return data
