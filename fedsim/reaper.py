@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -72,18 +71,23 @@ def watch(pid: int) -> None:
                 pass
 
 
-_started: dict[int, subprocess.Popen] = {}
+_started: dict[int, int] = {}  # watched pid -> watcher pid
 
 
-def start_reaper() -> subprocess.Popen | None:
-    """Start the watcher for this process once (Linux); None where ``/proc`` is missing."""
-    if not (_PROC / str(os.getpid()) / "stat").is_file():
+def start_reaper() -> int | None:
+    """Start the watcher for this process once (Linux); its pid, or None where ``/proc`` is missing.
+
+    ``posix_spawn`` in a new session with stdio on ``/dev/null``: the watcher outlives a
+    killed fedsim, and no ``Popen`` object is left to complain that its child still runs.
+    """
+    if not (_PROC / str(os.getpid()) / "stat").is_file() or not hasattr(os, "posix_spawn"):
         return None
-    if os.getpid() in _started and _started[os.getpid()].poll() is None:
-        return _started[os.getpid()]
-    _started[os.getpid()] = subprocess.Popen([sys.executable, "-m", "fedsim.reaper", str(os.getpid())],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, close_fds=True)
+    watcher = _started.get(os.getpid())
+    if watcher is not None and _stat(watcher) is not None:
+        return watcher
+    devnull = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+    _started[os.getpid()] = os.posix_spawn(sys.executable, [sys.executable, "-m", "fedsim.reaper", str(os.getpid())],
+                                           os.environ, file_actions=devnull, setsid=True)
     return _started[os.getpid()]
 
 
