@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from flwr.app import ArrayRecord
 
-from fedsim.checkpoint import Checkpoint, rng_state, set_rng_state
+from fedsim.checkpoint import Checkpoint
 from fedsim.clients.training import seeded_generator, train
 from fedsim.evaluation import CentralEvaluation
 from fedsim.extension import RoundRecord, RunContext
@@ -42,18 +42,15 @@ def run_centralized(model: FedsimNet, x: torch.Tensor, y: torch.Tensor, recipe: 
             on_round(row)
 
     def checkpoint(server_round: int) -> None:
-        Checkpoint(server_round, arrays, {}, evaluation.state(), recorder.position(), rng_state()).write(recorder.folder)
+        Checkpoint.capture(server_round, arrays, None, evaluation, recorder).write(recorder.folder)
 
     arrays = ArrayRecord(model.state_dict())
     first = 1
     if resume is not None:
         first = resume.server_round + 1
         evaluation.on_run_start(RunContext(rounds, 0, recorder, resume.server_round), arrays)
-        arrays = resume.arrays
+        arrays = resume.restore(None, evaluation, recorder)
         model.load_state_dict(arrays.to_torch_state_dict())
-        evaluation.load_state(resume.extensions)
-        recorder.restore(resume.recorder)
-        set_rng_state(resume.rng)
     else:
         initial = evaluation.on_run_start(RunContext(rounds, 0, recorder), arrays)
         if initial:

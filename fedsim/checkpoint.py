@@ -153,6 +153,28 @@ class Checkpoint:
     recorder: dict[str, Any]
     rng: dict[str, Any]
 
+    @classmethod
+    def capture(cls, server_round: int, arrays: ArrayRecord, strategy: Strategy | None, extension: Any,
+                recorder: Any) -> Checkpoint:
+        """The run's state now: ``extension`` has ``state()``, ``recorder`` has ``position()``."""
+        return cls(server_round, arrays, strategy_state(strategy) if strategy is not None else {},
+                   extension.state(), recorder.position(), rng_state())
+
+    def restore(self, strategy: Strategy | None, extension: Any, recorder: Any) -> ArrayRecord:
+        """Put the state back into the strategy, the extension(s), the tables, the client-state
+        store and the RNGs; return the global arrays to continue from."""
+        if strategy is not None:
+            load_strategy_state(strategy, self.strategy)
+        try:
+            extension.load_state(self.extensions)
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"{error}: resume with the same round extensions the run had "
+                                  "(fedsim.resume(..., extensions=[...]))") from error
+        recorder.restore(self.recorder)
+        self.restore_client_state(recorder.folder)
+        set_rng_state(self.rng)
+        return self.arrays
+
     def write(self, run_dir: Path) -> Path:
         """Write atomically to ``run_dir/checkpoint`` (replacing the previous one)."""
         run_dir = Path(run_dir)

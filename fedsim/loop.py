@@ -34,7 +34,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.checkpoint import Checkpoint, CheckpointError, load_strategy_state, rng_state, set_rng_state, strategy_state
+from fedsim.checkpoint import Checkpoint
 from fedsim.arrays import nonfinite_keys, nonfinite_update
 from fedsim.errors import RunError
 from fedsim.executors import Executor
@@ -250,24 +250,14 @@ def run_rounds(
             on_round(row)
 
     def checkpoint(server_round: int) -> None:
-        Checkpoint(server_round, arrays, strategy_state(strategy), chain.state(), recorder.position(),
-                   rng_state()).write(recorder.folder)
+        Checkpoint.capture(server_round, arrays, strategy, chain, recorder).write(recorder.folder)
 
     arrays = initial_arrays
     first = 1
     if resume is not None:
         first = resume.server_round + 1
         chain.on_run_start(RunContext(s.rounds, s.num_clients, recorder, resume.server_round), arrays)
-        arrays = resume.arrays
-        load_strategy_state(strategy, resume.strategy)
-        try:
-            chain.load_state(resume.extensions)
-        except ValueError as error:
-            raise CheckpointError(f"{error}: resume with the same round extensions the run had "
-                                  "(fedsim.resume(..., extensions=[...]))") from error
-        recorder.restore(resume.recorder)
-        resume.restore_client_state(recorder.folder)
-        set_rng_state(resume.rng)
+        arrays = resume.restore(strategy, chain, recorder)
     else:
         initial = chain.on_run_start(RunContext(s.rounds, s.num_clients, recorder), arrays)
         if initial:

@@ -88,6 +88,17 @@ def test_interrupted_run_resumes_bitwise_identical(small_config, strategy) -> No
     same_results(reference.path, result.path)
 
 
+def test_the_centralized_baseline_resumes_bitwise_identical(small_config) -> None:
+    """R-RESUME: the centralized baseline (no clients) checkpoints and resumes like a federated run."""
+    settings = {"train.mode": "centralized", "train.rounds": 3}
+    reference = run(small_config(**settings, **{"output.name": "reference"}), progress=False)
+    config = small_config(**settings, **{"output.name": "resumed"})
+    with pytest.raises(RunInterrupted):
+        run(config, progress=False, on_round=lambda row: request_stop() if row["round"] == 1 else None)
+    result = resume(Path(config.output.dir) / "resumed.interrupted", progress=False)
+    same_results(reference.path, result.path)
+
+
 @pytest.mark.slow
 def test_resume_after_a_kill_continues_from_the_last_checkpoint(small_config) -> None:
     """R-RESUME-KILL: a staging folder left by a killed run (rows past the checkpoint included) resumes exactly."""
