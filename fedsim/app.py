@@ -92,9 +92,10 @@ def server_setup(prepared: PreparedRun, recorder: RunRecorder) -> ServerSetup:
                        RunSpec.load(prepared.staging).recipe, lambda: initial_model(config, dataset))
 
 
-def _progress(rounds: int, progress: bool, on_round: Callable[[dict], None] | None):
-    """A tqdm bar over rounds showing the latest accuracy, plus the caller's callback."""
-    bar = tqdm(total=rounds, desc="rounds", unit="round", disable=not progress, leave=True)
+def _progress(rounds: int, progress: bool, on_round: Callable[[dict], None] | None, done: int = 0):
+    """A tqdm bar over rounds (``done`` of them finished before a resume) showing the latest
+    accuracy, plus the caller's callback."""
+    bar = tqdm(total=rounds, initial=done, desc="rounds", unit="round", disable=not progress, leave=True)
 
     def report(row: dict) -> None:
         if row["round"] > 0:
@@ -112,7 +113,7 @@ def execute(prepared: PreparedRun, state: RunState, executor: Executor, progress
             on_round: Callable[[dict], None] | None = None) -> None:
     """The server's work for one federated run; an exception is kept in ``state.error``."""
     config = prepared.config
-    bar, report = _progress(config.train.rounds, progress, on_round)
+    bar, report = _progress(config.train.rounds, progress, on_round, state.resume.server_round if state.resume else 0)
     try:
         strategy = strategy_for(config)
         setup = server_setup(prepared, state.recorder)
@@ -132,7 +133,7 @@ def execute_centralized(prepared: PreparedRun, state: RunState, progress: bool =
                         on_round: Callable[[dict], None] | None = None) -> None:
     """The centralized baseline in this process: the union of the clients' training splits."""
     config = prepared.config
-    bar, report = _progress(config.train.rounds, progress, on_round)
+    bar, report = _progress(config.train.rounds, progress, on_round, state.resume.server_round if state.resume else 0)
     try:
         setup = server_setup(prepared, state.recorder)
         union = np.sort(PartitionIndex.load(prepared.staging).train_indices)
