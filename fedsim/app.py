@@ -36,6 +36,7 @@ from fedsim.recorder import RunRecorder
 from fedsim.sampling import sample_size
 from fedsim.simulate import worker_count
 from fedsim.spec import PartitionIndex, RunSpec, resolve_device
+from fedsim.timing.setup import build_scheduler
 from fedsim.strategies import StrategyContext, build_strategy, stream_weight_key
 
 
@@ -120,9 +121,12 @@ def execute(prepared: PreparedRun, state: RunState, executor: Executor, progress
         initial, extensions = method_for(config.strategy.name).start(strategy, setup)
         extensions += round_extensions(build_hooks(list(config.hooks))) + executor.round_extensions()
         extensions += state.extensions
+        sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
+        scheduler = build_scheduler(config, prepared.staging, strategy, method_for(config.strategy.name), sizes,
+                                    prepared.dataset.num_classes)
         state.final_arrays = run_rounds(strategy, executor, initial,
                                         loop_settings(config, str(prepared.staging.resolve())),
-                                        state.recorder, extensions, report, resume=state.resume)
+                                        state.recorder, extensions, report, resume=state.resume, scheduler=scheduler)
     except BaseException as error:  # surfaced by the caller with the run directory marked failed
         state.error = error
     finally:

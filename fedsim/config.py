@@ -2,7 +2,7 @@
 
 An experiment is described by one :class:`ExperimentConfig`: a TOML file (sections
 ``[data]``, ``[partition]``, ``[model]``, ``[train]``, ``[strategy]``, ``[distill]``,
-``[evaluation]``, ``[simulation]``, ``[output]``, a top-level ``seed`` and ``[[hooks]]``
+``[evaluation]``, ``[simulation]``, ``[time]``, ``[output]``, a top-level ``seed`` and ``[[hooks]]``
 tables) and overrides. This module checks names and types as values are set; the rules on
 values (ranges, allowed names, cross-field rules) are asked of the registries that own them
 by :mod:`fedsim.validation`, which also provides :func:`~fedsim.validation.load_config`.
@@ -132,6 +132,37 @@ class SimulationConfig:
 
 
 @dataclass
+class TimeConfig:
+    """Simulated time: device profiles, availability, synchronous deadlines and over-selection.
+
+    Off by default (``devices = "none"``): rounds take no simulated time. The rules and the
+    arithmetic live in :mod:`fedsim.timing`; ``docs/simulated_time.md`` is the reference.
+    """
+
+    devices: str = "none"  # none | lognormal | tiers | file
+    seconds_per_sample: float = 0.002  # lognormal: median training time per sample of a LeNet-5-sized model
+    download_mbps: float = 20.0  # lognormal: median download bandwidth (megabit/s)
+    upload_mbps: float = 5.0  # lognormal: median upload bandwidth (megabit/s)
+    latency: float = 0.05  # lognormal: seconds added to every transfer
+    compute_sigma: float = 0.5  # lognormal and tiers: spread (sigma of log) of seconds_per_sample
+    network_sigma: float = 0.5  # lognormal and tiers: spread of the bandwidths
+    tiers: list[str] = field(default_factory=lambda: ["fast", "medium", "slow"])  # tiers: presets drawn
+    tier_weights: list[float] = field(default_factory=list)  # tiers: draw probabilities ([] = equal)
+    devices_file: str = ""  # file: CSV of profiles per client (client_id) or per device type (device)
+    round_jitter: float = 0.0  # sigma of a per-round lognormal factor on each client's compute time
+    availability: str = "always"  # always | bernoulli | daily | trace
+    availability_p: float = 0.8  # bernoulli: probability a client is online in a round
+    daily_on_hours: float = 8.0  # daily: hours online per period (phase drawn per client)
+    daily_period_hours: float = 24.0  # daily: length of the on/off cycle
+    trace_file: str = ""  # trace: CSV of online intervals (client_id, start, end in seconds)
+    trace_period: float = 0.0  # trace: repeat the trace every this many seconds (0 = no repeat)
+    deadline: float = 0.0  # synchronous: seconds a round waits; later clients are stragglers (0 = none)
+    over_selection: float = 0.0  # synchronous: sample ceil((1 + x) * K) and keep the first K to finish
+    train_dropped: bool = False  # also train stragglers, offline and surplus clients (then discard them)
+    concurrency: int = 0  # asynchronous strategies: clients training at once (0 = the round's sample size)
+
+
+@dataclass
 class OutputConfig:
     """Where and how the run directory is written (``fedsim.results``)."""
 
@@ -157,6 +188,7 @@ class ExperimentConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    time: TimeConfig = field(default_factory=TimeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -54,7 +54,8 @@ from fedsim.protocol import (
 )
 from fedsim.interrupt import check_stop
 from fedsim.recorder import RunRecorder
-from fedsim.sampling import EVALUATE, TRAIN, due, sample_clients
+from fedsim.sampling import EVALUATE, due, sample_clients
+from fedsim.timing.scheduler import Dispatch, Scheduler, SynchronousScheduler, TrainingRound
 
 
 class AggregationError(RunError):
@@ -118,11 +119,16 @@ class ClientGrid(Grid):
         raise RuntimeError("strategies do not send in fedsim's round loop: the executor does")
 
 
-def client_rows(server_round: int, phase: str, replies: list[ClientReply]) -> list[dict]:
-    """One ``clients.csv`` row per task (ok or failed), sorted by client id."""
+def client_rows(server_round: int, phase: str, replies: list[ClientReply],
+                times: dict[int, dict] | None = None) -> list[dict]:
+    """One ``clients.csv`` row per task (ok or failed), sorted by client id.
+
+    ``times``: simulated-time columns by client id (:class:`fedsim.timing.TrainingRound`).
+    """
     rows = []
+    times = times or {}
     for reply in replies:
-        row = {"round": server_round, "phase": phase, "client_id": reply.client_id}
+        row = {"round": server_round, "phase": phase, "client_id": reply.client_id, **times.get(reply.client_id, {})}
         if not reply.ok:
             rows.append({**row, "status": "failed", "error": reply.error})
             continue
@@ -132,6 +138,21 @@ def client_rows(server_round: int, phase: str, replies: list[ClientReply]) -> li
                      "accuracy": float(metrics[TRAIN_ACCURACY if phase == PHASE_TRAIN else EVAL_ACCURACY]),
                      "seconds": float(metrics.get(CLIENT_SECONDS, np.nan)) if phase == PHASE_TRAIN else np.nan})
     return sorted(rows, key=lambda r: r["client_id"])
+
+
+def dropped_rows(server_round: int, training: TrainingRound) -> list[dict]:
+    """``clients.csv`` rows of the round's dropped clients: their status, reason and times.
+
+    A dropped client trained anyway (``time.train_dropped``) keeps its training metrics.
+    """
+    rows = []
+    for drop in training.dropped:
+        row = {"round": server_round, "phase": PHASE_TRAIN, "client_id": drop.client_id, **drop.times}
+        if drop.reply is not None:
+            (trained,) = client_rows(server_round, PHASE_TRAIN, [drop.reply], {drop.client_id: drop.times})
+            row = trained
+        rows.append({**row, "status": drop.status, "error": drop.reason})
+    return rows
 
 
 def weighted_mean(rows: list[dict], key: str) -> float:
@@ -234,15 +255,20 @@ def run_rounds(
     extensions: list[RoundExtension] | None = None,
     on_round: Callable[[dict], None] | None = None,
     resume: Checkpoint | None = None,
+    scheduler: Scheduler | None = None,
 ) -> ArrayRecord:
     """Run ``settings.rounds`` rounds of ``strategy`` through ``executor``; return the final arrays.
+
+    ``scheduler`` decides each round's training (:mod:`fedsim.timing.scheduler`); by default
+    ``clients_per_round`` clients sampled by (seed, round), all waited for.
 
     With ``resume``, the run continues after the checkpoint's round: the global arrays, the
     strategy's attributes, the extensions' state, the tables and the RNG states are put back
     first, so the remaining rounds are those of the uninterrupted run, bit for bit (CPU).
     """
     s = settings
-    chain = ExtensionChain(extensions or [])
+    scheduler = scheduler or SynchronousScheduler(s.seed, s.num_clients, s.clients_per_round)
+    chain = ExtensionChain([*(extensions or []), scheduler])  # the scheduler's state is checkpointed too
 
     def finish(row: dict) -> None:
         recorder.add_round(row)
@@ -271,33 +297,45 @@ def run_rounds(
         seed_round(s.seed, server_round)
         record = RoundRecord(server_round, {"round": server_round})
 
-        sampled = sample_clients(s.seed, server_round, TRAIN, s.num_clients, s.clients_per_round)
-        tasks = _tasks(strategy.configure_train(server_round, arrays, ConfigRecord(dict(s.base_config)),
-                                                ClientGrid(sampled)))
-        chain.on_configure(server_round, PHASE_TRAIN, tasks)
-        bytes_down = array_bytes(t.message for t in tasks)
-        replies = screen_updates(tasks, executor.execute(tasks), arrays)
-        check_stop()
-        rows = client_rows(server_round, PHASE_TRAIN, replies)
-        recorder.add_clients(rows)  # before the check: a failed round's rows stay in clients.csv
-        _check_success(server_round, replies, s.min_success_fraction)
+        current = arrays
+
+        def configure(round_: int, ids: list[int], current: ArrayRecord = current) -> list[ClientTask]:
+            tasks = _tasks(strategy.configure_train(round_, current, ConfigRecord(dict(s.base_config)),
+                                                    ClientGrid(ids)))
+            chain.on_configure(round_, PHASE_TRAIN, tasks)
+            return tasks
+
+        def run(tasks: list[ClientTask], current: ArrayRecord = current) -> list[ClientReply]:
+            replies = screen_updates(tasks, executor.execute(tasks), current)
+            check_stop()
+            return replies
+
+        training = scheduler.train_round(server_round, Dispatch(configure, run))
+        replies = training.arrived
+        rows = client_rows(server_round, PHASE_TRAIN, replies, training.times) + dropped_rows(server_round, training)
+        recorder.add_clients(sorted(rows, key=lambda r: r["client_id"]))  # before the check: they stay in clients.csv
+        if replies:
+            _check_success(server_round, replies, s.min_success_fraction)
         ok = [r for r in replies if r.ok]
         bytes_up = sum(r.upload_bytes for r in ok)  # before aggregation: it may consume the arrays
         chain.on_train_replies(record, ok)
         _flush(record, recorder)
-        new_arrays, _ = strategy.aggregate_train(server_round, executor.aggregation_inputs(replies))
-        if new_arrays is None:
-            raise AggregationError(
-                f"round {server_round}: strategy {type(strategy).__name__} returned no aggregate "
-                f"from {len(ok)} successful replies; check its requirements (e.g. Bulyan needs "
-                "n >= 4 * num_malicious_nodes + 3 clients per round, Krum n > 2f + 2)"
-            )
-        check_finite(server_round, new_arrays, s.lr)
-        arrays = new_arrays
+        if ok:  # a round in which every sampled client dropped out leaves the model as it was
+            new_arrays, _ = strategy.aggregate_train(server_round, executor.aggregation_inputs(training.to_strategy))
+            if new_arrays is None:
+                raise AggregationError(
+                    f"round {server_round}: strategy {type(strategy).__name__} returned no aggregate "
+                    f"from {len(ok)} successful replies; check its requirements (e.g. Bulyan needs "
+                    "n >= 4 * num_malicious_nodes + 3 clients per round, Krum n > 2f + 2)"
+                )
+            check_finite(server_round, new_arrays, s.lr)
+            arrays = new_arrays
         record.row.update({
-            "clients_sampled": len(tasks), "clients_succeeded": len(ok), "clients_failed": len(tasks) - len(ok),
+            "clients_sampled": len(training.dispatched), "clients_succeeded": len(ok),
+            "clients_failed": len(replies) - len(ok),
             "train_loss": weighted_mean(rows, "loss"), "train_accuracy": weighted_mean(rows, "accuracy"),
-            "bytes_down": bytes_down, "bytes_up": bytes_up,
+            "bytes_down": array_bytes(t.message for t in training.dispatched), "bytes_up": bytes_up,
+            **training.row,
         })
 
         if due(s.federated_every, server_round, s.rounds):

@@ -33,6 +33,7 @@ from fedsim.datasets import (
 from fedsim.methods import method_for
 from fedsim.models import FedsimNet, build_model, parse_architecture
 from fedsim.recipe import SGDRecipe
+from fedsim.timing.setup import write_time_inputs
 from fedsim.spec import PartitionIndex, RunSpec
 from fedsim.validation import load_config, validate, validate_against_dataset
 
@@ -166,6 +167,8 @@ def write_inputs(config: ExperimentConfig, dataset: CachedDataset, partition: Pa
         distill=method_for(config.strategy.name).client_distill_recipe(config),
         hooks=tuple(config.hooks),
     ).save(folder)
+    channels = int(np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape[-1])
+    write_time_inputs(config, folder, dataset.num_classes, channels)
 
 
 def initial_model(config: ExperimentConfig, dataset: CachedDataset) -> FedsimNet:

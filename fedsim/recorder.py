@@ -14,15 +14,17 @@ from pathlib import Path
 import numpy as np
 
 ROUND_COLUMNS = (
-    "round", "clients_sampled", "clients_succeeded", "clients_failed",
+    "round", "clients_sampled", "clients_succeeded", "clients_failed", "clients_dropped",
     "train_loss", "train_accuracy", "fed_eval_loss", "fed_eval_accuracy",
     "test_loss", "test_accuracy", "test_precision", "test_recall", "test_f1",
     "tpriv_accuracy", "tpriv_std", "tuni_std", "consensus_accuracy",
     "bytes_down", "bytes_up", "wall_seconds",
+    "sim_round_seconds", "sim_time", "staleness_mean", "staleness_max",
 )
 HOOK_COLUMNS = ("round", "client_id", "hook", "metric", "value")
 CLIENT_COLUMNS = ("round", "phase", "client_id", "status", "num_examples", "loss", "accuracy",
-                  "tpriv_accuracy", "seconds", "error")
+                  "tpriv_accuracy", "seconds", "sim_start", "sim_download", "sim_compute", "sim_upload",
+                  "sim_finish", "staleness", "error")
 
 
 class RunRecorder:

@@ -26,6 +26,14 @@ def sample_clients(seed: int, server_round: int, purpose: int, num_clients: int,
     return sorted(rng.choice(num_clients, size=k, replace=False).tolist())
 
 
+def sample_from(seed: int, server_round: int, purpose: int, candidates: np.ndarray, k: int) -> list[int]:
+    """``k`` distinct ids among ``candidates`` (e.g. the clients online), sorted; seeded like
+    :func:`sample_clients`, which it equals when ``candidates`` are all ids in order."""
+    candidates = np.asarray(candidates)
+    rng = np.random.default_rng([seed, server_round, purpose, 0xC1])
+    return sorted(candidates[rng.choice(len(candidates), size=k, replace=False)].tolist())
+
+
 def due(every: int, server_round: int, last: int) -> bool:
     """Whether a schedule "every N rounds (and after the last); 0 = never" fires this round."""
     return every > 0 and (server_round % every == 0 or server_round == last)

@@ -24,6 +24,7 @@ from fedsim.methods import METHODS, method_for
 from fedsim.models import MODEL_NAMES, parse_architecture
 from fedsim.modes import check_mode, evaluates_client_models
 from fedsim.sampling import sample_size
+from fedsim.timing.rules import check_time
 from fedsim.strategies import (
     STRATEGIES,
     STREAMABLE,
@@ -72,6 +73,7 @@ def validate(config: ExperimentConfig) -> None:
     e += _check_simulation(c)
     e += _check_output(c)
     e += _check_streaming(c)
+    e += check_time(c)
     e += check_resources(c)
     if e:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(e))

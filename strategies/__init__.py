@@ -5,6 +5,7 @@ Every strategy is a ``flwr.serverapp.strategy`` class, so it also works in a pla
 :mod:`fedsim.strategies.averaging` for the weighted-averaging family.
 """
 
+from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff, staleness_weight
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg, aggregate_arrays, ema_weights
 from .distillation import LatentDistillation, consensus
 from .streaming import STREAMABLE, stream_weight_key
@@ -19,7 +20,7 @@ from .registry import (
 )
 
 __all__ = [
-    "STREAMABLE", "stream_weight_key",
+    "STREAMABLE", "stream_weight_key", "AsynchronousStrategy", "FedAsync", "FedBuff", "staleness_weight",
     "LatentDistillation", "consensus", "STRATEGIES", "STRATEGY_NAMES", "SequentialEMA", "StrategyContext",
     "StrategyError", "UniformAvg", "WeightedFedAvg", "aggregate_arrays", "build_strategy",
     "ema_weights", "parse_strategy_spec", "strategy_arguments",

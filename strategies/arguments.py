@@ -66,6 +66,12 @@ RANGES: dict[str, Rule] = {
     "clip_norm_lr": _positive(),
     "clipped_count_stddev": _non_negative(),
     "num_sampled_clients": Rule(lambda v: v >= 1, "must be >= 1"),
+    # asynchronous aggregation (FedBuff: Nguyen et al. 2022; FedAsync: Xie et al. 2019)
+    "buffer_size": Rule(lambda v: v >= 1, "must be >= 1 (updates per aggregation)"),
+    "mixing": Rule(lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    "staleness_exponent": _non_negative(),
+    "hinge_a": _positive(),
+    "hinge_b": _non_negative(),
 }
 RANGES_BY_STRATEGY: dict[str, dict[str, Rule]] = {
     "fedtrimmedavg": {"beta": Rule(lambda v: 0 <= v < 0.5, "must be in [0, 0.5) (the share cut at each end)")},

@@ -27,6 +27,7 @@ from fedsim.errors import InputError
 from fedsim.protocol import DP_ADAPTIVE  # tells the client which clipping mod to apply
 
 from .arguments import check_arguments
+from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
 from .distillation import LatentDistillation
 
@@ -79,6 +80,9 @@ STRATEGIES: dict[str, StrategyEntry] = {
         flwr_strategy.QFedAvg, "q-FedAvg fair aggregation (q, client_learning_rate = train.lr)",
         defaults=lambda ctx: {"client_learning_rate": ctx.lr, "train_loss_key": "train-loss"},
     ),
+    "fedbuff": StrategyEntry(
+        FedBuff, "FedBuff: buffered asynchronous aggregation of stale deltas (buffer_size, server_learning_rate)"),
+    "fedasync": StrategyEntry(FedAsync, "FedAsync: mix in every arrival, weighted by staleness (mixing)"),
     "latent-distill": StrategyEntry(
         LatentDistillation, "federated distillation of logits + latent representations ([distill] settings)"),
     "dp-fixed-server": StrategyEntry(
@@ -118,6 +122,9 @@ SAMPLING_ARGS = {
 }
 _INTERNAL_ARGS = {"strategy", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn",
                   "evaluate_metrics_aggr_fn"}
+# what a DP wrapper may wrap: not another wrapper, not distillation (no weights), not asynchronous aggregation
+_DP_BASES = tuple(n for n, e in STRATEGIES.items() if not e.wraps and n != "latent-distill"
+                  and not issubclass(e.cls, AsynchronousStrategy))
 
 
 def _parameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -172,9 +179,9 @@ def build_strategy(name: str, kwargs: dict[str, Any] | None = None,
     arguments.update(kwargs)
     if entry.wraps:
         base = arguments.pop("base", "fedavg")
-        if base not in STRATEGIES or STRATEGIES[base].wraps or base == "latent-distill":
-            raise StrategyError(f"strategy {name!r}: base = {base!r} must be one of the non-DP "
-                                f"strategies: {', '.join(n for n in STRATEGY_NAMES if not STRATEGIES[n].wraps)}")
+        if base not in _DP_BASES:
+            raise StrategyError(f"strategy {name!r}: base = {base!r} must be one of the synchronous weight-averaging "
+                                f"strategies: {', '.join(_DP_BASES)}")
         arguments["strategy"] = build_strategy(base, {}, context)
     missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty
                and p not in arguments]

@@ -97,7 +97,7 @@ def test_registry_errors_list_what_exists() -> None:
         build_strategy("fedxgb-bagging")
     with pytest.raises(StrategyError, match="needs argument.s. noise_multiplier"):
         build_strategy("dp-adaptive-server")
-    with pytest.raises(StrategyError, match="base = 'dp-fixed-server' must be one of the non-DP"):
+    with pytest.raises(StrategyError, match="base = 'dp-fixed-server' must be one of the synchronous"):
         build_strategy("dp-adaptive-server", {"noise_multiplier": 0.1, "base": "dp-fixed-server"})
     with pytest.raises(StrategyError, match="beta = 1.5 must be in"):
         build_strategy("ema", {"beta": 1.5})

@@ -72,6 +72,21 @@ class Method:
         """The clients' distillation recipe for the run spec (None: clients do not distil)."""
         return None
 
+    def local_samples(self, config: ExperimentConfig, train_sizes: np.ndarray) -> np.ndarray:
+        """Training samples each client processes in one round (the simulated clock's work).
+
+        Weight exchange: ``train.local_epochs`` passes over the client's training split.
+        """
+        return config.train.local_epochs * np.asarray(train_sizes, dtype=np.float64)
+
+    def upload_bytes(self, config: ExperimentConfig, model_bytes: int, output_width: int, num_classes: int) -> int:
+        """Bytes a client sends back in a training round, known before it trains.
+
+        Weight exchange: the model it received (``model_bytes``), updated. ``output_width`` is
+        the client's representation (or feature) width, for methods that send outputs.
+        """
+        return model_bytes
+
     def start(self, strategy: Strategy, setup: ServerSetup) -> tuple[ArrayRecord, list[RoundExtension]]:
         """The round loop's initial arrays and this method's round extensions."""
         extensions: list[RoundExtension] = [CentralEvaluation(setup.evaluator, setup.config.evaluation.centralized_every)]

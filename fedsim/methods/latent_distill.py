@@ -171,6 +171,18 @@ class LatentDistillMethod(Method):
         digest = SGDRecipe(d.digest_epochs, d.digest_batch_size, d.digest_lr or t.lr, t.momentum, t.weight_decay)
         return DistillRecipe(digest, d.lambda_ce, d.lambda_kd, d.lambda_rep, d.temperature, d.tau)
 
+    def local_samples(self, config: ExperimentConfig, train_sizes: np.ndarray) -> np.ndarray:
+        """The revisit (local epochs on private data) plus the digest epochs on the transfer set."""
+        d = config.distill
+        digest = d.digest_epochs * d.transfer_size if (d.lambda_ce or d.lambda_kd or d.lambda_rep) else 0
+        return super().local_samples(config, train_sizes) + digest
+
+    def upload_bytes(self, config: ExperimentConfig, model_bytes: int, output_width: int, num_classes: int) -> int:
+        """Float32 logits and representations on the transfer set; nothing with a server teacher."""
+        if config.distill.teacher == "server":
+            return 0
+        return 4 * config.distill.transfer_size * (num_classes + output_width)
+
     def start(self, strategy: Strategy, setup: ServerSetup) -> tuple[ArrayRecord, list[RoundExtension]]:
         assert isinstance(strategy, LatentDistillation), "latent-distill's method drives LatentDistillation"
         labels = self._transfer_labels(setup)
