@@ -13,8 +13,14 @@ The comparison directory holds ``runs/<label>-s<seed>/`` (ordinary run directori
 figures: ``fedsim plot`` draws a run's, and the comparison draws its own), a tidy
 table ``tidy.csv`` (strategy, seed, round, metric, value), ``summary.csv`` (one row per
 strategy and seed), ``summary_by_strategy.csv`` (mean and std over seeds) and figures:
-accuracy vs round, accuracy vs cumulative MB communicated (mean with a min-max band over
-seeds), and the final confusion matrices side by side.
+accuracy vs round, accuracy vs cumulative MB communicated and -- when the runs simulate time --
+accuracy vs simulated hours (mean with a min-max band over seeds), and the final confusion
+matrices side by side.
+
+An entry may carry config settings of its own: in ``fedavg:time.deadline=600`` a key with a dot
+is a config key set for that entry only (a strategy's keyword arguments have no dots), so
+``--strategies fedavg,fedavg:time.deadline=600,fedbuff:buffer_size=10`` compares synchronous
+FedAvg with and without a deadline and FedBuff on the same devices and data.
 """
 
 from __future__ import annotations
@@ -24,13 +30,13 @@ import re
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fedsim.config import ConfigError, ExperimentConfig
+from fedsim.config import ConfigError, ExperimentConfig, set_value
 from fedsim.validation import validate
 from fedsim.methods import method_for
 from fedsim import rundir
@@ -40,20 +46,24 @@ from fedsim.strategies import STRATEGY_NAMES, StrategyError, parse_strategy_spec
 CENTRALIZED = "centralized"
 KIND = "comparison"  # the run-directory marker's kind (fedsim.rundir)
 TIDY_METRICS = ("test_accuracy", "test_loss", "test_f1", "train_loss", "train_accuracy",
-                "fed_eval_accuracy", "cumulative_mb")
+                "fed_eval_accuracy", "cumulative_mb", "sim_hours", "staleness_mean", "clients_dropped")
 
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """One compared entry: a label for tables and figures, a strategy name and its kwargs."""
+    """One compared entry: a label for tables and figures, a strategy name, its kwargs, and
+    config settings of its own (``fedavg:time.deadline=600``: a key with a dot is a config key)."""
 
     label: str
     name: str
     kwargs: dict
     mode: str = "federated"
+    overrides: dict = field(default_factory=dict)
 
     def apply(self, config: ExperimentConfig, seed: int) -> ExperimentConfig:
         out = copy.deepcopy(config)
+        for key, value in self.overrides.items():
+            set_value(out, key, value)
         out.seed = seed
         if self.name == CENTRALIZED:
             out.train.mode = CENTRALIZED
@@ -76,13 +86,19 @@ def parse_strategies(specs: str | list[str]) -> list[StrategySpec]:
         raise StrategyError("no strategies given; e.g. --strategies fedavg,uniform,centralized")
     parsed = []
     for item in items:
-        name, kwargs = parse_strategy_spec(item)
+        name, arguments = parse_strategy_spec(item)
+        kwargs = {k: v for k, v in arguments.items() if "." not in k}
+        overrides = {k: v for k, v in arguments.items() if "." in k}
+        for key in overrides:
+            if key.split(".")[0] in ("strategy", "output") or key == "seed":
+                raise StrategyError(f"{item!r}: {key} cannot differ between compared entries (the entry names the "
+                                    "strategy; output and seeds belong to the comparison)")
         if name != CENTRALIZED and name not in STRATEGY_NAMES:
             raise StrategyError(f"unknown strategy {name!r} in {item!r}; allowed: "
                                 f"{', '.join(STRATEGY_NAMES)}, {CENTRALIZED}")
         if name == CENTRALIZED and kwargs:
             raise StrategyError(f"{item!r}: the centralized baseline takes no arguments")
-        parsed.append(StrategySpec(label=item, name=name, kwargs=kwargs))
+        parsed.append(StrategySpec(label=item, name=name, kwargs=kwargs, overrides=overrides))
     labels = [p.label for p in parsed]
     if len(set(labels)) != len(labels):
         raise StrategyError(f"strategies listed twice: {labels}")
@@ -108,6 +124,14 @@ def _rounds_to_target(rounds: pd.DataFrame, target: float | None) -> float:
         return float("nan")
     reached = rounds[(rounds["round"] > 0) & (rounds["test_accuracy"] >= target)]
     return float(reached["round"].iloc[0]) if len(reached) else float("nan")
+
+
+def _hours_to_target(rounds: pd.DataFrame, target: float | None) -> float:
+    """Simulated hours until the test accuracy first reaches ``target`` (NaN: never, or no target)."""
+    if target is None:
+        return float("nan")
+    reached = rounds[(rounds["round"] > 0) & (rounds["test_accuracy"] >= target)]
+    return float(reached["sim_hours"].iloc[0]) if len(reached) else float("nan")
 
 
 def compare(
@@ -184,6 +208,9 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
         trained = rounds["round"] > 0
         rounds["cumulative_mb"] = ((rounds["bytes_down"].fillna(0) + rounds["bytes_up"].fillna(0))
                                    .where(trained, 0).cumsum() / 1e6)
+        timed = "sim_time" in rounds and rounds["sim_time"].notna().any()
+        if timed:
+            rounds["sim_hours"] = rounds["sim_time"].where(trained, 0.0) / 3600.0
         tested = rounds.dropna(subset=["test_accuracy"])
         rows.append({**row, "status": "ok", "error": "",
                      "final_accuracy": float(tested["test_accuracy"].iloc[-1]) if len(tested) else np.nan,
@@ -191,6 +218,10 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
                      "rounds_to_target": _rounds_to_target(tested, target),
                      "total_mb": float(rounds["cumulative_mb"].iloc[-1]),
                      "wall_seconds": float(rounds["wall_seconds"].sum()),
+                     "sim_hours": float(rounds["sim_hours"].iloc[-1]) if timed else np.nan,
+                     "hours_to_target": _hours_to_target(rounds, target) if timed else np.nan,
+                     "clients_dropped": int(rounds["clients_dropped"].fillna(0).sum()) if "clients_dropped" in rounds
+                     else 0,
                      "client_failures": int(result.summary.get("client_failures", 0)),
                      "run_dir": str(Path("runs") / result.path.name)})
         present = [m for m in TIDY_METRICS if m in rounds]
@@ -222,6 +253,8 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
         figures.mkdir(exist_ok=True)
         plots.plot_comparison(tidy, figures / "accuracy_vs_round.png", x="round")
         plots.plot_comparison(tidy, figures / "accuracy_vs_mb.png", x="cumulative_mb")
+        if (tidy["metric"] == "sim_hours").any():
+            plots.plot_comparison(tidy, figures / "accuracy_vs_time.png", x="sim_hours")
         plots.plot_confusions(confusions, figures / "confusion_matrices.png")
         if tidy["metric"].str.startswith("hook.").any():
             plots.plot_hook_stats(tidy, figures / "hook_stats.png")
@@ -236,7 +269,8 @@ def summarize_by_strategy(summary: pd.DataFrame, order: list[str]) -> pd.DataFra
         part = summary[summary["strategy"] == label]
         ok = part[part["status"] == "ok"] if "status" in part else part.iloc[:0]
         row: dict = {"strategy": label, "runs_ok": len(ok), "runs_failed": len(part) - len(ok)}
-        for column in ("final_accuracy", "best_accuracy", "rounds_to_target", "total_mb", "wall_seconds"):
+        for column in ("final_accuracy", "best_accuracy", "rounds_to_target", "total_mb", "wall_seconds",
+                       "sim_hours", "hours_to_target"):
             values = ok[column].astype(float) if column in ok else pd.Series(dtype=float)
             row[f"{column}_mean"] = float(values.mean()) if len(values) else np.nan
             row[f"{column}_std"] = float(values.std(ddof=1)) if len(values) > 1 else np.nan

@@ -33,6 +33,7 @@ from fedsim.modes import is_federated
 from fedsim.prepare import PreparedRun, prepare, prepare_resume
 from fedsim.results import RunResult, load_run
 from fedsim.simulate import node_count, run_simulation
+from fedsim.timing import DROPPED
 from fedsim.validation import validate
 
 
@@ -61,6 +62,7 @@ def finalize(prepared: PreparedRun, final_arrays: ArrayRecord | None, confusion:
         plots.plot_accuracy(rounds, figures / "accuracy.png", title)
         plots.plot_loss(rounds, figures / "loss.png", title)
         plot_heatmap(prepared.counts, names, figures / "label_distribution.png")
+        plots.plot_time_figures(rounds, clients, figures, config.time.deadline, title)
     return rundir.publish(folder, prepared.final)
 
 
@@ -92,6 +94,10 @@ def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, prepared: PreparedRun
         "total_megabytes": float((trained["bytes_down"].sum() + trained["bytes_up"].sum()) / 1e6),
         "client_failures": failures,
         "wall_seconds": float(trained["wall_seconds"].sum()),
+        "simulated_hours": (last("sim_time") or 0.0) / 3600.0 if "sim_time" in rounds and rounds["sim_time"].notna().any()
+        else None,
+        "clients_dropped": ({status: int((clients["status"] == status).sum()) for status in DROPPED}
+                            if len(clients) else {}),
         "partition_summary": partition_summary(prepared.counts),
         **extras,
     }

@@ -1,4 +1,5 @@
-"""Figures of a run: accuracy and loss per round (matplotlib, Agg backend)."""
+"""Figures of a run: accuracy and loss per round, accuracy against simulated time, and who was
+slow or dropped out each round (matplotlib, Agg backend)."""
 
 from __future__ import annotations
 
@@ -62,7 +63,82 @@ def plot_loss(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
     return path
 
 
+def has_simulated_time(rounds: pd.DataFrame) -> bool:
+    """Whether a run simulated time (its ``rounds.csv`` has ``sim_time`` values)."""
+    return "sim_time" in rounds and rounds["sim_time"].notna().any()
+
+
+def plot_accuracy_vs_time(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Test accuracy against cumulative simulated hours (round 0 at time 0)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    data = rounds[["round", "sim_time", "test_accuracy"]].copy()
+    data.loc[data["round"] == 0, "sim_time"] = 0.0
+    data = data.dropna()
+    ax.plot(data["sim_time"] / 3600.0, data["test_accuracy"], marker="o", ms=3)
+    ax.set_xlabel("simulated time (hours)")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "accuracy against simulated time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+STATUS_COLOURS = {"ok": "tab:green", "failed": "black", "straggler": "tab:red", "offline": "tab:purple",
+                  "surplus": "tab:orange"}
+
+
+def plot_client_times(clients: pd.DataFrame, path: Path, deadline: float = 0.0, title: str = "") -> Path:
+    """Each training client's simulated round time per round, coloured by what became of it.
+
+    One dot per sampled client and round (x = round, y = seconds from its start to when it
+    finished or dropped out), so the slow clients, the stragglers past a deadline (dashed line),
+    the clients that went offline and the over-selected surplus are visible at a glance.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    train = clients[(clients["phase"] == "train") & clients["sim_finish"].notna()]
+    seconds = train["sim_finish"] - train["sim_start"]
+    offsets = np.random.default_rng(0).uniform(-0.25, 0.25, size=len(train))  # spread the dots of a round
+    for status, colour in STATUS_COLOURS.items():
+        mask = (train["status"] == status).to_numpy()
+        if mask.any():
+            ax.scatter(train["round"].to_numpy()[mask] + offsets[mask], seconds.to_numpy()[mask], s=9,
+                       color=colour, alpha=0.7, label=f"{status} ({int(mask.sum())})")
+    if deadline > 0:
+        ax.axhline(deadline, ls="--", color="grey", label=f"deadline {deadline:g} s")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("round")
+    ax.set_ylabel("simulated seconds (download + compute + upload)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "client round times")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 RUN_FIGURES = ("accuracy.png", "loss.png", "label_distribution.png")
+TIME_FIGURES = ("accuracy_vs_time.png", "client_times.png")
+
+
+def plot_time_figures(rounds: pd.DataFrame, clients: pd.DataFrame, figures: Path, deadline: float,
+                      title: str = "") -> list[Path]:
+    """The simulated-time figures of a run (none when the run did not simulate time)."""
+    if not has_simulated_time(rounds):
+        return []
+    for name in TIME_FIGURES:
+        if (figures / name).is_symlink():
+            (figures / name).unlink()
+    return [plot_accuracy_vs_time(rounds, figures / TIME_FIGURES[0], title),
+            plot_client_times(clients, figures / TIME_FIGURES[1], deadline, title)]
 
 
 def plot_run(path: str | Path) -> list[Path]:
@@ -87,15 +163,21 @@ def plot_run(path: str | Path) -> list[Path]:
             (figures / name).unlink()
     title = f"{result.summary['strategy']} / {result.summary['model']} / {result.summary['partition']}"
     accuracy, loss, labels = (figures / name for name in RUN_FIGURES)
+    deadline = float(result.config.get("time", {}).get("deadline", 0.0))
     return [
         plot_accuracy(result.rounds, accuracy, title),
         plot_loss(result.rounds, loss, title),
         plot_heatmap(result.partition_counts.to_numpy(), list(result.partition_counts.columns), labels),
+        *plot_time_figures(result.rounds, result.clients, figures, deadline, title),
     ]
 
 
+X_LABELS = {"round": "round", "cumulative_mb": "cumulative MB communicated (model arrays)",
+            "sim_hours": "simulated time (hours)"}
+
+
 def plot_comparison(tidy: pd.DataFrame, path: Path, x: str = "round") -> Path:
-    """Test accuracy vs ``round`` or ``cumulative_mb``: mean over seeds with a min-max band.
+    """Test accuracy vs ``round``, ``cumulative_mb`` or ``sim_hours``: mean over seeds with a min-max band.
 
     Strategies that communicate nothing (the centralized baseline) appear on the MB plot as a
     dashed horizontal line at their final accuracy.
@@ -108,18 +190,19 @@ def plot_comparison(tidy: pd.DataFrame, path: Path, x: str = "round") -> Path:
             frame = part.pivot_table(index="round", columns="seed", values="value")
             xs = frame.index.to_numpy(dtype=float)
         else:
-            mb = tidy[(tidy["strategy"] == label) & (tidy["metric"] == "cumulative_mb")]
+            mb = tidy[(tidy["strategy"] == label) & (tidy["metric"] == x)]
             frame = part.pivot_table(index="round", columns="seed", values="value")
             mb_mean = mb.pivot_table(index="round", columns="seed", values="value").mean(axis=1)
-            if float(mb_mean.max()) == 0.0:
-                ax.axhline(float(frame.mean(axis=1).iloc[-1]), ls="--", color="grey", label=f"{label} (no communication)")
+            if not len(mb_mean) or float(mb_mean.max()) == 0.0:
+                what = "no communication" if x == "cumulative_mb" else "no simulated time"
+                ax.axhline(float(frame.mean(axis=1).iloc[-1]), ls="--", color="grey", label=f"{label} ({what})")
                 continue
             xs = mb_mean.reindex(frame.index).to_numpy(dtype=float)
         mean = frame.mean(axis=1).to_numpy()
         line, = ax.plot(xs, mean, marker="o", ms=3, label=f"{label} (n={frame.shape[1]})")
         if frame.shape[1] > 1:
             ax.fill_between(xs, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("round" if x == "round" else "cumulative MB communicated (model arrays)")
+    ax.set_xlabel(X_LABELS[x])
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

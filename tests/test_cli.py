@@ -58,6 +58,7 @@ def test_partition_command_prints_summary_and_saves_heatmap(tmp_path: Path, caps
     assert len(csvs) == 1 and len(csvs[0].read_text().splitlines()) == 21
 
 
+@pytest.mark.slow  # subprocess runs
 def test_console_script_exit_status(tmp_path: Path) -> None:
     exe = Path(sys.executable).with_name("fedsim")
     completed = subprocess.run([str(exe), "run", "--set", "train.lr=-0.1", "-o", str(tmp_path / "r")],

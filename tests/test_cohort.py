@@ -138,6 +138,7 @@ def test_results_are_identical_for_any_number_of_workers(small_config) -> None:
         assert (load.groupby(["round", "phase"])["failed"].sum().loc[(slice(None), "train")] <= 1).all()
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_distillation_with_mixed_architectures_on_cohorts(small_config) -> None:
     overrides = {"strategy.name": "latent-distill", "model.representation_dim": 16, "train.rounds": 2,
                  "model.architectures": ["lenet5", "niid_cnn"], "distill.transfer_size": 120,
@@ -189,6 +190,7 @@ def test_clients_on_ray_workers_without_a_gpu_share_use_the_cpu(small_config, mo
     assert client_device(small_config(**{"simulation.executor": "flower", "simulation.device": "cuda"})) == "cuda"
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_client_side_dp_clipping_applies_per_client_in_a_cohort(small_config) -> None:
     overrides = {"train.rounds": 2, "strategy.name": "dp-fixed-client", "strategy.kwargs.noise_multiplier": 0.0,
                  "strategy.kwargs.clipping_norm": 0.05, "evaluation.federated_every": 0}
@@ -202,7 +204,7 @@ def test_client_side_dp_clipping_applies_per_client_in_a_cohort(small_config) ->
 
 
 
-@pytest.mark.parametrize("strategy", ["fedavg", "fedadam"])
+@pytest.mark.parametrize("strategy", ["fedavg", pytest.param("fedadam", marks=pytest.mark.slow)])
 def test_streaming_workers_send_one_partial_mean_and_results_match(small_config, strategy: str) -> None:
     overrides = {"train.rounds": 3, "train.fraction_train": 0.8, "strategy.name": strategy,
                  "evaluation.federated_every": 0, "simulation.fail_clients": [4]}

@@ -134,6 +134,7 @@ def test_client_state_persists_and_only_sampled_clients_load(small_config) -> No
     assert worker.store.loads == loads + 1 and worker.store.stored_clients() == [1]
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_two_architectures_end_to_end_with_consensus_and_teacher(small_config) -> None:
     config = distill_config(small_config, **{"train.rounds": 2, "train.fraction_train": 0.5,
                                              "output.name": "consensus"})

@@ -336,6 +336,7 @@ def test_plot_never_writes_through_a_symlink(small_config, tmp_path) -> None:
     assert main(["plot", str(result.path)]) == 2
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_a_full_disk_fails_the_run_and_keeps_earlier_results(small_config, monkeypatch) -> None:
     """R-ENOSPC: a write failing with ENOSPC -> exit 1, run kept as .failed with its rounds so far; resumable."""
     from fedsim.recorder import RunRecorder

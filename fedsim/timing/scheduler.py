@@ -140,7 +140,7 @@ class SynchronousScheduler(Scheduler):
 
     def _sample(self, server_round: int, start: float) -> tuple[list[int], float]:
         """The round's sampled ids (only online clients) and the time the round really starts."""
-        if isinstance(self.availability, AlwaysOnline) and not self.over_selection:
+        if type(self.availability) is AlwaysOnline and not self.over_selection:  # the plain loop's draw
             return sample_clients(self.seed, server_round, TRAIN, self.num_clients, self.per_round), start
         online = self.availability.online(start, server_round)
         if not online.any():
