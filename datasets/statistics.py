@@ -58,15 +58,13 @@ def plot_heatmap(
     counts: np.ndarray, class_names: list[str] | tuple[str, ...], path: Path, title: str = ""
 ) -> Path:
     """Save a client x class heat map of sample counts (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) is left alone
 
     num_clients, num_classes = counts.shape
     width = min(max(6.0, 0.35 * num_classes + 3), 20)
     height = min(max(3.0, 0.25 * num_clients + 1.5), 14)
-    fig, ax = plt.subplots(figsize=(width, height))
+    fig = Figure(figsize=(width, height))
+    ax = fig.subplots()
     image = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_xlabel("class")
     ax.set_ylabel("client")
@@ -83,5 +81,4 @@ def plot_heatmap(
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(comp)
     comp.add_argument("--strategies", required=True,
                       help="comma-separated specs name[:key=value[:key=value]], e.g. "
-                           "fedavg,uniform,ema:beta=0.5,fedprox:proximal_mu=0.01,centralized")
+                           "fedavg,uniform,ema:beta=0.5,fedprox:proximal_mu=0.01,centralized; a key with a dot "
+                           "is a config key for that entry only, e.g. fedavg:time.deadline=3")
     comp.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's seed)")
     comp.add_argument("--target", type=float, help="accuracy for the rounds-to-target column")
     comp.add_argument("--output", "-o", help="parent folder (output.dir)")

@@ -1,5 +1,10 @@
 """Figures of a run: accuracy and loss per round, accuracy against simulated time, and who was
-slow or dropped out each round (matplotlib, Agg backend)."""
+slow or dropped out each round.
+
+Figures are drawn with matplotlib's object-oriented API (``matplotlib.figure.Figure``), never
+through ``pyplot``'s global state: fedsim works without a display and leaves the backend of the
+caller (a notebook's inline plots) alone.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,23 @@ import numpy as np
 import pandas as pd
 
 
-def _pyplot():
-    import matplotlib
+class _Figures:
+    """The two ``pyplot`` calls fedsim uses, without pyplot: ``subplots`` and ``close``."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    @staticmethod
+    def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, **kwargs):  # noqa: ANN003, ANN205
+        from matplotlib.figure import Figure
 
-    return plt
+        fig = Figure(figsize=figsize)
+        return fig, fig.subplots(nrows, ncols, **kwargs)
+
+    @staticmethod
+    def close(fig) -> None:  # noqa: ANN001 - a Figure not registered with pyplot needs no closing
+        return None
+
+
+def _pyplot() -> _Figures:
+    return _Figures()
 
 
 def plot_accuracy(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
@@ -68,15 +83,25 @@ def has_simulated_time(rounds: pd.DataFrame) -> bool:
     return "sim_time" in rounds and rounds["sim_time"].notna().any()
 
 
+def time_unit(longest_seconds: float) -> tuple[float, str]:
+    """Seconds per unit and the unit's name for an axis spanning ``longest_seconds``."""
+    if longest_seconds < 120:
+        return 1.0, "seconds"
+    if longest_seconds < 2 * 3600:
+        return 60.0, "minutes"
+    return 3600.0, "hours"
+
+
 def plot_accuracy_vs_time(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Test accuracy against cumulative simulated hours (round 0 at time 0)."""
+    """Test accuracy against cumulative simulated time (round 0 at time 0)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     data = rounds[["round", "sim_time", "test_accuracy"]].copy()
     data.loc[data["round"] == 0, "sim_time"] = 0.0
     data = data.dropna()
-    ax.plot(data["sim_time"] / 3600.0, data["test_accuracy"], marker="o", ms=3)
-    ax.set_xlabel("simulated time (hours)")
+    unit, name = time_unit(float(data["sim_time"].max()) if len(data) else 0.0)
+    ax.plot(data["sim_time"] / unit, data["test_accuracy"], marker="o", ms=3)
+    ax.set_xlabel(f"simulated time ({name})")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
@@ -172,8 +197,7 @@ def plot_run(path: str | Path) -> list[Path]:
     ]
 
 
-X_LABELS = {"round": "round", "cumulative_mb": "cumulative MB communicated (model arrays)",
-            "sim_hours": "simulated time (hours)"}
+X_LABELS = {"round": "round", "cumulative_mb": "cumulative MB communicated (model arrays)"}
 
 
 def plot_comparison(tidy: pd.DataFrame, path: Path, x: str = "round") -> Path:
@@ -185,6 +209,10 @@ def plot_comparison(tidy: pd.DataFrame, path: Path, x: str = "round") -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     acc = tidy[tidy["metric"] == "test_accuracy"]
+    unit, unit_name = 1.0, ""
+    if x == "sim_hours":  # hours in the table; the axis in a unit that suits the span
+        seconds = time_unit(3600.0 * float(tidy.loc[tidy["metric"] == x, "value"].max()))
+        unit, unit_name = seconds[0] / 3600.0, seconds[1]
     for label, part in acc.groupby("strategy", sort=False):
         if x == "round":
             frame = part.pivot_table(index="round", columns="seed", values="value")
@@ -197,12 +225,12 @@ def plot_comparison(tidy: pd.DataFrame, path: Path, x: str = "round") -> Path:
                 what = "no communication" if x == "cumulative_mb" else "no simulated time"
                 ax.axhline(float(frame.mean(axis=1).iloc[-1]), ls="--", color="grey", label=f"{label} ({what})")
                 continue
-            xs = mb_mean.reindex(frame.index).to_numpy(dtype=float)
+            xs = mb_mean.reindex(frame.index).to_numpy(dtype=float) / unit
         mean = frame.mean(axis=1).to_numpy()
         line, = ax.plot(xs, mean, marker="o", ms=3, label=f"{label} (n={frame.shape[1]})")
         if frame.shape[1] > 1:
             ax.fill_between(xs, frame.min(axis=1), frame.max(axis=1), color=line.get_color(), alpha=0.2)
-    ax.set_xlabel(X_LABELS[x])
+    ax.set_xlabel(f"simulated time ({unit_name})" if x == "sim_hours" else X_LABELS[x])
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
