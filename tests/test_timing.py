@@ -510,3 +510,37 @@ def test_the_example_files_drive_a_run(small_config) -> None:
     train = result.clients[result.clients["phase"] == "train"]
     assert set(train["status"]) <= {"ok", "straggler", "offline"}
     assert (result.path / "availability.csv").read_bytes() == (ROOT / "configs/traces/diurnal_week.csv").read_bytes()
+
+
+@pytest.mark.parametrize("settings", [
+    {"time.deadline": 1.0, "time.over_selection": 0.4},
+    {"strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3, "train.clients_per_round": 6},
+], ids=["deadline+over-selection", "fedbuff"])
+def test_timed_results_are_identical_for_any_number_of_cohort_workers(small_config, settings) -> None:
+    from fedsim import run
+
+    from test_cohort import run_on_cohort
+
+    overrides = {**TIMED, "train.rounds": 3, **settings}
+    reference = run(small_config(**overrides, **{"output.name": "reference"}), progress=False)
+    for workers in (1, 3):
+        rounds, clients, grid, executor, _ = run_on_cohort(small_config(**overrides, **{"output.name": f"w{workers}"}),
+                                                           workers)
+        pd.testing.assert_frame_equal(rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"))
+        pd.testing.assert_frame_equal(clients.drop(columns="seconds"), reference.clients.drop(columns="seconds"))
+        # one executor call per round: the sampled clients together; asynchronous: every client that
+        # starts from the round's model, in one batch (dispatched at different simulated times)
+        assert len(executor.busy) == 3 and all(len(b) <= workers for b in executor.busy)
+
+
+@pytest.mark.ray
+def test_fedbuff_runs_on_ray_cohort_workers_like_in_process(small_config) -> None:
+    from fedsim import run
+
+    overrides = {**TIMED, "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3, "train.clients_per_round": 6}
+    reference = run(small_config(**overrides, **{"output.name": "reference", "simulation.executor": "in-process"}),
+                    progress=False)
+    on_ray = run(small_config(**overrides, **{"output.name": "ray", "simulation.executor": "cohort",
+                                              "simulation.workers": 2}), progress=False)
+    pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"))
+    pd.testing.assert_frame_equal(on_ray.clients.drop(columns="seconds"), reference.clients.drop(columns="seconds"))

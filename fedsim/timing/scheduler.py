@@ -21,8 +21,8 @@ dropped out, and the simulated-time columns of the round and of every client.
   (in simulated time) another starts from the current model. A server round ends when the
   strategy's buffer holds ``buffer_size`` successful updates (FedBuff: Nguyen et al.,
   "Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022; FedAsync: buffer
-  of 1). Clients that start from the same model version are configured and executed together,
-  so a cohort worker trains them in one message. A client trains at most once per server round
+  of 1). Clients that start from the same model version are executed together, normally in one
+  batch per round, so a cohort worker trains them in one message. A client trains at most once per server round
   and contributes at most one update to a buffer.
 
 All choices depend on (seed, round) and the simulated clock alone, never on which worker ran a
@@ -279,9 +279,17 @@ class AsynchronousScheduler(Scheduler):
                     flight.reply = result
                 waiting.clear()
 
-        arrived: list[tuple[_Flight, ClientReply]] = []
+        arrived: list[_Flight] = []
         dropped: list[_Flight] = []
+        unknown: list[_Flight] = []  # arrived, but not computed yet: counted as successes until they are
         ok = failed = 0
+
+        def resolve() -> tuple[int, int]:
+            compute()
+            outcomes = [f.reply.ok for f in unknown]
+            unknown.clear()
+            return sum(outcomes), len(outcomes) - sum(outcomes)
+
         fill(self.now)
         while ok < self.buffer_size and failed < self.buffer_size:
             if not self.in_flight:
@@ -295,24 +303,34 @@ class AsynchronousScheduler(Scheduler):
                     break
                 continue
             flight = min(self.in_flight.values(), key=lambda f: (f.event_time, f.client_id))
-            if flight.drop_at is None and flight.reply is None:
-                compute()
             del self.in_flight[flight.client_id]
             self.now = max(self.now, flight.event_time)
             touched[flight.client_id] = True
             if flight.drop_at is not None:
                 dropped.append(flight)
             else:
-                arrived.append((flight, flight.reply))
-                ok, failed = ok + flight.reply.ok, failed + (not flight.reply.ok)
+                arrived.append(flight)
+                if flight.reply is None:
+                    unknown.append(flight)
+                else:
+                    ok, failed = ok + flight.reply.ok, failed + (not flight.reply.ok)
             fill(self.now)
+            # The order of events does not depend on the outcomes (a failure frees its slot like a
+            # success), only where the round stops does: so training is computed once, in one
+            # batch, when the round would stop if every pending arrival succeeded.
+            if unknown and (ok + len(unknown) >= self.buffer_size or not self.in_flight):
+                good, bad = resolve()
+                ok, failed = ok + good, failed + bad
+        if unknown:
+            good, bad = resolve()
+            ok, failed = ok + good, failed + bad
         compute()  # the clients still training from this round's model: computed while it exists
         if not arrived and not dropped and not dispatched:
             raise NoClientAvailable(
                 f"round {server_round}: no client is online to train (time.availability) and none is training; "
                 "the asynchronous run cannot go on (check the availability settings or the trace)")
-        staleness = [server_round - f.dispatch_round for f, r in arrived if r.ok]
-        times = {f.client_id: {**f.times, "staleness": float(server_round - f.dispatch_round)} for f, _ in arrived}
+        staleness = [server_round - f.dispatch_round for f in arrived if f.reply.ok]
+        times = {f.client_id: {**f.times, "staleness": float(server_round - f.dispatch_round)} for f in arrived}
         drops = []
         notices = []
         for f in dropped:
@@ -323,7 +341,7 @@ class AsynchronousScheduler(Scheduler):
         row = {"sim_round_seconds": self.now - started, "sim_time": self.now, "clients_dropped": len(drops),
                "staleness_mean": float(np.mean(staleness)) if staleness else float("nan"),
                "staleness_max": float(max(staleness)) if staleness else float("nan")}
-        return TrainingRound(dispatched, [r for _, r in arrived], drops, times, row, notices)
+        return TrainingRound(dispatched, [f.reply for f in arrived], drops, times, row, notices)
 
     # ------------------------------------------------------------------ checkpoints
 
