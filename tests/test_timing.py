@@ -544,3 +544,26 @@ def test_fedbuff_runs_on_ray_cohort_workers_like_in_process(small_config) -> Non
                                               "simulation.workers": 2}), progress=False)
     pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"))
     pd.testing.assert_frame_equal(on_ray.clients.drop(columns="seconds"), reference.clients.drop(columns="seconds"))
+
+
+@pytest.mark.parametrize("settings", [
+    {},
+    pytest.param({"strategy.name": "latent-distill", "model.representation_dim": 8, "distill.transfer_size": 60,
+                  "model.architectures": ["lenet5", "niid_cnn"]}, marks=pytest.mark.slow),
+], ids=["weights", "latent-distill"])
+def test_the_clock_charges_what_clients_really_receive_and_send(small_config, settings) -> None:
+    """Download and upload times are those of the bytes counted in rounds.csv, predicted before training."""
+    from fedsim import run
+
+    result = run(small_config(**{**TIMED, "train.rounds": 2, **settings}), progress=False)
+    devices = pd.read_csv(result.path / "devices.csv")
+    train = result.clients[(result.clients["phase"] == "train") & (result.clients["status"] == "ok")]
+    train = train.merge(devices, on="client_id")
+    up = (train["sim_upload"] - train["latency"]) * train["upload_mbps"] * 1e6 / 8
+    down = (train["sim_download"] - train["latency"]) * train["download_mbps"] * 1e6 / 8
+    rounds = result.rounds[result.rounds["round"] > 0].set_index("round")
+    assert np.allclose(up.groupby(train["round"]).sum(), rounds["bytes_up"], rtol=1e-9)
+    assert np.allclose(down.groupby(train["round"]).sum(), rounds["bytes_down"], rtol=1e-9)
+    samples = result.clients[result.clients["phase"] == "train"].merge(devices, on="client_id")
+    work = samples["sim_compute"] / (samples["seconds_per_sample"] * samples["model_cost"])
+    assert (work > 0).all() and np.allclose(work, np.round(work))  # whole samples of local work

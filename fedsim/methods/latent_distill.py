@@ -20,6 +20,7 @@ What the engine has to do around them lives here, in one place:
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,7 @@ class LatentDistillMethod(Method):
         """Float32 logits and representations on the transfer set; nothing with a server teacher."""
         if config.distill.teacher == "server":
             return 0
-        return 4 * config.distill.transfer_size * (num_classes + output_width)
+        return _outputs_bytes(config.distill.transfer_size, num_classes, output_width)
 
     def start(self, strategy: Strategy, setup: ServerSetup) -> tuple[ArrayRecord, list[RoundExtension]]:
         assert isinstance(strategy, LatentDistillation), "latent-distill's method drives LatentDistillation"
@@ -213,6 +214,13 @@ class LatentDistillMethod(Method):
         setup.recorder.extras["teacher_test_accuracy"] = metrics["test_accuracy"]
         logits, reps = transfer_outputs(teacher, x)
         return ArrayRecord({"logits": Array(logits.astype(np.float32)), "reps": Array(reps.astype(np.float32))})
+
+
+@lru_cache(maxsize=64)
+def _outputs_bytes(transfer_size: int, num_classes: int, width: int) -> int:
+    """Bytes of a client's reply arrays: float32 logits (|d| x C) and representations (|d| x r)."""
+    return ArrayRecord({"logits": Array(np.zeros((transfer_size, num_classes), dtype=np.float32)),
+                        "reps": Array(np.zeros((transfer_size, width), dtype=np.float32))}).count_bytes()
 
 
 def external_transfer(config: ExperimentConfig, dataset: CachedDataset) -> tuple[CachedDataset, np.ndarray]:
