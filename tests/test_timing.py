@@ -567,3 +567,30 @@ def test_the_clock_charges_what_clients_really_receive_and_send(small_config, se
     samples = result.clients[result.clients["phase"] == "train"].merge(devices, on="client_id")
     work = samples["sim_compute"] / (samples["seconds_per_sample"] * samples["model_cost"])
     assert (work > 0).all() and np.allclose(work, np.round(work))  # whole samples of local work
+
+
+def test_a_trace_that_ends_stops_the_run_with_a_clear_error(tmp_path: Path) -> None:
+    from fedsim.timing import NoClientAvailable
+
+    path = tmp_path / "trace.csv"
+    path.write_text("client_id,start,end\n0,0,5\n1,0,5\n")
+    for scheduler in (SynchronousScheduler(0, 2, 2, Trace(2, read_trace(path)), clock_with_compute([2.0, 2.0])),
+                      AsynchronousScheduler(0, 2, 2, 2, Trace(2, read_trace(path)), clock_with_compute([2.0, 2.0]))):
+        loop = FakeLoop()
+        assert len(scheduler.train_round(1, loop.dispatch()).arrived) == 2  # both finish at 2 s
+        scheduler.train_round(2, loop.dispatch())  # from 2 s to 4 s
+        with pytest.raises(NoClientAvailable, match="none will come online again.*time.trace_period"):
+            for server_round in (3, 4):
+                scheduler.train_round(server_round, loop.dispatch())
+
+
+def test_a_round_in_which_nobody_drew_online_has_no_clients() -> None:
+    class Nobody(PerRound):
+        def online(self, t: float, server_round: int) -> np.ndarray:
+            return np.zeros(self.num_clients, dtype=bool) if server_round == 1 else super().online(t, server_round)
+
+    loop = FakeLoop()
+    scheduler = SynchronousScheduler(0, 5, 2, Nobody(5, 1.0, 0), clock_with_compute([1.0] * 5))
+    empty = scheduler.train_round(1, loop.dispatch())
+    assert empty.dispatched == [] and empty.arrived == [] and scheduler.now == 0.0
+    assert len(scheduler.train_round(2, loop.dispatch()).arrived) == 2

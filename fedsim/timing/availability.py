@@ -44,7 +44,13 @@ class TraceError(ValueError):
 
 
 class Availability(ABC):
-    """Which of ``num_clients`` clients are online when."""
+    """Which of ``num_clients`` clients are online when.
+
+    ``time_based``: whether being online depends on the simulated time (then waiting helps when
+    nobody is online) or only on the round (then the round goes without clients).
+    """
+
+    time_based = True
 
     def __init__(self, num_clients: int) -> None:
         self.num_clients = num_clients
@@ -72,6 +78,8 @@ class AlwaysOnline(Availability):
 
 class PerRound(Availability):
     """Online with probability ``p`` in each round, independently per (seed, round, client)."""
+
+    time_based = False
 
     def __init__(self, num_clients: int, p: float, seed: int) -> None:
         super().__init__(num_clients)

@@ -144,9 +144,14 @@ class SynchronousScheduler(Scheduler):
             return sample_clients(self.seed, server_round, TRAIN, self.num_clients, self.per_round), start
         online = self.availability.online(start, server_round)
         if not online.any():
+            if not self.availability.time_based:
+                return [], start  # nobody drew "online" this round: a round without clients
             start = self.availability.next_online(start, server_round)
             if not math.isfinite(start):
-                return [], self.now
+                raise NoClientAvailable(
+                    f"round {server_round}: no client is online at simulated time {self.now:.1f} s and none "
+                    "will come online again (time.availability; a trace that does not repeat has ended: set "
+                    "time.trace_period to repeat it)")
             online = self.availability.online(start, server_round)
         candidates = np.flatnonzero(online)
         size = min(math.ceil((1 + self.over_selection) * self.per_round), len(candidates))
@@ -325,10 +330,11 @@ class AsynchronousScheduler(Scheduler):
             good, bad = resolve()
             ok, failed = ok + good, failed + bad
         compute()  # the clients still training from this round's model: computed while it exists
-        if not arrived and not dropped and not dispatched:
+        if not arrived and not dropped and not dispatched and self.availability.time_based:
             raise NoClientAvailable(
-                f"round {server_round}: no client is online to train (time.availability) and none is training; "
-                "the asynchronous run cannot go on (check the availability settings or the trace)")
+                f"round {server_round}: no client is online at simulated time {self.now:.1f} s, none is training "
+                "and none will come online again (time.availability; a trace that does not repeat has ended: set "
+                "time.trace_period to repeat it)")
         staleness = [server_round - f.dispatch_round for f in arrived if f.reply.ok]
         times = {f.client_id: {**f.times, "staleness": float(server_round - f.dispatch_round)} for f in arrived}
         drops = []
