@@ -15,7 +15,7 @@ import pandas as pd
 
 
 class _Figures:
-    """The two ``pyplot`` calls fedsim uses, without pyplot: ``subplots`` and ``close``."""
+    """``pyplot.subplots`` without pyplot: a ``Figure`` of its own, registered nowhere."""
 
     @staticmethod
     def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] | None = None, **kwargs):  # noqa: ANN003, ANN205
@@ -24,13 +24,16 @@ class _Figures:
         fig = Figure(figsize=figsize)
         return fig, fig.subplots(nrows, ncols, **kwargs)
 
-    @staticmethod
-    def close(fig) -> None:  # noqa: ANN001 - a Figure not registered with pyplot needs no closing
-        return None
-
 
 def _pyplot() -> _Figures:
     return _Figures()
+
+
+def _save(fig, path: Path, dpi: int = 110) -> Path:  # noqa: ANN001 - a matplotlib Figure
+    """Lay out and write a figure; ``path`` back."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    return path
 
 
 def plot_accuracy(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
@@ -52,10 +55,7 @@ def plot_accuracy(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title or "accuracy per round")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_loss(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
@@ -72,10 +72,7 @@ def plot_loss(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.grid(alpha=0.3)
     ax.legend()
     ax.set_title(title or "loss per round")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def has_simulated_time(rounds: pd.DataFrame) -> bool:
@@ -106,10 +103,7 @@ def plot_accuracy_vs_time(rounds: pd.DataFrame, path: Path, title: str = "") -> 
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.set_title(title or "accuracy against simulated time")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 STATUS_COLOURS = {"ok": "tab:green", "failed": "black", "straggler": "tab:red", "offline": "tab:purple",
@@ -144,10 +138,7 @@ def plot_client_times(clients: pd.DataFrame, path: Path, deadline: float = 0.0, 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "client round times")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 RUN_FIGURES = ("accuracy.png", "loss.png", "label_distribution.png")
@@ -235,10 +226,7 @@ def plot_comparison(tidy: pd.DataFrame, path: Path, x: str = "round") -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("mean over seeds, band = min..max")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_confusions(matrices: dict[str, pd.DataFrame], path: Path) -> Path:
@@ -259,10 +247,7 @@ def plot_confusions(matrices: dict[str, pd.DataFrame], path: Path) -> Path:
             if values.shape[0] <= 4:
                 for (i, j), v in np.ndenumerate(values):
                     ax.text(j, i, str(v), ha="center", va="center", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_hook_stats(tidy: pd.DataFrame, path: Path) -> Path:
@@ -284,7 +269,4 @@ def plot_hook_stats(tidy: pd.DataFrame, path: Path) -> Path:
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)

@@ -387,7 +387,7 @@ def test_async_strategies_are_built_by_name() -> None:
     ({"time.devices": "tiers", "time.tiers": ["fast", "quick"]}, "allowed tiers: fast, medium, slow"),
     ({"time.devices": "phone"}, "time.devices = 'phone': allowed: none, lognormal, tiers, file"),
     ({"time.devices": "tiers", "time.availability": "trace", "time.trace_file": "/nonexistent.csv"}, "no such file"),
-    ({"time.devices": "file"}, "needs the CSV of device profiles"),
+    ({"time.devices": "file"}, "(a CSV of device profiles) needs the file"),
     ({"time.availability_p": 0.0}, "must be in (0, 1]"),
     ({"time.devices": "tiers", "time.train_dropped": True, "simulation.streaming": True,
       "simulation.executor": "cohort"}, "dropped clients trained anyway"),

@@ -8,6 +8,7 @@ anything is written.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from fedsim.config import ExperimentConfig, problem
@@ -70,30 +71,33 @@ def check_time(c: ExperimentConfig) -> list[str]:
     return e
 
 
-def _check_device_file(c: ExperimentConfig) -> list[str]:
-    if not c.time.devices_file:
-        return [problem("time.devices_file", "", "time.devices = 'file' needs the CSV of device profiles")]
-    path = Path(c.time.devices_file).expanduser()
+def _check_file(key: str, value: str, needed_for: str, read: Callable[[Path], object],
+                errors: tuple[type[Exception], ...]) -> list[str]:
+    """The problem with the file ``key = value`` (missing, unreadable, malformed), if any."""
+    if not value:
+        return [problem(key, "", f"{needed_for} needs the file")]
+    path = Path(value).expanduser()
     if not path.is_file():
-        return [problem("time.devices_file", c.time.devices_file, "no such file")]
+        return [problem(key, value, "no such file")]
     try:
-        file_profiles(read_device_file(path), c.partition.num_clients, c.seed, 0.0, 0.0, f"device file {str(path)!r}")
-    except DeviceError as err:
-        return [f"time.devices_file: {err}"]
+        read(path)
+    except errors as err:
+        return [f"{key}: {err}"]
     return []
+
+
+def _check_device_file(c: ExperimentConfig) -> list[str]:
+    def read(path: Path) -> object:
+        return file_profiles(read_device_file(path), c.partition.num_clients, c.seed, 0.0, 0.0,
+                             f"device file {str(path)!r}")
+
+    return _check_file("time.devices_file", c.time.devices_file, "time.devices = 'file' (a CSV of device profiles)",
+                       read, (DeviceError,))
 
 
 def _check_trace_file(c: ExperimentConfig) -> list[str]:
-    if not c.time.trace_file:
-        return [problem("time.trace_file", "", "time.availability = 'trace' needs the CSV of online intervals")]
-    path = Path(c.time.trace_file).expanduser()
-    if not path.is_file():
-        return [problem("time.trace_file", c.time.trace_file, "no such file")]
-    try:
-        read_trace(path, c.time.trace_period)
-    except TraceError as err:
-        return [f"time.trace_file: {err}"]
-    return []
+    return _check_file("time.trace_file", c.time.trace_file, "time.availability = 'trace' (a CSV of online intervals)",
+                       lambda path: read_trace(path, c.time.trace_period), (TraceError,))
 
 
 def _check_combinations(c: ExperimentConfig) -> list[str]:
