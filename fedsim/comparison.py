@@ -14,8 +14,8 @@ figures: ``fedsim plot`` draws a run's, and the comparison draws its own), a tid
 table ``tidy.csv`` (strategy, seed, round, metric, value), ``summary.csv`` (one row per
 strategy and seed), ``summary_by_strategy.csv`` (mean and std over seeds) and figures:
 accuracy vs round, accuracy vs cumulative MB communicated and -- when the runs simulate time --
-accuracy vs simulated hours (mean with a min-max band over seeds), and the final confusion
-matrices side by side.
+accuracy vs simulated hours (mean with a min-max band over seeds) and every entry's client round
+times (first seed), and the final confusion matrices side by side.
 
 An entry may carry config settings of its own: in ``fedavg:time.deadline=600`` a key with a dot
 is a config key set for that entry only (a strategy's keyword arguments have no dots), so
@@ -183,7 +183,7 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
     from fedsim.experiment import run_many
 
     rundir.write_config(config, staging)
-    rows, tidy_parts, confusions = [], [], {}
+    rows, tidy_parts, confusions, times = [], [], {}, {}
     entries = [(spec, seed) for seed in seeds for spec in specs]
     run_configs = []
     for spec, seed in entries:
@@ -238,6 +238,8 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
         tidy_parts.append(long)
         if result.confusion_matrix is not None and spec.label not in confusions:
             confusions[spec.label] = result.confusion_matrix
+        if timed and spec.label not in times:
+            times[spec.label] = (result.clients, float(result.config.get("time", {}).get("deadline", 0.0)))
 
     tidy = (pd.concat(tidy_parts, ignore_index=True) if tidy_parts
             else pd.DataFrame(columns=["strategy", "seed", "round", "metric", "value"]))
@@ -255,6 +257,7 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
         plots.plot_comparison(tidy, figures / "accuracy_vs_mb.png", x="cumulative_mb")
         if (tidy["metric"] == "sim_hours").any():
             plots.plot_comparison(tidy, figures / "accuracy_vs_time.png", x="sim_hours")
+            plots.plot_client_times_grid(times, figures / "client_times.png")
         plots.plot_confusions(confusions, figures / "confusion_matrices.png")
         if tidy["metric"].str.startswith("hook.").any():
             plots.plot_hook_stats(tidy, figures / "hook_stats.png")

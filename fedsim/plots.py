@@ -110,15 +110,9 @@ STATUS_COLOURS = {"ok": "tab:green", "failed": "black", "straggler": "tab:red", 
                   "surplus": "tab:orange"}
 
 
-def plot_client_times(clients: pd.DataFrame, path: Path, deadline: float = 0.0, title: str = "") -> Path:
-    """Each training client's simulated round time per round, coloured by what became of it.
+def _draw_client_times(ax, clients: pd.DataFrame, deadline: float) -> None:  # noqa: ANN001 - an Axes
+    from matplotlib.ticker import MaxNLocator
 
-    One dot per sampled client and round (x = round, y = seconds from its start to when it
-    finished or dropped out), so the slow clients, the stragglers past a deadline (dashed line),
-    the clients that went offline and the over-selected surplus are visible at a glance.
-    """
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
     train = clients[(clients["phase"] == "train") & clients["sim_finish"].notna()]
     seconds = train["sim_finish"] - train["sim_start"]
     offsets = np.random.default_rng(0).uniform(-0.25, 0.25, size=len(train))  # spread the dots of a round
@@ -129,15 +123,39 @@ def plot_client_times(clients: pd.DataFrame, path: Path, deadline: float = 0.0, 
                        color=colour, alpha=0.7, label=f"{status} ({int(mask.sum())})")
     if deadline > 0:
         ax.axhline(deadline, ls="--", color="grey", label=f"deadline {deadline:g} s")
-    from matplotlib.ticker import MaxNLocator
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
-    ax.set_ylabel("simulated seconds (download + compute + upload)")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
+
+
+def plot_client_times(clients: pd.DataFrame, path: Path, deadline: float = 0.0, title: str = "") -> Path:
+    """Each training client's simulated round time per round, coloured by what became of it.
+
+    One dot per sampled client and round (x = round, y = seconds from its start to when it
+    finished or dropped out), so the slow clients, the stragglers past a deadline (dashed line),
+    the clients that went offline and the over-selected surplus are visible at a glance.
+    """
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4))
+    _draw_client_times(ax, clients, deadline)
+    ax.set_ylabel("simulated seconds (download + compute + upload)")
     ax.set_title(title or "client round times")
+    return _save(fig, path)
+
+
+def plot_client_times_grid(runs: dict[str, tuple[pd.DataFrame, float]], path: Path) -> Path:
+    """:func:`plot_client_times` for several runs side by side (label -> clients table, deadline)."""
+    cols = min(3, len(runs))
+    rows = -(-len(runs) // cols)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(4.3 * cols, 3.3 * rows), squeeze=False, sharey=True)
+    for ax, (label, (clients, deadline)) in zip(axes.flat, runs.items()):
+        _draw_client_times(ax, clients, deadline)
+        ax.set_title(label, fontsize=8)
+    for ax in list(axes.flat)[len(runs):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("simulated seconds")
     return _save(fig, path)
 
 

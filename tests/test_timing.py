@@ -474,6 +474,7 @@ def test_compare_runs_per_entry_settings_and_plots_accuracy_against_time(small_c
     assert runs["fedavg"]["clients_dropped"] == 0 and runs["fedavg:time.deadline=1.0"]["clients_dropped"] > 0
     assert (result.tidy["metric"] == "sim_hours").any()
     assert (result.path / "figures" / "accuracy_vs_time.png").is_file()
+    assert (result.path / "figures" / "client_times.png").is_file()
     deadline = pd.read_csv(result.path / "runs" / "fedavg_time.deadline=1.0-s0" / "config.toml", sep="\0", header=None)
     assert any("deadline = 1.0" in line for line in deadline[0])
 
