@@ -595,3 +595,11 @@ def test_a_round_in_which_nobody_drew_online_has_no_clients() -> None:
     empty = scheduler.train_round(1, loop.dispatch())
     assert empty.dispatched == [] and empty.arrived == [] and scheduler.now == 0.0
     assert len(scheduler.train_round(2, loop.dispatch()).arrived) == 2
+
+
+@pytest.mark.parametrize("name", ["stragglers.toml", "cifar10_stragglers.toml"])
+def test_the_shipped_time_configs_are_valid(name: str) -> None:
+    from fedsim.validation import load_config
+
+    config = load_config(ROOT / "configs" / name)
+    assert config.time.devices == "tiers" and config.train.clients_per_round == 10
