@@ -3,13 +3,14 @@
 Flower's ``Strategy.start()`` is closed (no per-round callback, unseeded node sampling), so
 fedsim calls the strategy's variation points itself -- ``configure_train``,
 ``aggregate_train``, ``configure_evaluate``, ``aggregate_evaluate`` -- and around them does
-only what every run needs: seeded client sampling by client id, per-client rows, failure
-accounting, screening of client updates (non-finite values, wrong shapes), the
+only what every run needs: asking its scheduler for the round's training (seeded sampling by
+client id; with a simulated clock also deadlines, over-selection or asynchronous buffers:
+:mod:`fedsim.timing.scheduler`), per-client rows, failure accounting, screening of client updates (non-finite values, wrong shapes), the
 federated-evaluation schedule, bytes communicated, one row per round streamed to the run
 directory, a checkpoint every ``checkpoint_every`` rounds (:mod:`fedsim.checkpoint`) and a stop
 at the next safe point after Ctrl-C (:mod:`fedsim.interrupt`). Everything a particular method needs happens in round
 extensions (:mod:`fedsim.extension`); where clients run is the executor's business
-(:mod:`fedsim.executors`). Any ``flwr.serverapp.strategy`` strategy plugs in unchanged.
+(:mod:`fedsim.executors`), which clients train and when is the scheduler's. Any ``flwr.serverapp.strategy`` strategy plugs in unchanged.
 
 Randomness outside the clients' own seeded generators (Flower's differential-privacy noise
 draws from NumPy's global generator, its node sampling from ``random``) is seeded at the
