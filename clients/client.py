@@ -8,6 +8,7 @@ without touching the training loop.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,25 @@ from fedsim.recipe import SGDRecipe
 from . import training
 from .hooks import HookContext, LocalData
 from .worker import WorkerRun
+
+
+@dataclass
+class TrainingInputs:
+    """What one client trains on in a round, in the form both training engines take.
+
+    ``x``/``y``: the model's inputs, or uint8 images that ``prepare_batch`` augments and
+    normalises per batch (with hooks); ``generator`` shuffles; ``dropout_state`` is the global
+    generator's state when training starts; ``batch_loss`` is the hooks' loss stage and
+    ``report`` what they did.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    generator: torch.Generator
+    dropout_state: torch.Tensor
+    prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
+    batch_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    report: Callable[[], dict[str, float]] = dict
 
 
 @dataclass
@@ -44,23 +64,41 @@ class LocalClient:
         """Local SGD on the client's training split; randomness from (seed, round, client).
 
         ``recipe`` defaults to the run's (``spec.recipe``); the handler passes it with the
-        round's proximal term when the strategy sends one.
-
-        With hooks configured, the data goes through their ``prepare`` stages first, every batch
-        through ``transform_batch`` and every loss through ``loss``; what they report is in
-        ``TrainStats.hook_metrics``.
+        round's proximal term when the strategy sends one. What the client trains on comes from
+        :meth:`training_inputs`, which the vectorized engine uses too.
         """
-        generator = training.seeded_generator(self.run.spec.seed, server_round, self.client_id)
-        torch.manual_seed(generator.initial_seed())  # dropout etc. draw from the global RNG
-        recipe = recipe or self.run.spec.recipe
-        if not self.run.hooks:
-            x, y = self._tensors(self.run.partition.train_of(self.client_id))
-            return training.train(model, x, y, recipe, generator)
-        return self._fit_with_hooks(model, server_round, recipe, peers or [], generator)
+        inputs = self.training_inputs(model, server_round, peers)
+        objective = training.cross_entropy_objective
+        if inputs.batch_loss is not None:
+            def objective(model, xb, yb, idx):  # noqa: ANN001, ANN202 - training.Objective
+                loss, logits = training.cross_entropy_objective(model, xb, yb, idx)
+                return inputs.batch_loss(xb, yb, logits, loss), logits
 
-    def _fit_with_hooks(self, model: torch.nn.Module, server_round: int, recipe: SGDRecipe,
-                        peers: list, generator: torch.Generator) -> training.TrainStats:
+        stats = training.train(model, inputs.x, inputs.y, recipe or self.run.spec.recipe, inputs.generator,
+                               objective=objective, prepare_batch=inputs.prepare_batch)
+        stats.hook_metrics = inputs.report()
+        return stats
+
+    def training_inputs(self, model: torch.nn.Module, server_round: int,
+                        peers: list[tuple[int, dict[str, torch.Tensor]]] | None = None,
+                        hooks: list | None = None) -> TrainingInputs:
+        """The client's data, generator and hook stages for a round, ready for either engine.
+
+        Seeds the global generator from (seed, round, client) -- dropout draws from it -- then
+        runs the hooks' ``prepare`` stages on the client's data (they may train tiny models,
+        which draws from it too); ``dropout_state`` is the global generator's state after that,
+        where the sequential engine's training starts drawing. ``model`` holds the received
+        weights (the hooks' ``global_model``). ``hooks`` defaults to the worker's instances;
+        the vectorized engine passes fresh ones per client, because a hook keeps per-client
+        state between ``prepare`` and ``report``.
+        """
         spec, device = self.run.spec, self.run.device
+        generator = training.seeded_generator(spec.seed, server_round, self.client_id)
+        torch.manual_seed(generator.initial_seed())  # dropout etc. draw from the global RNG
+        hooks = self.run.hooks if hooks is None else hooks
+        if not hooks:
+            x, y = self._tensors(self.run.partition.train_of(self.client_id))
+            return TrainingInputs(x, y, generator, torch.random.get_rng_state())
         order = np.sort(self.run.partition.train_of(self.client_id))
         data = LocalData(training.to_uint8_tensor(self.run.x_train[order], device),
                          torch.from_numpy(self.run.y_train[order]).to(device), spec.num_classes)
@@ -68,9 +106,8 @@ class LocalClient:
             seed=spec.seed, server_round=server_round, client_id=self.client_id, device=device,
             global_model=model, normalize=lambda xb: training.normalize(xb, spec.mean, spec.std),
             build_model=lambda: self.run.fresh_model(spec.architecture_of(self.client_id)),
-            recipe=spec.recipe, peers=peers,
+            recipe=spec.recipe, peers=peers or [],
         )
-        hooks = self.run.hooks
         for hook in hooks:
             data = hook.prepare(data, ctx)
 
@@ -79,17 +116,17 @@ class LocalClient:
                 xb = hook.transform_batch(xb, ctx)
             return ctx.normalize(xb)
 
-        def objective(model, xb, yb, idx):  # noqa: ANN001, ANN202 - training.Objective
-            loss, logits = training.cross_entropy_objective(model, xb, yb, idx)
+        def batch_loss(xb: torch.Tensor, yb: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
             for hook in hooks:
                 loss = hook.loss(xb, yb, logits, loss, ctx)
-            return loss, logits
+            return loss
 
-        stats = training.train(model, data.images, data.labels, recipe, generator,
-                               objective=objective, prepare_batch=prepare_batch)
-        stats.hook_metrics = {hook_metric_key(hook.name, key): float(value)
-                              for hook in hooks for key, value in hook.report(ctx).items()}
-        return stats
+        def report() -> dict[str, float]:
+            return {hook_metric_key(hook.name, key): float(value)
+                    for hook in hooks for key, value in hook.report(ctx).items()}
+
+        return TrainingInputs(data.images, data.labels, generator, torch.random.get_rng_state(),
+                              prepare_batch, batch_loss, report)
 
     def evaluate(self, model: torch.nn.Module) -> training.EvalStats:
         """Loss and accuracy on the client's held-out split."""

@@ -17,7 +17,9 @@ from fedsim.protocol import (
     ARRAYS,
     CLIENT_TIMEOUT,
     CLIENT_SECONDS,
+    COMPILE_SECONDS,
     DISTILL,
+    ENGINE,
     EVAL_ACCURACY,
     EVAL_LOSS,
     FAIL_CLIENTS,
@@ -36,7 +38,8 @@ from fedsim.protocol import (
 
 from .client import LocalClient
 from .distill import distill_round, evaluate_views
-from .runner import time_limit
+from .lockstep.cohort import take_prepared
+from .limits import time_limit
 from .worker import worker_run
 
 
@@ -89,13 +92,24 @@ def _train(msg: Message, client_id: int) -> Message:
         values, outputs = distill_round(client, msg.content[ARRAYS], server_round, bool(config.get(SEND_OUTPUTS, True)))
         outputs = _checked(outputs) if outputs is not None else None
         return reply(msg, client_id, {**values, CLIENT_SECONDS: time.perf_counter() - started}, outputs)
-    model = _global_model(client, msg)
-    recipe = client.run.spec.recipe.with_proximal_mu(float(config.get(PROXIMAL_MU, 0.0)))
-    peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(msg)]
-    stats = client.fit(model, server_round, recipe, peers=peers)
+    prepared = take_prepared(server_round, client_id)
+    if prepared is not None and prepared.error is not None:
+        raise prepared.error
+    if prepared is not None and prepared.state is not None:  # trained in lockstep (fedsim.clients.lockstep)
+        stats, state, engine = prepared.stats, prepared.state, {ENGINE: prepared.engine}
+        seconds = prepared.seconds + time.perf_counter() - started
+        if prepared.compile_seconds:
+            engine[COMPILE_SECONDS] = prepared.compile_seconds
+    else:
+        model = _global_model(client, msg)
+        recipe = client.run.spec.recipe.with_proximal_mu(float(config.get(PROXIMAL_MU, 0.0)))
+        peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(msg)]
+        stats = client.fit(model, server_round, recipe, peers=peers)
+        state, engine = model.state_dict(), {ENGINE: 0 if prepared is None else prepared.engine}
+        seconds = time.perf_counter() - started
     metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy,
-               TRAIN_STEPS: stats.steps, CLIENT_SECONDS: time.perf_counter() - started, **stats.hook_metrics}
-    return reply(msg, client_id, metrics, _checked(ArrayRecord(model.state_dict())))
+               TRAIN_STEPS: stats.steps, CLIENT_SECONDS: seconds, **engine, **stats.hook_metrics}
+    return reply(msg, client_id, metrics, _checked(ArrayRecord(state)))
 
 
 def handle_evaluate(msg: Message, client_id: int) -> Message:

@@ -6,15 +6,10 @@ of its own, as a simulated SuperNode would give it (``node_config`` with its
 ``partition-id``, a ``state`` kept across rounds), the ClientApp (with its mods) is called on
 the client's message, and an exception becomes that client's error reply -- the other
 clients go on. A client that takes longer than ``simulation.client_timeout`` is interrupted by
-the client handler (:func:`time_limit`) and fails alone.
+the client handler (:func:`fedsim.clients.limits.time_limit`) and fails alone.
 """
 
 from __future__ import annotations
-
-import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from flwr.app import Context, RecordDict
@@ -24,42 +19,10 @@ from flwr.supercore.task_identity import TaskIdentity
 from fedsim.interrupt import check_stop
 from fedsim.protocol import PARTITION_ID, ClientReply, ClientTask, failed_reply
 
+from .lockstep.cohort import PREPARED, train_cohort
+
 
 SERVER_NODE_ID = 1  # Flower's SUPERLINK_NODE_ID
-
-
-class ClientTimeout(Exception):
-    """A client took longer than ``simulation.client_timeout`` on its worker."""
-
-
-def can_limit_time() -> bool:
-    """Whether this thread can interrupt a client: POSIX timers signal the main thread only."""
-    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
-
-
-@contextmanager
-def time_limit(seconds: float, client_id: int) -> Iterator[None]:
-    """Raise :class:`ClientTimeout` in the block after ``seconds`` (0: no limit).
-
-    A real-time timer interrupts the client's Python code (a training step in progress
-    finishes first), so the worker moves on to its next client; the next client reloads its
-    weights, so nothing of the interrupted one leaks. Without a main thread (or SIGALRM) no
-    limit applies and the round's timeout bounds the worker instead.
-    """
-    if seconds <= 0 or not can_limit_time():
-        yield
-        return
-
-    def interrupt(signum, frame):  # noqa: ANN001, ARG001 - signal handler signature
-        raise ClientTimeout(f"client {client_id} exceeded simulation.client_timeout = {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def ensure_task_identity(run_id: int = 0) -> None:
@@ -108,12 +71,14 @@ class ClientRunner:
         if self.threads_per_client is not None:
             torch.set_num_threads(self.threads_per_client)
         try:
+            train_cohort(tasks)  # the vectorized engine's clients, trained before the ClientApp replies
             replies = []
             for task in tasks:
                 check_stop()  # Ctrl-C in this process: no further clients
                 replies.append(self._run_one(task))
             return replies
         finally:
+            PREPARED.clear()
             torch.set_num_threads(threads)
 
     def _run_one(self, task: ClientTask) -> ClientReply:

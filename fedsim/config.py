@@ -129,6 +129,10 @@ class SimulationConfig:
     client_timeout: float = 0.0  # seconds one client may take on a worker (cohort, in-process); 0 = round_timeout
     streaming: bool = False  # cohort workers reply with partial weighted means (weighted-mean strategies)
     fail_clients: list[int] = field(default_factory=list)  # fault injection: these clients raise
+    engine: str = "sequential"  # how a worker trains its clients: sequential | vectorized (fedsim.clients.lockstep)
+    lockstep_clients: int = 0  # vectorized: most clients trained in lockstep at once; 0 = as many as fit in memory
+    lockstep_memory: float = 0.5  # vectorized: fraction of the device's free memory a lockstep chunk may use
+    compile: bool = False  # vectorized: torch.compile the lockstep step (once per architecture and chunk size)
 
 
 @dataclass

@@ -42,6 +42,9 @@ from fedsim.executors import Executor
 from fedsim.extension import PHASE_EVALUATE, PHASE_TRAIN, ExtensionChain, RoundExtension, RoundRecord, RunContext
 from fedsim.protocol import (
     CLIENT_SECONDS,
+    COMPILE_SECONDS,
+    ENGINE,
+    ENGINE_LABELS,
     EVAL_ACCURACY,
     EVAL_LOSS,
     NUM_EXAMPLES,
@@ -137,7 +140,8 @@ def client_rows(server_round: int, phase: str, replies: list[ClientReply],
         rows.append({**row, "status": "ok", "num_examples": int(metrics[NUM_EXAMPLES]),
                      "loss": float(metrics[TRAIN_LOSS if phase == PHASE_TRAIN else EVAL_LOSS]),
                      "accuracy": float(metrics[TRAIN_ACCURACY if phase == PHASE_TRAIN else EVAL_ACCURACY]),
-                     "seconds": float(metrics.get(CLIENT_SECONDS, np.nan)) if phase == PHASE_TRAIN else np.nan})
+                     "seconds": float(metrics.get(CLIENT_SECONDS, np.nan)) if phase == PHASE_TRAIN else np.nan,
+                     "engine": ENGINE_LABELS.get(int(metrics[ENGINE]), "") if ENGINE in metrics else ""})
     return sorted(rows, key=lambda r: r["client_id"])
 
 
@@ -334,6 +338,8 @@ def run_rounds(
         record.row.update({
             "clients_sampled": len(training.dispatched), "clients_succeeded": len(ok),
             "clients_failed": len(replies) - len(ok),
+            "clients_vectorized": sum(int(r.metrics.get(ENGINE, 0)) == 1 for r in ok),
+            "compile_seconds": sum(float(r.metrics.get(COMPILE_SECONDS, 0.0)) for r in ok),
             "train_loss": weighted_mean(rows, "loss"), "train_accuracy": weighted_mean(rows, "accuracy"),
             "bytes_down": array_bytes(t.message for t in training.dispatched), "bytes_up": bytes_up,
             **training.row,

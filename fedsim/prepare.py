@@ -165,7 +165,9 @@ def write_inputs(config: ExperimentConfig, dataset: CachedDataset, partition: Pa
         seed=config.seed, recipe=training_recipe(config), eval_batch_size=config.evaluation.batch_size,
         device=client_device(config), architectures=tuple(config.model.architectures),
         distill=method_for(config.strategy.name).client_distill_recipe(config),
-        hooks=tuple(config.hooks),
+        hooks=tuple(config.hooks), engine=config.simulation.engine,
+        lockstep_clients=config.simulation.lockstep_clients, lockstep_memory=config.simulation.lockstep_memory,
+        compile=config.simulation.compile,
     ).save(folder)
     channels = int(np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape[-1])
     write_time_inputs(config, folder, dataset.num_classes, channels)

@@ -54,6 +54,19 @@ DIGEST_LOSS = "digest-loss"  # distillation: the digest step's loss
 TPRIV_ACCURACY = "tpriv-accuracy"  # distillation: own model on a test subset with the client's class mix
 TUNI_ACCURACY = "tuni-accuracy"  # distillation: own model on the whole test set
 HOOK_PREFIX = "hook."
+ENGINE = "fedsim.engine"  # train: how the client was trained, a code of ENGINE_LABELS
+COMPILE_SECONDS = "compile-seconds"  # train (vectorized + compile): this client's share of compile time
+
+ENGINE_LABELS = {
+    0: "sequential",
+    1: "vectorized",
+    2: "sequential: latent-distill trains in several phases",
+    3: "sequential: no other client of its architecture and recipe on its worker this round",
+    4: "sequential: a hook opts out of lockstep (vectorizable = False)",
+    5: "sequential: the lockstep step raised (see the worker's log)",
+}
+"""What ``clients.csv``'s ``engine`` column says for each code: the engine, or why a client of a
+vectorized run fell back to the sequential engine."""
 
 # ----------------------------------------------------------------------- error codes
 CLIENT_RAISED = 2  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION

@@ -20,11 +20,12 @@ ROUND_COLUMNS = (
     "tpriv_accuracy", "tpriv_std", "tuni_std", "consensus_accuracy",
     "bytes_down", "bytes_up", "wall_seconds",
     "sim_round_seconds", "sim_time", "staleness_mean", "staleness_max",
+    "clients_vectorized", "compile_seconds",
 )
 HOOK_COLUMNS = ("round", "client_id", "hook", "metric", "value")
 CLIENT_COLUMNS = ("round", "phase", "client_id", "status", "num_examples", "loss", "accuracy",
                   "tpriv_accuracy", "seconds", "sim_start", "sim_download", "sim_compute", "sim_upload",
-                  "sim_finish", "staleness", "error")
+                  "sim_finish", "staleness", "engine", "error")
 
 
 class RunRecorder:

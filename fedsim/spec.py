@@ -41,6 +41,10 @@ class RunSpec:
     architectures: tuple[str, ...] = ()  # per-client architectures, round-robin by client id
     distill: DistillRecipe | None = None  # federated distillation's digest step
     hooks: tuple[dict, ...] = ()  # client hooks: [{"name": ..., **params}, ...]
+    engine: str = "sequential"  # sequential | vectorized: how a worker trains its clients
+    lockstep_clients: int = 0  # vectorized: chunk cap (0 = memory decides)
+    lockstep_memory: float = 0.5  # vectorized: fraction of free device memory a chunk may use
+    compile: bool = False  # vectorized: torch.compile the lockstep step
 
     def architecture_of(self, client_id: int) -> str:
         """The architecture client ``client_id`` trains (``model`` unless architectures are given)."""

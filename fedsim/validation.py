@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.clients.hooks import HookError, build_hooks
+from fedsim.clients.lockstep import ENGINE_NAMES
 from fedsim.config import ConfigError, ExperimentConfig, problem, read_config
 from fedsim.datasets import check_data, check_partition, check_partition_for_dataset
 from fedsim.executors import EXECUTOR_NAMES
@@ -211,6 +212,16 @@ def _check_simulation(c: ExperimentConfig) -> list[str]:
          "must be a finite number of seconds >= 0 (0 = simulation.round_timeout)"),
         (not sim.streaming or sim.executor == "cohort", "simulation.streaming", sim.streaming,
          "streaming aggregation happens in cohort workers: set simulation.executor = 'cohort'"),
+        (sim.engine in ENGINE_NAMES, "simulation.engine", sim.engine, f"allowed: {', '.join(ENGINE_NAMES)}"),
+        (sim.engine != "vectorized" or sim.executor in ("cohort", "in-process"), "simulation.engine", sim.engine,
+         f"the vectorized engine trains the many clients one worker hosts; executor {sim.executor!r} runs one "
+         "client per node: set simulation.executor = 'cohort' (or 'in-process')"),
+        (isinstance(sim.lockstep_clients, int) and sim.lockstep_clients >= 0, "simulation.lockstep_clients",
+         sim.lockstep_clients, "must be an integer >= 0 (0 = as many clients as fit in memory)"),
+        (0 < sim.lockstep_memory <= 1, "simulation.lockstep_memory", sim.lockstep_memory,
+         "must be a fraction of free device memory in (0, 1]"),
+        (not sim.compile or sim.engine == "vectorized", "simulation.compile", sim.compile,
+         "compiles the lockstep step: set simulation.engine = 'vectorized'"),
     ])
     return e
 
