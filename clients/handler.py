@@ -88,11 +88,12 @@ def _train(msg: Message, client_id: int) -> Message:
     client = _client(msg, client_id)
     config = message_config(msg)
     server_round = int(config[SERVER_ROUND])
+    prepared = take_prepared(server_round, client_id)  # the vectorized engine's outcome, if any
     if config.get(DISTILL, False):
         values, outputs = distill_round(client, msg.content[ARRAYS], server_round, bool(config.get(SEND_OUTPUTS, True)))
         outputs = _checked(outputs) if outputs is not None else None
-        return reply(msg, client_id, {**values, CLIENT_SECONDS: time.perf_counter() - started}, outputs)
-    prepared = take_prepared(server_round, client_id)
+        engine = {ENGINE: 0 if prepared is None else prepared.engine}
+        return reply(msg, client_id, {**values, CLIENT_SECONDS: time.perf_counter() - started, **engine}, outputs)
     if prepared is not None and prepared.error is not None:
         raise prepared.error
     if prepared is not None and prepared.state is not None:  # trained in lockstep (fedsim.clients.lockstep)

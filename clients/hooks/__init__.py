@@ -45,6 +45,7 @@ class _UserHook(Hook):
 
     def __init__(self, inner: Any, name: str) -> None:
         self.inner, self.name = inner, name
+        self.vectorizable = bool(getattr(inner, "vectorizable", True))
 
     def prepare(self, data: LocalData, ctx: HookContext) -> LocalData:
         stage = getattr(self.inner, "prepare", None)

@@ -18,6 +18,13 @@ listed in the config:
 Hooks must be deterministic given ``(seed, round, client id)``: draw randomness only from
 ``ctx.generator`` (or ``ctx.seed_for(...)``).
 
+Under the vectorized engine (``simulation.engine = "vectorized"``) every client gets fresh hook
+instances; ``prepare`` runs per client before the lockstep training, ``transform_batch`` and
+``loss`` per client and step on that client's batch and logits, so results are the sequential
+engine's. A hook that cannot work that way (e.g. it reads the model being trained) sets the
+class attribute ``vectorizable = False``; its clients then train one by one, recorded in
+``clients.csv`` (``engine``).
+
 A user hook is any class with these methods, named by import path in the config::
 
     [[hooks]]
@@ -104,6 +111,7 @@ class Hook:
 
     name = "hook"
     needs: tuple[str, ...] = ()  # hooks that must be listed before this one (it reads their masks)
+    vectorizable = True  # False: clients with this hook train one by one under simulation.engine = "vectorized"
 
     def prepare(self, data: LocalData, ctx: HookContext) -> LocalData:
         return data

@@ -37,7 +37,7 @@ from fedsim.protocol import (
     read_peers,
 )
 
-from ..client import LocalClient
+from ..client import LocalClient, TrainingInputs
 from ..hooks import build_hooks
 from ..limits import ClientTimeout, time_limit
 from ..training import TrainStats
@@ -133,16 +133,10 @@ def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float
         chunk = tasks[first : first + size]
         started = time.perf_counter()
         try:
-            inputs = []
-            for task in chunk:
-                peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(task.message)]
-                model.load_state_dict(start)  # the hooks' global_model: the received weights
-                hooks = build_hooks(list(run.spec.hooks)) if run.spec.hooks else []
-                prepared = LocalClient(task.client_id, run).training_inputs(model, server_round, peers, hooks)
-                inputs.append(prepared)
-            clients = [LockstepClient(i.x, i.y, start, i.generator, i.dropout_state, i.prepare_batch, i.batch_loss)
-                       for i in inputs]
             with time_limit(limit * len(chunk), chunk[0].client_id):
+                inputs = [_inputs(run, model, start, server_round, task) for task in chunk]
+                clients = [LockstepClient(i.x, i.y, start, i.generator, i.dropout_state, i.prepare_batch,
+                                          i.batch_loss) for i in inputs]
                 result = trainer.train(clients, recipe)
         except ClientTimeout:
             _fail(chunk, server_round, ClientTimeout(
@@ -160,6 +154,15 @@ def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float
             stats.hook_metrics = client_inputs.report()
             PREPARED[(server_round, task.client_id)] = Prepared(
                 VECTORIZED, state, stats, seconds, result.compile_seconds / len(chunk))
+
+
+def _inputs(run: WorkerRun, model: torch.nn.Module, start: dict[str, torch.Tensor], server_round: int,
+            task: ClientTask) -> TrainingInputs:
+    """A client's training inputs, its hooks fresh (hooks keep per-client state until ``report``)."""
+    peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(task.message)]
+    model.load_state_dict(start)  # the hooks' global_model: the received weights
+    hooks = build_hooks(list(run.spec.hooks)) if run.spec.hooks else []
+    return LocalClient(task.client_id, run).training_inputs(model, server_round, peers, hooks)
 
 
 def _fail(chunk: list[ClientTask], server_round: int, error: BaseException) -> None:
