@@ -125,8 +125,9 @@ class LocalClient:
             return {hook_metric_key(hook.name, key): float(value)
                     for hook in hooks for key, value in hook.report(ctx).items()}
 
+        changes_loss = any(hook.has_stage("loss") for hook in hooks)
         return TrainingInputs(data.images, data.labels, generator, torch.random.get_rng_state(),
-                              prepare_batch, batch_loss, report)
+                              prepare_batch, batch_loss if changes_loss else None, report)
 
     def evaluate(self, model: torch.nn.Module) -> training.EvalStats:
         """Loss and accuracy on the client's held-out split."""

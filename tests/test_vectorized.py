@@ -231,3 +231,51 @@ def test_bad_engine_settings_are_refused(small_config, key: str, value: object, 
 def test_the_vectorized_engine_needs_a_worker_that_hosts_many_clients(small_config) -> None:
     with pytest.raises(ConfigError, match="executor 'flower' runs one client per node"):
         small_config(**{"simulation.engine": "vectorized", "simulation.executor": "flower"})
+
+
+def test_vectorized_results_do_not_depend_on_the_number_of_cohort_workers(small_config) -> None:
+    """Each worker trains its shard in lockstep; a client's result does not depend on its chunk-mates."""
+    from test_cohort import run_on_cohort
+
+    overrides = {"train.rounds": 2, "simulation.engine": "vectorized", "evaluation.federated_every": 0}
+    tables = {}
+    for workers in (1, 3):
+        rounds, clients, _, _, _ = run_on_cohort(small_config(**overrides, **{"output.name": f"w{workers}"}), workers)
+        assert rounds["clients_vectorized"].iloc[1:].tolist() == [10, 10]
+        tables[workers] = (rounds.drop(columns=["wall_seconds"]), clients.drop(columns=["seconds"]))
+    pd.testing.assert_frame_equal(tables[1][0], tables[3][0])
+    pd.testing.assert_frame_equal(tables[1][1], tables[3][1])
+
+
+def test_asynchronous_rounds_group_clients_by_the_model_version_they_start_from(small_config) -> None:
+    overrides = {"time.devices": "tiers", "train.rounds": 3, "train.clients_per_round": 6,
+                 "evaluation.federated_every": 0, "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3}
+    sequential, vectorized = _runs(small_config, **overrides)
+    _same_results(sequential, vectorized)
+    np.testing.assert_allclose(vectorized.rounds["staleness_mean"], sequential.rounds["staleness_mean"])
+    train = vectorized.clients[vectorized.clients["phase"] == "train"]
+    assert (train["engine"] == "vectorized").sum() >= 6  # the first cohort starts from one model
+
+
+@pytest.mark.slow  # torch.compile takes 10-30 s on CPU the first time
+def test_a_compiled_lockstep_step_gives_the_eager_results_and_reports_its_compile_time(small_config) -> None:
+    overrides = {"train.rounds": 2, "train.batch_size": 10, "partition.scheme": "iid", "data.synthetic_train": 500,
+                 "evaluation.federated_every": 0, "simulation.engine": "vectorized"}
+    eager = run(small_config(**overrides, **{"output.name": "eager"}), progress=False)
+    compiled = run(small_config(**overrides, **{"output.name": "compiled", "simulation.compile": True}), progress=False)
+    np.testing.assert_allclose(compiled.rounds["test_loss"], eager.rounds["test_loss"], rtol=1e-4)
+    compile_seconds = compiled.rounds["compile_seconds"].tolist()
+    assert compile_seconds[1] > 0.5 and compile_seconds[2] == 0, "compiled once, reused in the next round"
+    assert (eager.rounds["compile_seconds"].iloc[1:] == 0).all()
+
+
+@pytest.mark.ray
+def test_vectorized_engine_on_ray_cohort_workers_matches_in_process(small_config) -> None:
+    overrides = {"train.rounds": 2, "simulation.engine": "vectorized", "evaluation.federated_every": 0}
+    reference = run(small_config(**overrides, **{"output.name": "reference", "simulation.executor": "in-process"}),
+                    progress=False)
+    on_ray = run(small_config(**overrides, **{"output.name": "ray", "simulation.executor": "cohort",
+                                              "simulation.workers": 2}), progress=False)
+    pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"),
+                                  check_exact=False, rtol=1e-6)
+    assert on_ray.rounds["clients_vectorized"].iloc[1:].tolist() == [10, 10]

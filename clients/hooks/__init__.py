@@ -47,6 +47,9 @@ class _UserHook(Hook):
         self.inner, self.name = inner, name
         self.vectorizable = bool(getattr(inner, "vectorizable", True))
 
+    def has_stage(self, stage: str) -> bool:
+        return callable(getattr(self.inner, stage, None))
+
     def prepare(self, data: LocalData, ctx: HookContext) -> LocalData:
         stage = getattr(self.inner, "prepare", None)
         return stage(data, ctx) if stage else data

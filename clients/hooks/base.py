@@ -113,6 +113,10 @@ class Hook:
     needs: tuple[str, ...] = ()  # hooks that must be listed before this one (it reads their masks)
     vectorizable = True  # False: clients with this hook train one by one under simulation.engine = "vectorized"
 
+    def has_stage(self, stage: str) -> bool:
+        """Whether this hook does something in ``stage`` (overrides the base class's no-op)."""
+        return getattr(type(self), stage) is not getattr(Hook, stage)
+
     def prepare(self, data: LocalData, ctx: HookContext) -> LocalData:
         return data
 

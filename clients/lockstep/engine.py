@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from torch.func import grad_and_value, vmap
 
 from fedsim.interrupt import check_stop
 from fedsim.recipe import SGDRecipe
@@ -107,21 +108,23 @@ class LockstepTrainer:
         self.compile = compile
         self._compiled: dict[tuple[int, int], Callable] = {}
 
-    def _loss_fn(self, params: dict, buffers: dict, xb: torch.Tensor, yb: torch.Tensor,
-                 masks: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.functional.forward(params, buffers, xb, masks)
-        m, b = yb.shape
-        losses = F.cross_entropy(logits.reshape(m * b, -1), yb.reshape(-1), reduction="none").view(m, b).mean(1)
-        return losses, logits
+    def _functional_step(self, params: dict, buffers: dict, momentum: dict, anchor: dict, xb: torch.Tensor,
+                         yb: torch.Tensor, masks: tuple, recipe: SGDRecipe) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+        """One SGD step of m clients as a pure function (what ``torch.compile`` compiles whole).
 
-    def _step_fn(self, m: int, b: int, full_shape: bool) -> tuple[Callable, bool]:
-        """The loss function for m clients x b samples, and whether calling it compiles first."""
-        if not (self.compile and full_shape):
-            return self._loss_fn, False
+        Per-client gradients come from ``vmap(grad_and_value(loss))``; BatchNorm updates
+        ``buffers`` in place. Returns the new weights and momentum, per-client losses and logits.
+        """
+        grads, (losses, logits) = vmap(grad_and_value(self.functional.client_loss, has_aux=True))(
+            params, buffers, xb, yb, masks)
+        return (*self._sgd(params, grads, momentum, anchor, recipe), losses, logits)
+
+    def _compiled_step(self, m: int, b: int) -> tuple[Callable, bool]:
+        """The compiled step for m clients x b samples, and whether this call compiles it first."""
         key = (m, b)
         fresh = key not in self._compiled
         if fresh:
-            self._compiled[key] = torch.compile(self._loss_fn, dynamic=False, fullgraph=False)
+            self._compiled[key] = torch.compile(self._functional_step, dynamic=False)
         return self._compiled[key], fresh
 
     def train(self, clients: list[LockstepClient], recipe: SGDRecipe) -> LockstepResult:
@@ -136,7 +139,8 @@ class LockstepTrainer:
         total_loss = torch.zeros(k, device=device)  # float32, as training.train accumulates
         correct = torch.zeros(k, dtype=torch.long, device=device)
         steps = [0] * k
-        fast = all(c.prepare_batch is None and c.batch_loss is None for c in clients)
+        fast = all(c.prepare_batch is None for c in clients)  # inputs ready: one gather per step
+        pure = all(c.batch_loss is None for c in clients)  # the loss is cross-entropy: the pure step
         if fast:  # one gather per step from all clients' data
             offsets = torch.tensor([0] + [len(c.y) for c in clients]).cumsum(0).tolist()
             x_all = torch.cat([c.x for c in clients])
@@ -161,12 +165,11 @@ class LockstepTrainer:
                     yb = torch.stack([clients[j].y[i.to(device)] for i, j in zip(idx, members)])
                 masks = fm.draw_masks([dropout_generators[j] for j in members], b, dtype, device)
                 full = len(members) == k
-                step, compiles = self._step_fn(len(members), b, full and b == recipe.batch_size)
-                started = time.perf_counter()
-                losses, logits = self._step(stacked, members, full, step, xb, yb, masks, recipe,
-                                            None if fast else [clients[j].batch_loss for j in members])
-                if compiles:
-                    compile_seconds += time.perf_counter() - started
+                losses, logits, compiling = self._step(
+                    stacked, members, full, xb, yb, masks, recipe,
+                    None if pure else [clients[j].batch_loss for j in members],
+                    self.compile and full and b == recipe.batch_size)
+                compile_seconds += compiling
                 calls += 1
                 rows = torch.as_tensor(members, device=device)
                 total_loss.index_add_(0, rows, (losses.detach() * b).to(total_loss.dtype))
@@ -176,40 +179,64 @@ class LockstepTrainer:
         return LockstepResult(self._unstack(stacked, k), self._stats(clients, recipe, total_loss, correct, steps),
                               compile_seconds, calls)
 
-    def _step(self, stacked: _Stacked, members: list[int], full: bool, loss_fn: Callable, xb: torch.Tensor,
-              yb: torch.Tensor, masks: tuple, recipe: SGDRecipe,
-              batch_losses: list[BatchLoss | None] | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD step of the clients ``members`` (rows of the stacked state) on batches (xb, yb)."""
+    def _step(self, stacked: _Stacked, members: list[int], full: bool, xb: torch.Tensor, yb: torch.Tensor,
+              masks: tuple, recipe: SGDRecipe, batch_losses: list[BatchLoss | None] | None,
+              compile_step: bool) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One SGD step of the clients ``members`` (rows of the stacked state) on batches (xb, yb).
+
+        Returns per-client losses, logits and the seconds spent compiling (0 when none).
+        """
         rows = None if full else torch.as_tensor(members, device=xb.device)
-        params = {n: (p if full else p[rows]).detach().requires_grad_(True) for n, p in stacked.params.items()}
-        buffers = stacked.buffers if full else {n: t[rows] for n, t in stacked.buffers.items()}
-        losses, logits = loss_fn(params, buffers, xb, yb, masks)
+
+        def take(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return tensors if full else {n: t[rows] for n, t in tensors.items()}
+
+        def put(target: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+            for n, t in values.items():
+                if full:
+                    target[n] = t
+                else:
+                    target[n].index_copy_(0, rows, t)
+
+        params, buffers = take(stacked.params), take(stacked.buffers)
+        if batch_losses is None:  # the pure step: vmap(grad), optionally compiled
+            step, compiling = self._compiled_step(len(members), xb.shape[1]) if compile_step else \
+                (self._functional_step, False)
+            started = time.perf_counter()
+            new_params, new_momentum, losses, logits = step(params, buffers, take(stacked.momentum),
+                                                            take(stacked.anchor), xb, yb, masks, recipe)
+            compile_seconds = time.perf_counter() - started if compiling else 0.0
+        else:  # hooks change the loss per client: autograd through the vmapped forward
+            params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
+            logits = self.functional.forward(params, buffers, xb, masks)
+            base = torch.stack([F.cross_entropy(logits[i], yb[i]) for i in range(len(members))])
+            losses = torch.stack([loss if f is None else f(xb[i], yb[i], logits[i], loss)
+                                  for i, (loss, f) in enumerate(zip(base, batch_losses))])
+            grads = dict(zip(params, torch.autograd.grad(losses.sum(), list(params.values()))))
+            with torch.no_grad():
+                new_params, new_momentum = self._sgd({n: p.detach() for n, p in params.items()}, grads,
+                                                     take(stacked.momentum), take(stacked.anchor), recipe)
+            losses, compile_seconds = losses.detach(), 0.0  # training.train reports the hooks' loss
         if not full:
-            for n, t in buffers.items():
-                stacked.buffers[n].index_copy_(0, rows, t)
-        objective = losses
-        if batch_losses is not None and any(f is not None for f in batch_losses):
-            objective = torch.stack([loss if f is None else f(xb[i], yb[i], logits[i], loss)
-                                     for i, (loss, f) in enumerate(zip(losses, batch_losses))])
-        grads = torch.autograd.grad(objective.sum(), list(params.values()))
-        with torch.no_grad():
-            for (n, p), g in zip(params.items(), grads):
-                p = p.detach()
-                if recipe.proximal_mu > 0:  # d/dw of (mu / 2) ||w - w_start||^2
-                    anchor = stacked.anchor[n] if full else stacked.anchor[n][rows]
-                    g = g + recipe.proximal_mu * (p - anchor)
-                if recipe.weight_decay != 0:
-                    g = g.add(p, alpha=recipe.weight_decay)
-                if recipe.momentum != 0:
-                    buf = stacked.momentum[n] if full else stacked.momentum[n][rows]
-                    buf.mul_(recipe.momentum).add_(g)
-                    g = buf
-                    if not full:
-                        stacked.momentum[n].index_copy_(0, rows, buf)
-                p.add_(g, alpha=-recipe.lr)
-                if not full:
-                    stacked.params[n].index_copy_(0, rows, p)
-        return (objective if batch_losses is not None else losses), logits
+            put(stacked.buffers, buffers)
+        put(stacked.params, new_params)
+        put(stacked.momentum, new_momentum)
+        return losses, logits, compile_seconds
+
+    @staticmethod
+    def _sgd(params: dict, grads: dict, momentum: dict, anchor: dict, recipe: SGDRecipe) -> tuple[dict, dict]:
+        """:class:`torch.optim.SGD`'s update (plus FedProx's proximal gradient) on stacked tensors."""
+        new_params, new_momentum = {}, {}
+        for n, p in params.items():
+            g = grads[n]
+            if recipe.proximal_mu > 0:  # d/dw of (mu / 2) ||w - w_start||^2
+                g = g + recipe.proximal_mu * (p - anchor[n])
+            if recipe.weight_decay != 0:
+                g = g.add(p, alpha=recipe.weight_decay)
+            if recipe.momentum != 0:
+                g = new_momentum[n] = momentum[n].mul(recipe.momentum).add(g)
+            new_params[n] = p.add(g, alpha=-recipe.lr)
+        return new_params, new_momentum
 
     def _stack(self, clients: list[LockstepClient], recipe: SGDRecipe) -> _Stacked:
         fm = self.functional

@@ -89,6 +89,12 @@ class FunctionalModel:
         with masks_in_use(masks):
             return functional_call(self.module, (params, buffers), (x,))
 
+    def client_loss(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor,
+                    masks: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """One client's cross-entropy (as the sequential engine computes it) and logits; vmapped."""
+        logits = self._forward_one(params, buffers, x, masks)
+        return torch.nn.functional.cross_entropy(logits, y), logits
+
     def forward(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], x: torch.Tensor,
                 masks: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Logits (m, b, classes) of m clients on their batches x (m, b, ...); BN buffers updated in place."""
