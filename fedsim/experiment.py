@@ -66,6 +66,14 @@ def finalize(prepared: PreparedRun, final_arrays: ArrayRecord | None, confusion:
     return rundir.publish(folder, prepared.final)
 
 
+def trained_by_engine(clients: pd.DataFrame) -> dict[str, int]:
+    """How many client trainings each engine did (``clients.csv``'s ``engine``, fallback reasons apart)."""
+    if not len(clients) or "engine" not in clients:
+        return {}
+    engines = clients["engine"].dropna()
+    return {str(k): int(v) for k, v in engines[engines != ""].value_counts().items()}
+
+
 def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, prepared: PreparedRun,
               extras: dict | None = None) -> dict:
     """The headline numbers of a run, for ``summary.json``."""
@@ -98,6 +106,9 @@ def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, prepared: PreparedRun
         else None,
         "clients_dropped": ({status: int((clients["status"] == status).sum()) for status in DROPPED}
                             if len(clients) else {}),
+        "engine": config.simulation.engine,
+        "trained_by_engine": trained_by_engine(clients),
+        "compile_seconds": float(trained["compile_seconds"].sum()) if "compile_seconds" in trained else 0.0,
         "partition_summary": partition_summary(prepared.counts),
         **extras,
     }

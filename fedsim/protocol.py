@@ -63,7 +63,8 @@ ENGINE_LABELS = {
     2: "sequential: latent-distill trains in several phases",
     3: "sequential: no other client of its architecture and recipe on its worker this round",
     4: "sequential: a hook opts out of lockstep (vectorizable = False)",
-    5: "sequential: the lockstep step raised (see the worker's log)",
+    5: "sequential: its lockstep chunk raised (see the worker's log)",
+    6: "sequential: its lockstep chunk exceeded simulation.client_timeout x its size",
 }
 """What ``clients.csv``'s ``engine`` column says for each code: the engine, or why a client of a
 vectorized run fell back to the sequential engine."""

@@ -29,17 +29,18 @@ RECIPE = SGDRecipe(epochs=2, batch_size=8, lr=0.05, momentum=0.9, weight_decay=5
 SIZES = (23, 40, 17, 31, 3)  # partial last batches of 7, 1 (skipped with BatchNorm), 7 and 3 samples
 
 
-def _data(sizes: tuple[int, ...], dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _data(sizes: tuple[int, ...], dtype: torch.dtype, device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
     rng = torch.Generator().manual_seed(1)
-    return [(torch.randn(n, 3, 32, 32, generator=rng, dtype=dtype), torch.randint(0, 10, (n,), generator=rng))
-            for n in sizes]
+    return [(torch.randn(n, 3, 32, 32, generator=rng, dtype=dtype).to(device),
+             torch.randint(0, 10, (n,), generator=rng).to(device)) for n in sizes]
 
 
-def _both_engines(name: str, sizes: tuple[int, ...], recipe: SGDRecipe, dtype: torch.dtype):  # noqa: ANN202
+def _both_engines(name: str, sizes: tuple[int, ...], recipe: SGDRecipe, dtype: torch.dtype,  # noqa: ANN202
+                  device: str = "cpu"):
     """(sequential states, stats), (lockstep result) for the same clients from the same model."""
     torch.manual_seed(0)
-    model = build_model(name, 10, 0, 3).to(dtype)
-    data = _data(sizes, dtype)
+    model = build_model(name, 10, 0, 3).to(device=device, dtype=dtype)
+    data = _data(sizes, dtype, device)
     sequential = []
     for k, (x, y) in enumerate(data):
         local = copy.deepcopy(model)
@@ -102,6 +103,16 @@ def test_mobilenet_v2_lockstep_equals_sequential_in_float64() -> None:
     recipe = SGDRecipe(epochs=1, batch_size=4, lr=0.005, momentum=0.9, weight_decay=5e-4)
     sequential, lockstep = _both_engines("mobilenet_v2", (9, 6, 3), recipe, torch.float64)
     assert _max_difference(sequential, lockstep) < 1e-10
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["lenet5", "resnet8"])
+def test_lockstep_equals_sequential_on_cuda(name: str) -> None:
+    """On a GPU (no dropout: CUDA's fused dropout draws other masks than per-client generators)."""
+    sequential, lockstep = _both_engines(name, SIZES, RECIPE, torch.float64, "cuda")
+    assert _max_difference(sequential, lockstep) < 1e-10
+    assert all(t.is_cuda for t in lockstep.states[0].values())
 
 
 def test_lockstep_float32_is_close() -> None:
@@ -176,6 +187,7 @@ def test_unvectorizable_clients_fall_back_and_the_reason_is_recorded(small_confi
     assert vectorized.rounds["clients_vectorized"].iloc[1] == 0
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_mixed_architectures_group_by_architecture_and_a_lone_client_falls_back(small_config) -> None:
     # latent-distill with three architectures: every client falls back (its local work has several phases)
     _, distill = _runs(small_config, **{"train.rounds": 1, "strategy.name": "latent-distill",
@@ -209,6 +221,7 @@ def test_a_chunk_that_does_not_fit_fails_its_clients_with_the_reason(small_confi
     assert "simulation.lockstep_memory = 1e-12 of the" in message
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_dp_clipping_applies_per_client_to_lockstep_results(small_config) -> None:
     sequential, vectorized = _runs(small_config, **{
         "train.rounds": 2, "strategy.name": "dp-fixed-client", "strategy.kwargs.noise_multiplier": 0.0,
@@ -247,6 +260,7 @@ def test_vectorized_results_do_not_depend_on_the_number_of_cohort_workers(small_
     pd.testing.assert_frame_equal(tables[1][1], tables[3][1])
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_asynchronous_rounds_group_clients_by_the_model_version_they_start_from(small_config) -> None:
     overrides = {"time.devices": "tiers", "train.rounds": 3, "train.clients_per_round": 6,
                  "evaluation.federated_every": 0, "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3}
@@ -279,3 +293,44 @@ def test_vectorized_engine_on_ray_cohort_workers_matches_in_process(small_config
     pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"),
                                   check_exact=False, rtol=1e-6)
     assert on_ray.rounds["clients_vectorized"].iloc[1:].tolist() == [10, 10]
+
+
+@pytest.mark.slow  # waits out a 10 s chunk limit
+def test_a_hung_client_in_a_lockstep_chunk_fails_alone(small_config) -> None:
+    """The chunk's limit (10 clients x 1 s) expires; its clients retrain one by one and only the stuck one fails."""
+    import time
+
+    from test_cohort import hung_client_config
+
+    started = time.perf_counter()
+    result = run(hung_client_config(small_config, **{"simulation.engine": "vectorized"}), progress=False)
+    assert time.perf_counter() - started < 60, "the run did not wait for the stuck client"
+    train = result.clients[result.clients["phase"] == "train"]
+    failed = train[train["status"] == "failed"]
+    assert failed["client_id"].tolist() == [3]
+    assert "exceeded simulation.client_timeout = 1 s" in failed["error"].iloc[0]
+    ok = train[train["status"] == "ok"]
+    assert set(ok["engine"]) == {"sequential: its lockstep chunk exceeded simulation.client_timeout x its size"}
+    assert result.rounds["clients_succeeded"].iloc[-1] == 9
+
+
+def test_a_client_raising_in_a_lockstep_chunk_fails_alone(small_config, tmp_path, monkeypatch) -> None:
+    (tmp_path / "raising_hooks.py").write_text(
+        "class RaiseFor:\n    def __init__(self, client=0):\n        self.client = client\n"
+        "    def prepare(self, data, ctx):\n        if ctx.client_id == self.client:\n"
+        "            raise RuntimeError('bad data')\n        return data\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run(small_config(**{"train.rounds": 1, "simulation.engine": "vectorized", "evaluation.federated_every": 0,
+                                 "hooks": [{"name": "raising_hooks:RaiseFor", "client": 2}]}), progress=False)
+    train = result.clients[result.clients["phase"] == "train"]
+    assert train.loc[train["status"] == "failed", "client_id"].tolist() == [2]
+    assert "RuntimeError: bad data" in train.loc[train["status"] == "failed", "error"].iloc[0]
+    assert set(train.loc[train["status"] == "ok", "engine"]) == {
+        "sequential: its lockstep chunk raised (see the worker's log)"}
+
+
+def test_the_summary_counts_the_clients_each_engine_trained(small_config) -> None:
+    _, vectorized = _runs(small_config, **{"train.rounds": 2, "evaluation.federated_every": 0})
+    assert vectorized.summary["engine"] == "vectorized"
+    assert vectorized.summary["trained_by_engine"] == {"vectorized": 20}
+    assert vectorized.summary["compile_seconds"] == 0.0

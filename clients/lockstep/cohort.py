@@ -9,10 +9,11 @@ per-client failure handling and the NaN check all still apply per client. Client
 cannot join a group run the sequential engine, with the reason recorded as their ``engine``
 code (:data:`fedsim.protocol.ENGINE_LABELS`).
 
-A chunk is one unit of work: its time limit is ``simulation.client_timeout`` times its number
-of clients, and a limit or memory error fails the chunk's clients. Any other exception in a
-lockstep step makes the chunk's clients fall back to the sequential engine, where a client that
-raises fails alone.
+A chunk is one unit of work with a time limit of ``simulation.client_timeout`` times its number
+of clients. A chunk that exceeds it, or raises, is not a failure of its clients: they train
+again one by one under the sequential engine, where a client that hangs or raises fails alone
+and the others succeed. Only a chunk that cannot fit in memory at all fails its clients, with
+an error that says how much memory one client needs and which setting to change.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from .memory import LockstepMemoryError, bytes_per_client, chunk_size, free_byte
 
 log = logging.getLogger(__name__)
 
-VECTORIZED, FALLBACK_DISTILL, FALLBACK_ALONE, FALLBACK_HOOK, FALLBACK_RAISED = 1, 2, 3, 4, 5
+VECTORIZED, FALLBACK_DISTILL, FALLBACK_ALONE, FALLBACK_HOOK, FALLBACK_RAISED, FALLBACK_SLOW = 1, 2, 3, 4, 5, 6
 
 
 @dataclass
@@ -138,10 +139,11 @@ def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float
                 clients = [LockstepClient(i.x, i.y, start, i.generator, i.dropout_state, i.prepare_batch,
                                           i.batch_loss) for i in inputs]
                 result = trainer.train(clients, recipe)
-        except ClientTimeout:
-            _fail(chunk, server_round, ClientTimeout(
-                f"a lockstep chunk of {len(chunk)} clients exceeded {len(chunk)} x simulation.client_timeout "
-                f"= {limit * len(chunk):g} s"))
+        except ClientTimeout:  # one slow client must not fail its chunk-mates: one by one, each limited
+            log.warning("lockstep training of %d %s clients exceeded %g s; they train sequentially",
+                        len(chunk), architecture, limit * len(chunk))
+            for task in chunk:
+                PREPARED[(server_round, task.client_id)] = Prepared(FALLBACK_SLOW)
             continue
         except Exception as error:  # noqa: BLE001 - the chunk's clients retry one by one
             log.warning("lockstep training of %d %s clients raised %s: %s; they train sequentially",
@@ -163,11 +165,6 @@ def _inputs(run: WorkerRun, model: torch.nn.Module, start: dict[str, torch.Tenso
     model.load_state_dict(start)  # the hooks' global_model: the received weights
     hooks = build_hooks(list(run.spec.hooks)) if run.spec.hooks else []
     return LocalClient(task.client_id, run).training_inputs(model, server_round, peers, hooks)
-
-
-def _fail(chunk: list[ClientTask], server_round: int, error: BaseException) -> None:
-    for task in chunk:
-        PREPARED[(server_round, task.client_id)] = Prepared(VECTORIZED, error=error)
 
 
 def _trainer(run: WorkerRun, architecture: str, model: torch.nn.Module, input_shape: tuple[int, ...]) -> LockstepTrainer:
