@@ -1,9 +1,9 @@
-"""Distillation losses (METHODS.md sections 1.3 and 2.6).
+"""Distillation losses (``docs/methods.md``, "Latent distillation" and "kd").
 
 * :func:`kd_loss` -- Hinton et al.: T^2 * KL(softmax(z_T / T) || softmax(z_S / T)), averaged over
   the batch (``batchmean``, equal to RepDistiller's ``DistillKL``). The T^2 factor keeps the
   gradients on the scale of the cross-entropy's.
-* :func:`representation_loss` -- seed 004's LKD term: MSE(r_S / tau, r_T / tau); dividing by tau
+* :func:`representation_loss` -- the LKD term of Schmitt's latent-space distillation: MSE(r_S / tau, r_T / tau); dividing by tau
   before the MSE scales the loss by 1 / tau^2 (tau = 0.5 gives x4), as in the reference code.
 * :func:`distillation_loss` -- lambda_ce * CE(z_S, y) + lambda_kd * kd + lambda_rep * rep, each
   term skipped when its weight is 0 (CE-only, KD, LKD, KD+LKD variants).
@@ -23,7 +23,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 
 
 def representation_loss(student_rep: torch.Tensor, teacher_rep: torch.Tensor, tau: float) -> torch.Tensor:
-    """Mean squared error between representations scaled by 1 / tau (seed 004's LKD)."""
+    """Mean squared error between representations scaled by 1 / tau (Schmitt's LKD)."""
     return F.mse_loss(student_rep / tau, teacher_rep / tau)
 
 

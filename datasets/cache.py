@@ -2,7 +2,7 @@
 
 Ray actors are separate processes. Handing them the dataset as memory-mapped ``.npy`` files
 means one copy in the page cache shared by all workers, no pickling, and no per-round reads
-(DESIGN.md, "data is read once per process"). The cache directory is keyed by everything
+(``docs/architecture.md``: data is read once per process). The cache directory is keyed by everything
 that determines the arrays (source, file identity, class subset, synthetic parameters) and
 is created atomically, so concurrent runs never see half-written files.
 """

@@ -1,6 +1,6 @@
 """Seeded label partitioners: client id -> sample indices, plus the client x class count matrix.
 
-Conventions (METHODS.md section 2.3):
+Conventions (``docs/methods.md``, "Partition schemes"):
 
 * ``dirichlet`` -- the per-class convention of NIID-Bench and flwr-datasets'
   ``DirichletPartitioner``: for each class, its samples are split over the N clients with
@@ -8,7 +8,7 @@ Conventions (METHODS.md section 2.3):
   times, as flwr-datasets does) and ``self_balancing`` stops giving samples to clients that
   already hold more than the average. With the same seed, the assignment is identical to
   flwr-datasets' (tested).
-* ``dirichlet-per-client`` -- Hsu et al. 2019 / seed 004: each client draws a class mix
+* ``dirichlet-per-client`` -- Hsu et al. 2019 / Schmitt's latent-distillation code: each client draws a class mix
   q ~ Dir(alpha * p) (p = the class prior) and then ``samples_per_client`` samples by class
   according to q, without replacement across clients. When a class runs out, the client's
   remaining draws go to its other classes in proportion to q (the "renormalise over

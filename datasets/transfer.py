@@ -1,9 +1,9 @@
-"""Transfer sets and per-client test views for federated distillation (METHODS.md 1.5).
+"""Transfer sets and per-client test views for federated distillation (``docs/methods.md``).
 
 * The transfer set is held out of the training set **before** partitioning, so it is disjoint
   from every client's private data by construction (and :func:`check_disjoint` proves it).
   ``classes`` restricts the hold-out to some classes (a class-subset transfer set).
-* T_priv for a client is a test subset with the client's class proportions (seed 004's
+* T_priv for a client is a test subset with the client's class proportions (Schmitt's code's
   ``partition_by_dist``); T_uni is the whole test set.
 """
 

@@ -1,17 +1,22 @@
-"""Client-hook experiments on CIFAR-10 (seeds 000, 003, 002), at a 2-core CPU scale.
+"""Client-hook experiments on CIFAR-10 (crucial samples, sample selection, KD), at a 2-core CPU scale.
+
+The papers (full references in ``docs/methods.md``): (a) Singh and Toshniwal, "Federated
+Learning Based Data Distillation and Augmentation for Improving the Performance of MobileNet-V2";
+(b) Jiang, Zhu, Tan and Liston, "Training Sample Selection for Deep Learning of Distributed Data",
+2017; (c) Jun and Shin, "Improving Knowledge Distillation Using Data Augmentation".
 
 Common setting: 5 clients x 1,000 images (``dirichlet-per-client``, alpha 1.0), NIID-Bench CNN,
 FedAvg over all clients, SGD lr 0.01 momentum 0.9 batch 32, test on the full CIFAR-10 test set.
 
-(a) seed 000 -- crucial-sample augmentation: 3 rounds x 3 local epochs; ``crucial`` with the
+(a) Singh and Toshniwal -- crucial-sample augmentation: 3 rounds x 3 local epochs; ``crucial`` with the
     paper's committee (k = 10 tiny models on stratified local chunks, theta = 9, rule ``lt``),
     then one ``affine`` copy per crucial sample; vs the same number of randomly chosen samples
     augmented (``target = "random"``); vs no augmentation.
-(b) seed 003 -- training-sample selection: 6 rounds x 1 local epoch; rounds 1-3 train on all data
-    (the scorer's warm-up, like seed 003's initial model), then each round a client scores its data
+(b) Jiang et al. -- training-sample selection: 6 rounds x 1 local epoch; rounds 1-3 train on all data
+    (the scorer's warm-up, like the paper's initial model), then each round a client scores its data
     with the received global model and trains only on the top rho (0.05, 0.3) by ``corr_conf``
     (eq. 6), ``correctness`` or ``uniform``.
-(c) seed 002 -- knowledge distillation in local training: 5 rounds x 1 local epoch;
+(c) Jun and Shin -- knowledge distillation in local training: 5 rounds x 1 local epoch;
     ``(1 - alpha) * CE + alpha * T^2 KL`` (T = 4) toward a fixed teacher -- the NIID-Bench CNN
     trained centrally on all 50,000 training images for 3 epochs (a checkpoint, loaded safely) --
     alpha in {0, 0.5, 1}, without and with online flip + crop augmentation.
@@ -134,9 +139,9 @@ def plot(table: pd.DataFrame, experiment: str, path: Path) -> None:
     lo = max(0.0, float(min(g.min() for g in groups)) - 0.05)
     ax.set_ylim(lo, min(1.0, float(max(g.max() for g in groups)) + 0.03))
     ax.set_ylabel("final test accuracy")
-    titles = {"a": "seed 000: augmenting crucial vs random samples",
-              "b": "seed 003: training-sample selection proxies",
-              "c": "seed 002: KD weight alpha, with and without augmentation"}
+    titles = {"a": "Singh & Toshniwal: augmenting crucial vs random samples",
+              "b": "Jiang et al.: training-sample selection proxies",
+              "c": "Jun & Shin: KD weight alpha, with and without augmentation"}
     seeds = sorted(int(s) for s in ok["seed"].unique())
     ax.set_title(f"{titles[experiment]}\nCIFAR-10, 5 clients x 1,000 images, seeds {seeds}; bars = min..max", fontsize=9)
     fig.tight_layout()

@@ -1,7 +1,7 @@
 """Classification metrics on label arrays (no scikit-learn needed).
 
 The confusion matrix follows scikit-learn's convention: **rows are true labels, columns are
-predictions** (METHODS.md 2.2 notes that seed 001 printed it transposed).
+predictions** (Raj's paper printed its matrices transposed).
 """
 
 from __future__ import annotations

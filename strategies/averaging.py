@@ -1,13 +1,14 @@
-"""The weighted-averaging family (METHODS.md sections 0.1, 2.1, 2.2).
+"""The weighted-averaging family (``docs/methods.md``, "Weight averaging").
 
 * :class:`WeightedFedAvg` (``fedavg``) -- w' = sum_k n_k w_k / sum_k n_k, Flower's FedAvg with the
   weight read from any MetricRecord key (``weighted_by_key``, default ``num-examples``).
 * :class:`UniformAvg` (``uniform``) -- the plain mean of the client models.
-* :class:`SequentialEMA` (``ema``) -- seed 001's "Polyak averaging": starting from the first
+* :class:`SequentialEMA` (``ema``) -- Raj's "Polyak averaging" ("Building Decentralized
+  Image Classifiers with Federated Learning"): starting from the first
   client's model, ``w <- beta * w_i + (1 - beta) * w`` for the others in turn. The order is by
   partition id (ascending), so the result is deterministic; the effective weights are
   :func:`ema_weights`: the last client gets beta, the first (1 - beta)^(K-1). It is
-  order-dependent and kept to reproduce seed 001, not as a default.
+  order-dependent and kept to reproduce that paper, not as a default.
 
 All three differ from Flower's ``aggregate_arrayrecords`` in one respect: every array keeps its
 dtype. Floating arrays are averaged in float64 and cast back; integer buffers (BatchNorm's
@@ -75,7 +76,7 @@ class UniformAvg(WeightedFedAvg):
 
 
 class SequentialEMA(WeightedFedAvg):
-    """Seed 001's sequential exponential moving average, clients ordered by partition id.
+    """Raj's sequential exponential moving average, clients ordered by partition id.
 
     Parameters
     ----------

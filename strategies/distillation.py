@@ -6,7 +6,7 @@ different architectures; they share the number of classes and the representation
 and exchange *outputs on a shared transfer set* instead of weights:
 
 * ``configure_train`` sends the current targets -- the consensus of the previous round (mean
-  logits |d| x C and mean representations |d| x r, FedMD) or, in seed 004's setting, the
+  logits |d| x C and mean representations |d| x r, FedMD) or, in Schmitt's latent-space distillation setting, the
   outputs of a server teacher trained on the labelled transfer set (:meth:`set_teacher`).
 * Each sampled client digests (distils toward the targets on the transfer set), revisits
   (trains on its private data), then replies with its own logits and representations on the

@@ -1,7 +1,8 @@
 """Client hooks (``fedsim.clients.hooks``): pluggable stages of the local training loop.
 
-Built-ins: ``crucial`` (seed 000), ``select`` (seed 003), ``augment`` (seeds 000/002), ``kd``
-(seed 002). User hooks are named by import path ``"package.module:Class"``. Hooks are listed
+Built-ins: ``crucial`` (Singh and Toshniwal), ``select`` (Jiang et al. 2017), ``augment`` (Singh
+and Toshniwal; Jun and Shin), ``kd`` (Hinton et al. 2015, as used by Jun and Shin); the algorithms
+and references are in ``docs/methods.md``. User hooks are named by import path ``"package.module:Class"``. Hooks are listed
 in the config's ``[[hooks]]`` tables, each with ``name`` plus its parameters, and run in that
 order. See :mod:`fedsim.clients.hooks.base` for the stages.
 """

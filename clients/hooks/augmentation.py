@@ -1,18 +1,19 @@
-"""``augment``: one new copy per target sample (seed 000) or online batch augmentation (seed 002).
+"""``augment``: one new copy per target sample (Singh and Toshniwal) or online batch augmentation
+(Jun and Shin); see ``docs/methods.md``.
 
 Transforms (torchvision ``transforms.v2`` on uint8 image tensors):
 
 * ``affine`` -- ``RandomAffine(degrees=45, translate=(0.2, 0.2))``: rotation U(-45, 45) degrees,
-  shift U(-0.2, 0.2) x width/height (seed 000's Keras ``rotation_range=45``,
+  shift U(-0.2, 0.2) x width/height (Singh and Toshniwal's Keras ``rotation_range=45``,
   ``*_shift_range=0.2``; torch fills the border with 0 rather than Keras' ``nearest``);
-* ``flip_crop`` -- ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip`` (seed 002);
-* ``randaugment`` -- ``RandAugment(num_ops=N, magnitude=M)`` (seed 002; N = 2, M = 14 for
-  WRN-style CIFAR settings, METHODS.md 2.6), optionally after flip + crop.
+* ``flip_crop`` -- ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip`` (Jun and Shin);
+* ``randaugment`` -- ``RandAugment(num_ops=N, magnitude=M)`` (Jun and Shin; N = 2, M = 14 for
+  WRN-style CIFAR settings, fedsim's reading of "the best values for WideResNet"), optionally after flip + crop.
 
 ``mode = "copies"`` appends one augmented copy of every target sample to the local data before
 training; targets: ``all``, ``crucial`` / ``selected`` (the masks of earlier hooks), or
 ``random`` (uniformly drawn samples, as many as ``random_like`` = ``crucial`` or ``selected``
-marks, seed 000's baseline). ``mode = "online"`` transforms every training mini-batch instead.
+marks, Singh and Toshniwal's baseline). ``mode = "online"`` transforms every training mini-batch instead.
 Each sample gets its own random parameters; all randomness comes from (seed, round, client).
 """
 

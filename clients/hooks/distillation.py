@@ -1,4 +1,4 @@
-"""``kd``: Hinton knowledge distillation in local training (seed 002, METHODS.md 2.6).
+"""``kd``: Hinton knowledge distillation in local training (Hinton et al. 2015; Jun and Shin).
 
 The batch loss becomes ``(1 - alpha) * CE + alpha * T^2 * KL(softmax(z_T / T) || softmax(z_S / T))``
 (alpha = 0: cross-entropy only, alpha = 1: KD only). The teacher is the global model as the

@@ -1,6 +1,7 @@
-"""Scoring hooks: ``crucial`` (seed 000, committee votes) and ``select`` (seed 003, eq. 6).
+"""Scoring hooks: ``crucial`` (Singh and Toshniwal, committee votes) and ``select`` (Jiang et al.
+2017, eq. 6). Algorithms, defaults and the ambiguities resolved: ``docs/methods.md``.
 
-METHODS.md section 3. Both store per-sample scores and a mask in the client's
+Both store per-sample scores and a mask in the client's
 :class:`LocalData` (``scores["crucial"]``/``masks["crucial"]``, ``scores["select"]``/
 ``masks["select"]``) so that ``augment`` (or a user hook) can act on them, and both report
 what they found.
@@ -21,7 +22,7 @@ CONFIDENCES = ("cross_entropy", "entropy", "gini_simpson", "max_likelihood")
 PROXIES = ("corr_conf", "correctness", "uniform")
 
 
-# ----------------------------------------------------------------------------- crucial (seed 000)
+# ----------------------------------------------------------------------------- crucial (Singh and Toshniwal)
 
 
 def committee_scores(votes: np.ndarray) -> np.ndarray:
@@ -47,7 +48,7 @@ def predictions(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) 
 
 
 class CrucialHook(Hook):
-    """Seed 000: a committee of k models votes on each local sample; few correct votes = crucial.
+    """Singh and Toshniwal: a committee of k models votes on each local sample; few correct votes = crucial.
 
     Parameters: ``committee`` = ``"chunks"`` (the paper: k tiny models, each trained with the
     client's recipe on one of k stratified chunks of the local data) or ``"peers"`` (the
@@ -121,7 +122,7 @@ class CrucialHook(Hook):
         return data
 
 
-# ----------------------------------------------------------------------------- select (seed 003)
+# ----------------------------------------------------------------------------- select (Jiang et al.)
 
 
 def confidence(probs: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Tensor:
@@ -139,7 +140,7 @@ def confidence(probs: torch.Tensor, labels: torch.Tensor, kind: str) -> torch.Te
 
 def proxy_scores(probs: torch.Tensor, labels: torch.Tensor, proxy: str, kind: str, eps: float,
                  rng: np.random.Generator) -> np.ndarray:
-    """g_i of seed 003: eq. 6 (``corr_conf``), ``correctness`` (ties broken at random), ``uniform``."""
+    """g_i of Jiang et al.: eq. 6 (``corr_conf``), ``correctness`` (ties broken at random), ``uniform``."""
     wrong = (probs.argmax(1) != labels).cpu().numpy()
     if proxy == "uniform":
         return rng.uniform(size=len(labels))
@@ -156,14 +157,14 @@ def top_fraction(scores: np.ndarray, rho: float) -> np.ndarray:
 
 
 class SelectHook(Hook):
-    """Seed 003: rank local samples by the proxy g (eq. 6) under the received global model, keep top rho.
+    """Jiang et al.: rank local samples by the proxy g (eq. 6) under the received global model, keep top rho.
 
     Parameters: ``rho`` (budget, share kept), ``proxy`` (``corr_conf``, ``correctness``,
     ``uniform``), ``confidence`` (``cross_entropy``, ``entropy``, ``gini_simpson``,
     ``max_likelihood``), ``eps`` (1e-6), ``use`` = ``"subset"`` (train only on the selected
     samples) or ``"extra"`` (train on everything, the selected samples ``extra_passes`` more times),
     ``start_round`` (1; before it clients train on all their data, e.g. to warm up the scorer as
-    seed 003's initial model).
+    the paper's initial model).
     Reports the selected fraction, the misclassified fraction overall and among the selected,
     and per-class selected counts.
     """

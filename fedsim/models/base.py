@@ -1,7 +1,7 @@
 """The shape every fedsim model shares: a feature body, an optional representation layer, a head.
 
 ``body(x)`` returns flat features of width ``feature_dim``. Without a representation layer
-the head is ``Linear(feature_dim, C)``. With ``representation_dim = r > 0`` (METHODS.md 1.2)
+the head is ``Linear(feature_dim, C)``. With ``representation_dim = r > 0`` (``docs/methods.md``)
 the model becomes ``body -> Linear(feature_dim, r)`` (no activation) ``-> Linear(r, C,
 bias=False)``; ``forward(x, return_representation=True)`` then returns ``(logits, rep)``.
 Models of different architectures with the same ``r`` can therefore be compared or distilled

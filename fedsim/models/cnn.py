@@ -8,7 +8,7 @@ from .base import FedsimNet
 
 
 def niid_cnn(num_classes: int = 10, representation_dim: int = 0, in_channels: int = 3) -> FedsimNet:
-    """NIID-Bench's "simple CNN": conv6-conv16-fc120-fc84 (METHODS.md 2.7), for 32x32 inputs."""
+    """NIID-Bench's "simple CNN": conv6-conv16-fc120-fc84 (Li et al., ICDE 2022), for 32x32 inputs."""
     body = nn.Sequential(
         nn.Conv2d(in_channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),

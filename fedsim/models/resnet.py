@@ -2,7 +2,7 @@
 
 ``resnet{depth}`` has 3 stages of (depth - 2) / 6 basic blocks with widths 16-32-64;
 ``resnet{depth}x4`` uses widths 64-128-256 after a 32-channel stem, as RepDistiller's
-``resnet8x4``/``resnet32x4`` (the models behind seed 002's numbers, METHODS.md 2.6).
+``resnet8x4``/``resnet32x4`` (the models that match Jun and Shin's numbers; ``docs/methods.md``).
 """
 
 from __future__ import annotations

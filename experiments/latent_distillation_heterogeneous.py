@@ -1,9 +1,10 @@
-"""Seed 004 on CIFAR-10: CE-only vs KD vs LKD (latent distillation), plus FedAvg as a reference.
+"""Latent distillation, heterogeneous CNNs on CIFAR-10: CE-only vs KD vs LKD, plus FedAvg as a reference.
 
-Setting (METHODS.md 1.5/1.6, scaled to a 2-core CPU budget):
+Setting (Schmitt's latent-space knowledge distillation, ``docs/methods.md``, scaled to a 2-core
+CPU budget):
 
-* 10 clients, seed 004's per-client Dirichlet convention (``dirichlet-per-client``, alpha 0.5)
-  with scarce private data: 500 images per client;
+* 10 clients, the per-client Dirichlet convention of Schmitt's code (``dirichlet-per-client``,
+  alpha 0.5) with scarce private data: 500 images per client;
 * heterogeneous small CNNs: even clients LeNet-5, odd clients the NIID-Bench CNN, both with a
   representation layer of width r = 64 (their perception modules end at 84 features);
 * a transfer set of 1,024 training images held out before partitioning (disjoint from every
@@ -12,17 +13,17 @@ Setting (METHODS.md 1.5/1.6, scaled to a 2-core CPU budget):
   its private data (SGD lr 0.01, momentum 0.9); evaluation after rounds 3 and 6 on T_priv
   (1,000 test images with the client's class mix) and T_uni (the full test set);
 * variants (``distill`` settings): CE only (no distillation), KD (lambda_kd = 1, T = 4),
-  LKD (lambda_rep = 1, tau = 1), KD+LKD; targets from a **server teacher** (seed 004's
+  LKD (lambda_rep = 1, tau = 1), KD+LKD; targets from a **server teacher** (Schmitt's
   setting: the NIID-Bench CNN trained 30 epochs on the labelled transfer set) and, for KD and
   LKD, from the **consensus** of the clients (FedMD); FedAvg with homogeneous NIID-Bench CNNs
   (T_priv for FedAvg's global model is the expectation sum_k p_k recall_k over each client's
   class mix).
 
-    python experiments/seed004_latent_distillation.py --data-dir DIR --seeds 0,1,2 --docs
+    python experiments/latent_distillation_heterogeneous.py --data-dir DIR --seeds 0,1,2 --docs
 
-All runs share one Flower simulation runtime. Writes ``experiments/out/seed004/`` and, with
-``--docs``, ``docs/experiments/seed004_latent_distillation.csv`` and the figure
-``docs/figures/seed004_latent_distillation.png``.
+All runs share one Flower simulation runtime. Writes
+``experiments/out/latent_distillation_heterogeneous/`` and, with ``--docs``, ``docs/experiments/latent_distillation_heterogeneous.csv`` and the figure
+``docs/figures/latent_distillation_heterogeneous.png``.
 """
 
 from __future__ import annotations
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--samples", type=int, default=500, help="private images per client")
-    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "out" / "seed004")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "out" / "latent_distillation_heterogeneous")
     parser.add_argument("--docs", action="store_true")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -151,16 +152,16 @@ def main(argv: list[str] | None = None) -> int:
                         on_start=lambda i: print(f"== {entries[i][0]} (seed {entries[i][1]})", flush=True))
     elapsed = time.perf_counter() - started
     table = pd.DataFrame([row_for(v, s, r) for (v, s), r in zip(entries, outcomes)])
-    table.to_csv(args.out / "seed004_latent_distillation.csv", index=False)
+    table.to_csv(args.out / "latent_distillation_heterogeneous.csv", index=False)
     summary = (table[table["status"] == "ok"].groupby("variant", sort=False)[["t_priv", "t_uni", "mb_total"]]
                .agg(["mean", "std"]))
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print()
     print(summary.to_string(float_format=lambda v: f"{v:.4f}"))
     print(f"\n{len(configs)} runs in {elapsed / 60:.1f} min")
-    plot(table, args.out / "seed004_latent_distillation.png")
+    plot(table, args.out / "latent_distillation_heterogeneous.png")
     if args.docs:
-        publish(table, "seed004_latent_distillation", lambda path: plot(table, path))
+        publish(table, "latent_distillation_heterogeneous", lambda path: plot(table, path))
     return 0
 
 

@@ -1,6 +1,7 @@
-"""Seed 001 on CIFAR-10 cats vs dogs: centralized vs 10-client one-shot FedAvg and beta-EMA.
+"""Raj's one-shot protocol on CIFAR-10 cats vs dogs: centralized vs 10-client one-shot FedAvg and beta-EMA.
 
-Seed 001 (METHODS.md 2.2) fine-tunes an ImageNet-pretrained AlexNet on Kaggle cats-vs-dogs:
+Raj, "Building Decentralized Image Classifiers with Federated Learning" (see
+``docs/methods.md``), fine-tunes an ImageNet-pretrained AlexNet on Kaggle cats-vs-dogs:
 10 clients x (99 cats + 99 dogs), batch 4, 10 epochs, SGD lr 1e-3, then aggregates the 10
 client models once, either by FedAvg or by the sequential "Polyak" EMA with beta = 0.5, and
 compares with one model trained on all the data. This script runs the same protocol on
@@ -9,19 +10,20 @@ CIFAR-10's cat (3) and dog (5) classes:
 * clients: ``dirichlet-per-client`` with alpha = 1e6 (class mix ~ (0.5, 0.5)) and 198 samples
   each, i.e. about 99 cats + 99 dogs per client, 1,980 training images in all;
 * model: the NIID-Bench CNN trained from scratch from one seeded initialisation shared by all
-  clients (no pretrained weights are available offline -- the main departure from seed 001);
-* recipe: 10 local epochs, batch 4, SGD lr 1e-3, momentum 0.9 (the PyTorch tutorial seed 001
+  clients (no pretrained weights are available offline -- the main departure from the paper);
+* recipe: 10 local epochs, batch 4, SGD lr 1e-3, momentum 0.9 (the PyTorch tutorial the paper
   cites), every client once (``train.mode = "one-shot"``);
 * centralized: the same model and recipe on the union of the clients' 1,980 images;
 * test: all 2,000 CIFAR-10 test cats and dogs; positive class = dog (label 1).
 
-Also reported: each client's own model on the test set (seed 001: 0.668-0.880), and FedAvg
+Also reported: each client's own model on the test set (the paper: 0.668-0.880), and FedAvg
 over 10 rounds of 1 epoch (same epochs, more communication) as a reference.
 
-    python experiments/seed001_cats_dogs.py --data-dir DIR --seeds 0,1,2
+    python experiments/cats_dogs_one_shot.py --data-dir DIR --seeds 0,1,2
 
-Writes ``experiments/out/seed001/`` (comparison directories) and, with ``--docs``, the table
-``docs/experiments/seed001_cats_dogs.csv`` and figure ``docs/figures/seed001_cats_dogs.png``.
+Writes ``experiments/out/cats_dogs_one_shot/`` (comparison directories) and, with ``--docs``,
+the table ``docs/experiments/cats_dogs_one_shot.csv`` and figure
+``docs/figures/cats_dogs_one_shot.png``.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path(os.environ.get("FEDSIM_DATA_DIR", "data")))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--model", default="niid_cnn")
-    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "out" / "seed001")
+    parser.add_argument("--out", type=Path, default=ROOT / "experiments" / "out" / "cats_dogs_one_shot")
     parser.add_argument("--docs", action="store_true", help="write the table and figure under docs/")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -138,15 +140,15 @@ def main(argv: list[str] | None = None) -> int:
                                    "ema:beta=0.5": "EMA(0.5) one-shot"})
     rows += collect(rounds.path, {"fedavg": "FedAvg 10x1 epoch"})
     table = pd.DataFrame(rows)
-    table.to_csv(args.out / "seed001_cats_dogs.csv", index=False)
+    table.to_csv(args.out / "cats_dogs_one_shot.csv", index=False)
     numeric = ["accuracy", "precision", "recall", "client_models_min", "client_models_max"]
     means = table[table["status"] == "ok"].groupby("method", sort=False)[numeric].agg(["mean", "std"])
     print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print()
     print(means.to_string(float_format=lambda v: f"{v:.4f}"))
-    plot(table, args.out / "seed001_cats_dogs.png")
+    plot(table, args.out / "cats_dogs_one_shot.png")
     if args.docs:
-        publish(table, "seed001_cats_dogs", lambda path: plot(table, path))
+        publish(table, "cats_dogs_one_shot", lambda path: plot(table, path))
     return 0
 
 
