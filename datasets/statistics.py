@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def counts_frame(counts: np.ndarray, class_names: list[str] | tuple[str, ...]) -> pd.DataFrame:
@@ -58,6 +62,19 @@ def plot_heatmap(
     counts: np.ndarray, class_names: list[str] | tuple[str, ...], path: Path, title: str = ""
 ) -> Path:
     """Save a client x class heat map of sample counts (PNG)."""
+    fig = heatmap_figure(counts, class_names, title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def heatmap_figure(counts: np.ndarray, class_names: list[str] | tuple[str, ...], title: str = "") -> Figure:
+    """The client x class heat map of sample counts as a ``matplotlib.figure.Figure``.
+
+    Drawn without pyplot (the caller's backend, a notebook's, is left alone and no global
+    figure is registered), so callers can save it (:func:`plot_heatmap`) or render it to an
+    array (``fedsim.tensorboard``).
+    """
     from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) is left alone
 
     num_clients, num_classes = counts.shape
@@ -79,6 +96,4 @@ def plot_heatmap(
     fig.colorbar(image, ax=ax, label="samples")
     ax.set_title(title or "label distribution per client")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return fig

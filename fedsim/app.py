@@ -26,11 +26,12 @@ from fedsim.clients.training import to_tensor
 from fedsim.config import ExperimentConfig
 from fedsim.evaluation import CentralEvaluation, CentralEvaluator
 from fedsim.executors import CohortExecutor, Executor, GridExecutor
-from fedsim.extension import RoundExtension
+from fedsim.extension import ExtensionChain, RoundExtension
 from fedsim.interrupt import RunInterrupted, stop_requested
 from fedsim.loop import LoopSettings, run_rounds
 from fedsim.methods import ServerSetup, method_for
 from fedsim.prepare import PreparedRun, initial_model
+from fedsim.privacy import privacy_extensions
 from fedsim.protocol import CLIENT_TIMEOUT, FAIL_CLIENTS, RUN_DIR
 from fedsim.recorder import RunRecorder
 from fedsim.sampling import sample_size
@@ -38,6 +39,7 @@ from fedsim.simulate import worker_count
 from fedsim.spec import PartitionIndex, RunSpec, resolve_device
 from fedsim.timing.setup import build_scheduler
 from fedsim.strategies import StrategyContext, build_strategy, stream_weight_key
+from fedsim.tensorboard import tensorboard_log
 
 
 @dataclass
@@ -115,12 +117,14 @@ def execute(prepared: PreparedRun, state: RunState, executor: Executor, progress
     """The server's work for one federated run; an exception is kept in ``state.error``."""
     config = prepared.config
     bar, report = _progress(config.train.rounds, progress, on_round, state.resume.server_round if state.resume else 0)
+    board = tensorboard_log(config.output.tensorboard, prepared.counts, prepared.dataset.class_names)
     try:
         strategy = strategy_for(config)
         setup = server_setup(prepared, state.recorder)
         initial, extensions = method_for(config.strategy.name).start(strategy, setup)
+        extensions += privacy_extensions(config, strategy)  # DP strategies: (epsilon, delta) per round
         extensions += round_extensions(build_hooks(list(config.hooks))) + executor.round_extensions()
-        extensions += state.extensions
+        extensions += state.extensions + ([board] if board else [])  # last: it logs the rows the others filled
         sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
         scheduler = build_scheduler(config, prepared.staging, strategy, method_for(config.strategy.name), sizes,
                                     prepared.dataset.num_classes)
@@ -131,6 +135,8 @@ def execute(prepared: PreparedRun, state: RunState, executor: Executor, progress
         state.error = error
     finally:
         bar.close()
+        if board:  # every exit path: the event files are complete before the run directory is renamed
+            board.close()
 
 
 def execute_centralized(prepared: PreparedRun, state: RunState, progress: bool = True,
@@ -138,6 +144,7 @@ def execute_centralized(prepared: PreparedRun, state: RunState, progress: bool =
     """The centralized baseline in this process: the union of the clients' training splits."""
     config = prepared.config
     bar, report = _progress(config.train.rounds, progress, on_round, state.resume.server_round if state.resume else 0)
+    board = tensorboard_log(config.output.tensorboard, prepared.counts, prepared.dataset.class_names)
     try:
         setup = server_setup(prepared, state.recorder)
         union = np.sort(PartitionIndex.load(prepared.staging).train_indices)
@@ -148,12 +155,14 @@ def execute_centralized(prepared: PreparedRun, state: RunState, progress: bool =
         evaluation = CentralEvaluation(setup.evaluator, config.evaluation.centralized_every)
         state.final_arrays = run_centralized(
             setup.build_model().to(setup.device), x, y, setup.recipe, config.seed, config.train.rounds,
-            config.partition.num_clients, evaluation, state.recorder, report,
-            checkpoint_every=config.output.checkpoint_every, resume=state.resume)
+            config.partition.num_clients, ExtensionChain([evaluation, board]) if board else evaluation,
+            state.recorder, report, checkpoint_every=config.output.checkpoint_every, resume=state.resume)
     except BaseException as error:
         state.error = error
     finally:
         bar.close()
+        if board:
+            board.close()
 
 
 def flower_executor(grid: Grid, prepared: PreparedRun, workers: int | None = None) -> Executor:

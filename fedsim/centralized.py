@@ -17,7 +17,7 @@ from flwr.app import ArrayRecord
 from fedsim.checkpoint import Checkpoint
 from fedsim.clients.training import seeded_generator, train
 from fedsim.evaluation import CentralEvaluation
-from fedsim.extension import RoundRecord, RunContext
+from fedsim.extension import RoundExtension, RoundRecord, RunContext
 from fedsim.interrupt import check_stop
 from fedsim.loop import check_finite
 from fedsim.models import FedsimNet
@@ -26,7 +26,7 @@ from fedsim.recorder import RunRecorder
 
 
 def run_centralized(model: FedsimNet, x: torch.Tensor, y: torch.Tensor, recipe: SGDRecipe, seed: int,
-                    rounds: int, stream: int, evaluation: CentralEvaluation, recorder: RunRecorder,
+                    rounds: int, stream: int, evaluation: CentralEvaluation | RoundExtension, recorder: RunRecorder,
                     on_round: Callable[[dict], None] | None = None, checkpoint_every: int = 0,
                     resume: Checkpoint | None = None) -> ArrayRecord:
     """Train ``model`` on ``(x, y)`` for ``rounds`` x ``recipe.epochs`` epochs; one row per round.

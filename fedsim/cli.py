@@ -44,6 +44,8 @@ def _load(args: argparse.Namespace) -> ExperimentConfig:
         overrides["data.data_dir"] = args.data_dir
     if getattr(args, "overwrite", False):
         overrides["output.overwrite"] = True
+    if getattr(args, "tensorboard", False):
+        overrides["output.tensorboard"] = True
     if getattr(args, "output", None):
         overrides["output.dir"] = args.output
     if getattr(args, "name", None):
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--verbose", "-v", action="store_true", help="show Flower and Ray logs")
     run.add_argument("--no-progress", action="store_true", help="hide the per-round progress bar")
+    run.add_argument("--tensorboard", action="store_true",
+                     help="also write TensorBoard event files to <run dir>/tensorboard/ (output.tensorboard)")
 
     comp = sub.add_parser("compare", help="compare strategies on the identical partition, init and sampling")
     _config_args(comp)
@@ -82,12 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
                            "fedavg,uniform,ema:beta=0.5,fedprox:proximal_mu=0.01,centralized; a key with a dot "
                            "is a config key for that entry only, e.g. fedavg:time.deadline=3")
     comp.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's seed)")
+    comp.add_argument("--grid", action="append", default=[], metavar="KEY=LIST",
+                      help="sweep a config key over a TOML list, e.g. --grid 'partition.alpha=[0.05,0.1,0.5,1.0]'; "
+                           "repeat for the cartesian product; every strategy and seed runs in every cell")
     comp.add_argument("--target", type=float, help="accuracy for the rounds-to-target column")
     comp.add_argument("--output", "-o", help="parent folder (output.dir)")
     comp.add_argument("--name", help="comparison directory name (default compare-<time>)")
     comp.add_argument("--overwrite", action="store_true", help="replace an existing comparison directory")
     comp.add_argument("--verbose", "-v", action="store_true", help="show Flower and Ray logs")
     comp.add_argument("--no-progress", action="store_true", help="hide the per-round progress bars")
+    comp.add_argument("--tensorboard", action="store_true",
+                      help="also write TensorBoard event files into every run directory (output.tensorboard)")
 
     part = sub.add_parser("partition", help="partition a dataset and report its label distribution")
     _config_args(part)
@@ -146,9 +155,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from fedsim.experiment import resume, run
 
         if args.resume is not None:
-            if args.config or args.overrides or args.data_dir or args.output or args.name or args.overwrite:
+            if (args.config or args.overrides or args.data_dir or args.output or args.name or args.overwrite
+                    or args.tensorboard):
                 raise ConfigError("--resume continues a run with its own config.toml: leave out --config, --set, "
-                                  "--data-dir, --output, --name and --overwrite")
+                                  "--data-dir, --output, --name, --overwrite and --tensorboard")
             result = resume(args.resume, progress=not args.no_progress, verbose=args.verbose)
         else:
             result = run(_load(args), progress=not args.no_progress, verbose=args.verbose)
@@ -162,15 +172,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = _load(args)
         seeds = _seeds(args.seeds)
         result = compare(config, args.strategies, seeds, target=args.target,
-                         progress=not args.no_progress, verbose=args.verbose,
+                         progress=not args.no_progress, verbose=args.verbose, grid=args.grid,
                          on_run=lambda label, seed: print(f"== {label} (seed {seed})", flush=True))
-        columns = [c for c in ("strategy", "runs_ok", "runs_failed", "final_accuracy_mean",
+        columns = [c for c in (*result.grid, "strategy", "runs_ok", "runs_failed", "final_accuracy_mean",
                                "final_accuracy_std", "best_accuracy_mean", "rounds_to_target_mean",
                                "total_mb_mean") if c in result.by_strategy]
         print(result.by_strategy[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         failed = result.summary[result.summary["status"] == "failed"] if len(result.summary) else []
         for _, row in (failed.iterrows() if len(failed) else []):
-            print(f"FAILED {row['strategy']} (seed {row['seed']}): {row['error']}", file=sys.stderr)
+            cell = "".join(f", {key}={row[key]}" for key in result.grid)
+            print(f"FAILED {row['strategy']} (seed {row['seed']}{cell}): {row['error']}", file=sys.stderr)
         print(f"comparison directory: {result.path}")
         if len(failed):
             print(f"fedsim: {len(failed)} of {len(result.summary)} runs failed", file=sys.stderr)

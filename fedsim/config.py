@@ -2,7 +2,7 @@
 
 An experiment is described by one :class:`ExperimentConfig`: a TOML file (sections
 ``[data]``, ``[partition]``, ``[model]``, ``[train]``, ``[strategy]``, ``[distill]``,
-``[evaluation]``, ``[simulation]``, ``[time]``, ``[output]``, a top-level ``seed`` and ``[[hooks]]``
+``[evaluation]``, ``[simulation]``, ``[time]``, ``[output]``, ``[privacy]``, a top-level ``seed`` and ``[[hooks]]``
 tables) and overrides. This module checks names and types as values are set; the rules on
 values (ranges, allowed names, cross-field rules) are asked of the registries that own them
 by :mod:`fedsim.validation`, which also provides :func:`~fedsim.validation.load_config`.
@@ -79,7 +79,8 @@ class DistillConfig:
     set with ``lambda_ce * CE + lambda_kd * T^2 * KL + lambda_rep * MSE(rep / tau)``, (2) revisits:
     trains on its private data, (3) computes logits and representations on the transfer set and
     sends them. Targets are the consensus (mean over the round's clients, FedMD) or, with
-    ``teacher = "server"``, a server model trained on the labelled transfer set (seed 004).
+    ``teacher = "server"``, a server model trained on the labelled transfer set (Schmitt's setting;
+    ``docs/methods.md``).
     """
 
     transfer_size: int = 1024
@@ -167,6 +168,14 @@ class TimeConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Privacy accounting of the DP strategies (``fedsim.privacy``, ``docs/privacy.md``); unused otherwise."""
+
+    accountant: str = "rdp"  # rdp | prv (Opacus accountants)
+    delta: float = 0.0  # 0 = auto: min(1e-5, partition.num_clients ** -1.1); else must be < 1 / num_clients
+
+
+@dataclass
 class OutputConfig:
     """Where and how the run directory is written (``fedsim.results``)."""
 
@@ -176,6 +185,7 @@ class OutputConfig:
     overwrite: bool = False  # replace an existing *fedsim* run directory of that name (never any other folder)
     figures: bool = True
     checkpoint_every: int = 1  # rounds between checkpoints (the last round always gets one); 0 = none
+    tensorboard: bool = False  # also write TensorBoard event files to <run dir>/tensorboard/ (fedsim.tensorboard)
 
 
 @dataclass
@@ -194,6 +204,7 @@ class ExperimentConfig:
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     time: TimeConfig = field(default_factory=TimeConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (TOML/JSON serialisable)."""

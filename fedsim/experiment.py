@@ -63,6 +63,7 @@ def finalize(prepared: PreparedRun, final_arrays: ArrayRecord | None, confusion:
         plots.plot_loss(rounds, figures / "loss.png", title)
         plot_heatmap(prepared.counts, names, figures / "label_distribution.png")
         plots.plot_time_figures(rounds, clients, figures, config.time.deadline, title)
+        plots.plot_privacy_figure(rounds, figures, title)
     return rundir.publish(folder, prepared.final)
 
 

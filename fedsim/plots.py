@@ -160,6 +160,7 @@ def plot_client_times_grid(runs: dict[str, tuple[pd.DataFrame, float]], path: Pa
 
 
 RUN_FIGURES = ("accuracy.png", "loss.png", "label_distribution.png")
+PRIVACY_FIGURE = "privacy.png"
 TIME_FIGURES = ("accuracy_vs_time.png", "client_times.png")
 
 
@@ -173,6 +174,32 @@ def plot_time_figures(rounds: pd.DataFrame, clients: pd.DataFrame, figures: Path
             (figures / name).unlink()
     return [plot_accuracy_vs_time(rounds, figures / TIME_FIGURES[0], title),
             plot_client_times(clients, figures / TIME_FIGURES[1], deadline, title)]
+
+
+def plot_privacy(rounds: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Privacy spent (epsilon at the run's delta, ``fedsim.privacy``) vs round."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    data = rounds[["round", "dp_epsilon"]].dropna()
+    data = data[data["round"] > 0]
+    finite = data[np.isfinite(data["dp_epsilon"])]
+    ax.plot([0, *finite["round"]], [0.0, *finite["dp_epsilon"]], marker="o")
+    ax.set_xlabel("round")
+    ax.set_ylabel("epsilon (client-level)")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "privacy spent per round")
+    return _save(fig, path)
+
+
+def plot_privacy_figure(rounds: pd.DataFrame, figures: Path, title: str = "") -> list[Path]:
+    """``privacy.png`` when the run accounted privacy (a DP strategy), else nothing."""
+    if "dp_epsilon" not in rounds or not rounds["dp_epsilon"].notna().any():
+        return []
+    if (figures / PRIVACY_FIGURE).is_symlink():
+        (figures / PRIVACY_FIGURE).unlink()
+    return [plot_privacy(rounds, figures / PRIVACY_FIGURE, title)]
 
 
 def plot_run(path: str | Path) -> list[Path]:
@@ -203,6 +230,7 @@ def plot_run(path: str | Path) -> list[Path]:
         plot_loss(result.rounds, loss, title),
         plot_heatmap(result.partition_counts.to_numpy(), list(result.partition_counts.columns), labels),
         *plot_time_figures(result.rounds, result.clients, figures, deadline, title),
+        *plot_privacy_figure(result.rounds, figures, title),
     ]
 
 
@@ -288,3 +316,74 @@ def plot_hook_stats(tidy: pd.DataFrame, path: Path) -> Path:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     return _save(fig, path, dpi=100)
+
+
+def sweep_axis(values: list) -> tuple[str, list[float]]:
+    """How a sweep figure places grid values on its x-axis: ``"log"``, ``"linear"`` or ``"categorical"``.
+
+    Numbers (not booleans) that are all positive and span a factor of 10 or more (alpha from 0.05
+    to 1) get a log axis, so the small values are not squeezed together; other numbers a linear
+    one. Anything else (strings, booleans, lists) is categorical: evenly spaced, in grid order.
+    Returns the scale and each value's position.
+    """
+    if not all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+               for v in values):
+        return "categorical", [float(i) for i in range(len(values))]
+    xs = [float(v) for v in values]
+    if min(xs) > 0 and max(xs) / min(xs) >= 10:
+        return "log", xs
+    return "linear", xs
+
+
+def plot_sweep(by_cell: pd.DataFrame, grid: dict[str, list], metric: str, path: Path, ylabel: str = "") -> Path:
+    """One metric of a sweep against the first grid key: mean over seeds, error bars of one std.
+
+    ``by_cell`` has one row per grid cell and strategy (``fedsim compare --grid``'s
+    ``summary_by_strategy.csv``): the grid keys, ``strategy``, ``runs_ok``, ``<metric>_mean`` and
+    ``<metric>_std``; ``grid`` maps each key to its values as they appear in the table, in order.
+    One line per strategy; with more grid keys, one panel per combination of the other keys
+    (shared y-axis), so each panel stays a few lines. A cell whose runs all failed is a gap.
+    """
+    import itertools
+
+    keys = list(grid)
+    x_key, others = keys[0], keys[1:]
+    panels = list(itertools.product(*(grid[k] for k in others)))
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False, sharey=True)
+    scale, xs = sweep_axis(grid[x_key])
+    strategies = list(dict.fromkeys(by_cell["strategy"]))
+    for ax, combination in zip(axes.flat, panels):
+        part = by_cell
+        for key, value in zip(others, combination):
+            part = part[part[key] == value]
+        for i, label in enumerate(strategies):
+            line = part[part["strategy"] == label]
+            means, stds = [], []
+            for value in grid[x_key]:
+                row = line[line[x_key] == value]
+                means.append(float(row[f"{metric}_mean"].iloc[0]) if len(row) else np.nan)
+                stds.append(float(row[f"{metric}_std"].iloc[0]) if len(row) else np.nan)
+            # categorical: spread the strategies a little so their error bars do not hide each other
+            offset = (i - (len(strategies) - 1) / 2) * 0.08 if scale == "categorical" else 0.0
+            n = int(line["runs_ok"].max()) if len(line) else 0
+            ax.errorbar(np.asarray(xs) + offset, means, yerr=np.nan_to_num(np.asarray(stds)), marker="o", ms=4,
+                        capsize=3, label=f"{label} (n={n})")
+        if scale == "log":
+            ax.set_xscale("log")
+            ax.minorticks_off()
+        names = [f"{v:g}" if scale != "categorical" else str(v).lower() if isinstance(v, bool) else str(v)[:24]
+                 for v in grid[x_key]]
+        ax.set_xticks(xs, names, rotation=30 if max(map(len, names)) > 6 else 0, fontsize=8)
+        ax.set_xlabel(x_key + (" (log scale)" if scale == "log" else ""))
+        ax.grid(alpha=0.3)
+        if others:
+            ax.set_title(", ".join(f"{k}={v}" for k, v in zip(others, combination)), fontsize=9)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(ylabel or metric)
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle(f"{ylabel or metric} vs {x_key}: mean over seeds, bars = 1 std", fontsize=10)
+    return _save(fig, path)

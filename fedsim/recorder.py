@@ -21,6 +21,7 @@ ROUND_COLUMNS = (
     "bytes_down", "bytes_up", "wall_seconds",
     "sim_round_seconds", "sim_time", "staleness_mean", "staleness_max",
     "clients_vectorized", "compile_seconds",
+    "dp_epsilon",  # privacy spent so far (DP strategies: fedsim.privacy); empty otherwise
 )
 HOOK_COLUMNS = ("round", "client_id", "hook", "metric", "value")
 CLIENT_COLUMNS = ("round", "phase", "client_id", "status", "num_examples", "loss", "accuracy",

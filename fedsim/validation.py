@@ -24,6 +24,7 @@ from fedsim.executors import EXECUTOR_NAMES
 from fedsim.methods import METHODS, method_for
 from fedsim.models import MODEL_NAMES, parse_architecture
 from fedsim.modes import check_mode, evaluates_client_models
+from fedsim.privacy import check_privacy
 from fedsim.sampling import sample_size
 from fedsim.timing.rules import check_time
 from fedsim.strategies import (
@@ -75,6 +76,7 @@ def validate(config: ExperimentConfig) -> None:
     e += _check_output(c)
     e += _check_streaming(c)
     e += check_time(c)
+    e += check_privacy(c)
     e += check_resources(c)
     if e:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(e))

@@ -86,6 +86,7 @@ def test_lockstep_equals_sequential_in_float64(name: str, tolerance: float) -> N
     assert lockstep.calls > max(s.steps for _, s in sequential)
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_batchnorm_statistics_and_skipped_single_sample_batches_match() -> None:
     """resnet8's running statistics and batch counts per client: padded or skipped samples never enter them."""
     sequential, lockstep = _both_engines("resnet8", (17, 9), SGDRecipe(epochs=1, batch_size=8, lr=0.05), torch.float64)
@@ -160,6 +161,7 @@ def test_a_vectorized_run_gives_the_sequential_runs_results_and_records_its_engi
     assert sequential.rounds["clients_vectorized"].iloc[1:].tolist() == [0, 0]
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_fedprox_and_hooks_train_in_lockstep_like_one_by_one(small_config) -> None:
     hooks = [{"name": "augment", "transform": "flip_crop", "mode": "online"}, {"name": "kd", "alpha": 0.5}]
     sequential, vectorized = _runs(small_config, **{"train.rounds": 2, "strategy.name": "fedprox",
@@ -170,6 +172,7 @@ def test_fedprox_and_hooks_train_in_lockstep_like_one_by_one(small_config) -> No
     np.testing.assert_allclose(hooks_vec["value"], hooks_seq["value"], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_prepare_hooks_select_data_per_client_in_lockstep(small_config) -> None:
     hooks = [{"name": "crucial", "committee": "chunks", "k": 2, "theta": 1}, {"name": "select", "rho": 0.5}]
     sequential, vectorized = _runs(small_config, **{"train.rounds": 1, "hooks": hooks})
@@ -177,6 +180,7 @@ def test_prepare_hooks_select_data_per_client_in_lockstep(small_config) -> None:
     assert vectorized.rounds["clients_vectorized"].iloc[1] == 10
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_unvectorizable_clients_fall_back_and_the_reason_is_recorded(small_config, tmp_path, monkeypatch) -> None:
     (tmp_path / "optout_hooks.py").write_text(
         "class PerSample:\n    vectorizable = False\n    def transform_batch(self, xb, ctx):\n        return xb\n")
@@ -201,6 +205,7 @@ def test_mixed_architectures_group_by_architecture_and_a_lone_client_falls_back(
         "sequential: no other client of its architecture and recipe on its worker this round"]
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_chunks_capped_by_lockstep_clients_give_the_same_results(small_config) -> None:
     _, whole = _runs(small_config, **{"train.rounds": 1})
     capped = run(small_config(**{"train.rounds": 1, "simulation.engine": "vectorized",
@@ -246,6 +251,7 @@ def test_the_vectorized_engine_needs_a_worker_that_hosts_many_clients(small_conf
         small_config(**{"simulation.engine": "vectorized", "simulation.executor": "flower"})
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_vectorized_results_do_not_depend_on_the_number_of_cohort_workers(small_config) -> None:
     """Each worker trains its shard in lockstep; a client's result does not depend on its chunk-mates."""
     from test_cohort import run_on_cohort
@@ -314,6 +320,7 @@ def test_a_hung_client_in_a_lockstep_chunk_fails_alone(small_config) -> None:
     assert result.rounds["clients_succeeded"].iloc[-1] == 9
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_a_client_raising_in_a_lockstep_chunk_fails_alone(small_config, tmp_path, monkeypatch) -> None:
     (tmp_path / "raising_hooks.py").write_text(
         "class RaiseFor:\n    def __init__(self, client=0):\n        self.client = client\n"
@@ -329,6 +336,7 @@ def test_a_client_raising_in_a_lockstep_chunk_fails_alone(small_config, tmp_path
         "sequential: its lockstep chunk raised (see the worker's log)"}
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_the_summary_counts_the_clients_each_engine_trained(small_config) -> None:
     _, vectorized = _runs(small_config, **{"train.rounds": 2, "evaluation.federated_every": 0})
     assert vectorized.summary["engine"] == "vectorized"
