@@ -287,7 +287,9 @@ def compare(
                 if not swept:
                     break  # as before: only the seed differs, and seeds were checked above
 
-    final = Path(config.output.dir).expanduser() / (config.output.name or f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
+    parent = Path(config.output.dir).expanduser()
+    final = parent / config.output.name if config.output.name else \
+        rundir.untaken(parent, f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
     rundir.check_replaceable(final, config.output.overwrite, "comparison directory")
     staging = rundir.create_staging(final, kind=KIND)
     try:

@@ -84,9 +84,20 @@ def check_replaceable(path: Path, overwrite: bool, what: str = "run directory") 
 
 def final_run_path(config: ExperimentConfig) -> Path:
     """``output.dir / output.name``; refuses a taken path (see :func:`check_replaceable`)."""
-    path = Path(config.output.dir).expanduser() / (config.output.name or default_run_name(config))
+    parent = Path(config.output.dir).expanduser()
+    path = parent / config.output.name if config.output.name else untaken(parent, default_run_name(config))
     check_replaceable(path, config.output.overwrite)
     return path
+
+
+def untaken(parent: Path, name: str) -> Path:
+    """``parent / name`` for a *default* (time-stamped) name, or ``name-2``, ``name-3``, ... when
+    that is taken, e.g. by another run started in the same second. A name the user chose is
+    never changed: taking it is refused instead (:func:`check_replaceable`)."""
+    candidate, n = parent / name, 2
+    while candidate.exists() or candidate.is_symlink() or any(parent.glob(f".{candidate.name}{_STAGING}*")):
+        candidate, n = parent / f"{name}-{n}", n + 1
+    return candidate
 
 
 def staging_path(final: Path) -> Path:

@@ -639,3 +639,13 @@ def test_images_the_models_cannot_take_are_refused_before_the_run(small_config, 
     good = _npz(tmp_path / "good.npz", np.arange(200) % 10, size=32)
     assert run(small_config(**{"data.dataset": "npz", "data.path": str(good), "train.rounds": 1,
                                "partition.num_clients": 4}), progress=False).summary["rounds"] == 1
+
+
+def test_default_names_started_in_the_same_second_do_not_collide(tmp_path) -> None:
+    """Two comparisons (or runs) with time-stamped default names in one second get distinct folders."""
+    from fedsim import rundir
+
+    (tmp_path / "compare-20260101-000000").mkdir()
+    (tmp_path / ".compare-20260101-000000-2.staging-123").mkdir()
+    assert rundir.untaken(tmp_path, "compare-20260101-000000") == tmp_path / "compare-20260101-000000-3"
+    assert rundir.untaken(tmp_path, "fresh") == tmp_path / "fresh"
