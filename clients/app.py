@@ -17,6 +17,7 @@ applied when a DP strategy asks for them.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
@@ -31,11 +32,15 @@ from fedsim.protocol import (
     CONFIG,
     DP_ADAPTIVE,
     PARTITION_ID,
+    join_answer,
     pack_cohort_replies,
+    read_join_query,
     unpack_cohort,
 )
+from fedsim.spec import SPEC_FILE
 
 from .handler import handle_evaluate, handle_train
+from .node import host, install_run
 from .runner import ClientRunner, ensure_task_identity
 
 
@@ -69,20 +74,47 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @client_app.query()
 def query(msg: Message, context: Context) -> Message:
-    """Tell the server which partition this node hosts (the executor maps client ids to nodes)."""
-    record = ConfigRecord({PARTITION_ID: int(context.node_config[PARTITION_ID])})
-    return Message(content=RecordDict({CLIENT: record}), reply_to=msg)
+    """Tell the server what this node hosts.
+
+    A join query (the cohort executor's, once per run and node) is answered with the node's
+    shard and whether it has its own data, after installing the run's files on such a node
+    (:mod:`fedsim.clients.node`); a problem (a bad node config, a dataset that differs, a run
+    directory a shared-storage node cannot read) is the answer's ``error``, which the server
+    reports. Any other query is the one-client-per-node executor's: the node's partition id.
+    """
+    join = read_join_query(msg)
+    if join is None:
+        record = ConfigRecord({PARTITION_ID: int(context.node_config[PARTITION_ID])})
+        return Message(content=RecordDict({CLIENT: record}), reply_to=msg)
+    run_dir, files, digest = join
+    shard = shards = None
+    try:
+        hosting = host(context.node_config)
+        shard, shards = hosting.shard, hosting.shards
+        if hosting.own_data:
+            install_run(hosting, run_dir, files, digest)
+        elif not (Path(run_dir) / SPEC_FILE).is_file():
+            raise RuntimeError(
+                f"this node cannot read the run directory {run_dir}: start it on the server's machine or with the "
+                f"run folder shared, or give it its own data (--node-config \"{PARTITION_ID}=K num-partitions=N "
+                "data-dir='/path'\")")
+        answer = join_answer(hosting.own_data, shard, shards)
+    except Exception as error:  # noqa: BLE001 - reported to the server, which stops the run with it
+        answer = join_answer(False, shard, shards, f"{type(error).__name__}: {error}")
+    return Message(content=answer, reply_to=msg)
 
 
-_RUNNERS: dict[int, ClientRunner] = {}  # per process, by population size: the clients' contexts
+_RUNNERS: dict[tuple[int, int | None], ClientRunner] = {}  # per process, by (population, threads)
 
 
-def run_cohort(msg: Message, context: Context) -> Message:  # noqa: ARG001 - Flower's signature
+def run_cohort(msg: Message, context: Context) -> Message:
     """Run every client task the cohort message carries; reply once with all their results."""
     started = time.perf_counter()
     ensure_task_identity(msg.metadata.run_id)
+    host(context.node_config)  # a node with its own data reads its copy of the run
     num_clients = int(msg.content[COHORT]["num-clients"])
-    runner = _RUNNERS.setdefault(num_clients, ClientRunner(client_app, num_clients))
+    threads = int(msg.content[COHORT].get("threads", 0)) or None
+    runner = _RUNNERS.setdefault((num_clients, threads), ClientRunner(client_app, num_clients, threads))
     replies = runner.run(unpack_cohort(msg))
     stream_key = str(msg.content[COHORT].get("stream-key", ""))
     return Message(content=pack_cohort_replies(replies, time.perf_counter() - started, stream_key), reply_to=msg)

@@ -20,6 +20,7 @@ from fedsim.models import FedsimNet, build_model
 from fedsim.spec import TRANSFER_FILE, PartitionIndex, RunSpec, TransferIndex, resolve_device
 
 from .hooks import build_hooks
+from .node import local_run_dir
 from .state import ClientStateStore
 from .training import seeded_generator, to_tensor
 
@@ -104,10 +105,15 @@ _RUNS: dict[str, WorkerRun] = {}
 
 
 def worker_run(run_dir: str) -> WorkerRun:
-    """Return this process's cached :class:`WorkerRun` for ``run_dir``, opening it on first use."""
+    """Return this process's cached :class:`WorkerRun` for ``run_dir``, opening it on first use.
+
+    ``run_dir`` is the server's path; a node with its own data reads its local copy instead
+    (:func:`fedsim.clients.node.local_run_dir`).
+    """
     cached = _RUNS.get(run_dir)
     if cached is not None:
         return cached
+    server_run_dir, run_dir = run_dir, local_run_dir(run_dir)
     spec = RunSpec.load(run_dir)
     arrays = CachedDataset.open(spec.dataset_folder).load(mmap=True)
     run = WorkerRun(
@@ -121,5 +127,5 @@ def worker_run(run_dir: str) -> WorkerRun:
         hooks=build_hooks(list(spec.hooks)),
     )
     _RUNS.clear()  # one run at a time per worker: free the previous run's models
-    _RUNS[run_dir] = run
+    _RUNS[server_run_dir] = run
     return run

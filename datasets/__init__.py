@@ -1,6 +1,6 @@
 """Datasets, partitioners and partition statistics (imported as ``fedsim.datasets``)."""
 
-from .cache import CachedDataset, materialize, resolve_cache_dir, resolve_data_dir
+from .cache import CachedDataset, dataset_digest, materialize, resolve_cache_dir, resolve_data_dir
 from .partitioners import (
     Partition,
     PartitionError,
@@ -29,7 +29,7 @@ from .statistics import counts_frame, format_summary, heatmap_figure, plot_heatm
 __all__ = [
     "DATASET_NAMES", "PARTITION_SCHEMES", "SCHEMES", "DataSettings", "PartitionSettings", "check_data",
     "check_partition", "check_partition_for_dataset",
-    "CachedDataset", "DatasetError", "ImageArrays", "Partition", "PartitionError",
+    "CachedDataset", "DatasetError", "ImageArrays", "dataset_digest", "Partition", "PartitionError",
     "build_partition", "counts_frame", "dirichlet", "dirichlet_per_client", "format_summary",
     "heatmap_figure", "iid", "load_cifar", "load_npz", "make_synthetic", "materialize", "plot_heatmap",
     "quantity", "resolve_cache_dir", "resolve_data_dir", "select_classes", "shards",

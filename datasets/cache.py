@@ -183,3 +183,20 @@ def materialize(data: DataSettings) -> CachedDataset:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CachedDataset.open(folder)
+
+
+def dataset_digest(dataset: CachedDataset) -> str:
+    """A fingerprint of a cached dataset's content: shapes, channel statistics and every label.
+
+    Two processes with the same digest index the same samples with the same indices (the
+    channel statistics depend on every pixel), so a node that prepared the dataset itself
+    can be checked against the server's copy without sending the images.
+    """
+    arrays = dataset.load(mmap=True)
+    digest = hashlib.sha256(json.dumps({
+        "shapes": {name: list(arrays[name].shape) for name in ARRAY_NAMES},
+        "mean": list(dataset.mean), "std": list(dataset.std),
+    }, sort_keys=True).encode())
+    for name in ("y_train", "y_test"):
+        digest.update(np.ascontiguousarray(arrays[name], dtype=np.int64).tobytes())
+    return digest.hexdigest()

@@ -15,9 +15,18 @@ Attributes are imported lazily so that worker processes only load what they use.
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
 from typing import Any
 
 __version__ = "0.1.0"
+
+# Run from a source tree (a Flower App Bundle that ``flwr run .`` installed puts the project
+# folder first on ``sys.path``), the subpackages ``fedsim.clients``, ``fedsim.datasets`` and
+# ``fedsim.strategies`` are the top-level folders next to this one: search them there, so
+# that every module comes from that one copy. An installed fedsim has them inside; no-op.
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+if not (Path(__file__).parent / "clients").is_dir() and (_SOURCE_ROOT / "clients" / "__init__.py").is_file():
+    __path__.append(str(_SOURCE_ROOT))  # noqa: F821 - the package's own __path__
 
 _API = {
     "ExperimentConfig": "fedsim.config",

@@ -25,7 +25,9 @@ from fedsim.clients.hooks import build_hooks, round_extensions
 from fedsim.clients.training import to_tensor
 from fedsim.config import ExperimentConfig
 from fedsim.evaluation import CentralEvaluation, CentralEvaluator
-from fedsim.executors import CohortExecutor, Executor, GridExecutor
+from fedsim.datasets import dataset_digest
+from fedsim.clients.node import run_files
+from fedsim.executors import CohortExecutor, Executor, GridExecutor, NodePool
 from fedsim.extension import ExtensionChain, RoundExtension
 from fedsim.interrupt import RunInterrupted, stop_requested
 from fedsim.loop import LoopSettings, run_rounds
@@ -168,8 +170,9 @@ def execute_centralized(prepared: PreparedRun, state: RunState, progress: bool =
 def flower_executor(grid: Grid, prepared: PreparedRun, workers: int | None = None) -> Executor:
     """The executor on Flower's runtime that ``simulation.executor`` names.
 
-    ``cohort``: ``workers`` worker nodes (default :func:`fedsim.simulate.worker_count`), tasks
-    balanced by each client's training samples, partial means with ``simulation.streaming``;
+    ``cohort``: ``workers`` worker nodes (default :func:`fedsim.simulate.worker_count`; 0: every
+    node of the federation, as many as join), tasks balanced by each client's training samples
+    or, on nodes with their own data, by shard; partial means with ``simulation.streaming``;
     ``flower``: one node per client.
     """
     config = prepared.config
@@ -177,8 +180,11 @@ def flower_executor(grid: Grid, prepared: PreparedRun, workers: int | None = Non
     if sim.executor == "cohort":
         sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
         stream_key = (stream_weight_key(strategy_for(config)) or "") if sim.streaming else ""
-        return CohortExecutor(grid, workers or worker_count(config), sizes, sim.round_timeout, stream_key)
-    return GridExecutor(grid, config.partition.num_clients, sim.round_timeout)
+        pool = NodePool(grid, str(prepared.staging.resolve()), lambda: run_files(prepared.staging),
+                        lambda: dataset_digest(prepared.dataset), sim.node_wait, config.partition.num_clients,
+                        expected=worker_count(config) if workers is None else workers)
+        return CohortExecutor(pool, sizes, sim.round_timeout, stream_key, max(1, int(sim.num_cpus_per_client)))
+    return GridExecutor(grid, config.partition.num_clients, sim.round_timeout, sim.node_wait)
 
 
 def build_server_app(

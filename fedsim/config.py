@@ -123,6 +123,7 @@ class SimulationConfig:
     device: str = "auto"
     min_success_fraction: float = 0.5  # stop when fewer sampled clients than this succeed
     round_timeout: float = 3600.0  # seconds to wait for the replies of one round
+    node_wait: float = 300.0  # seconds to wait at the start for the nodes (Ray start-up; a deployment's SuperNodes)
     ray_num_cpus: int = 0  # CPUs Ray may use; 0 = all
     executor: str = "cohort"  # where client tasks run: cohort | flower | in-process (fedsim.executors)
     workers: int = 0  # cohort executor: worker nodes; 0 = as many as the per-client resources allow

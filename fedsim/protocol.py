@@ -208,14 +208,15 @@ def cohort_message_type(message_type: str) -> str:
     return f"{message_type}.{COHORT_ACTION}"
 
 
-def pack_cohort(tasks: list[ClientTask], num_clients: int, stream_key: str = "") -> RecordDict:
+def pack_cohort(tasks: list[ClientTask], num_clients: int, stream_key: str = "", threads: int = 0) -> RecordDict:
     """Several clients' tasks as one ``RecordDict``; a record shared by several tasks travels once.
 
     Strategies send one content to every client (the global arrays and config); peer models
     or distillation targets attached to it are shared too. Records are stored once as
     ``r<k>``, and the ``fedsim.cohort`` ConfigRecord says which client has which content and
     which records (by name) make up each content. A ``stream_key`` asks the worker to reply with
-    the weighted mean of its clients' arrays (weighted by that metric) instead of every model.
+    the weighted mean of its clients' arrays (weighted by that metric) instead of every model;
+    ``threads`` > 0 is the number of torch threads each client trains with.
     """
     records: list = []
     record_index: dict[int, int] = {}
@@ -237,7 +238,8 @@ def pack_cohort(tasks: list[ClientTask], num_clients: int, stream_key: str = "")
         content_of.append(content_index[id(content)])
     packed = RecordDict({f"r{k}": record for k, record in enumerate(records)})
     packed[COHORT] = ConfigRecord({"clients": [t.client_id for t in tasks], "content-of": content_of,
-                                   "num-clients": int(num_clients), "stream-key": stream_key, **layout})
+                                   "num-clients": int(num_clients), "stream-key": stream_key,
+                                   "threads": int(threads), **layout})
     return packed
 
 
@@ -317,3 +319,51 @@ def cohort_partial(message: Message, task: ClientTask) -> Message | None:
 def cohort_seconds(message: Message) -> float:
     """How long the worker was busy with a cohort (NaN for a failed cohort message)."""
     return float("nan") if message.has_error() else float(message.content[COHORT]["seconds"])
+
+
+# ----------------------------------------------------------------------- joining a run (what a node hosts)
+
+JOIN = "fedsim.join"  # the ConfigRecord of the server's join query and of the node's answer
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    """What a node said when it joined a run: its shard, whether it has its own data, a problem."""
+
+    node_id: int
+    own_data: bool
+    shard: int | None
+    shards: int | None
+    error: str = ""
+
+
+def join_query(run_dir: str, files: Mapping[str, bytes], digest: str) -> RecordDict:
+    """The server's query to a node joining a run: the run directory (shared-storage nodes read
+    it) and, for nodes with their own data, the run's small files and the dataset's digest."""
+    return RecordDict({JOIN: ConfigRecord({"run-dir": run_dir, "digest": digest, "names": list(files),
+                                           **{f"file:{name}": bytes(data) for name, data in files.items()}})})
+
+
+def read_join_query(message: Message) -> tuple[str, dict[str, bytes], str] | None:
+    """(run directory, files, digest) of a join query; None for another query."""
+    if not message.has_content() or JOIN not in message.content.config_records:
+        return None
+    record = message.content.config_records[JOIN]
+    files = {str(name): bytes(record[f"file:{name}"]) for name in record["names"]}
+    return str(record["run-dir"]), files, str(record["digest"])
+
+
+def join_answer(own_data: bool, shard: int | None, shards: int | None, error: str = "") -> RecordDict:
+    return RecordDict({JOIN: ConfigRecord({"own-data": bool(own_data), "shard": -1 if shard is None else int(shard),
+                                           "shards": -1 if shards is None else int(shards), "error": error})})
+
+
+def read_join_answer(message: Message) -> NodeAnswer:
+    """A node's answer to the join query (a failed query message is an answer with an error)."""
+    node_id = int(message.metadata.src_node_id)
+    if message.has_error():
+        return NodeAnswer(node_id, False, None, None, message.error.reason or "the node's ClientApp failed")
+    record = message.content.config_records[JOIN]
+    shard, shards = int(record["shard"]), int(record["shards"])
+    return NodeAnswer(node_id, bool(record["own-data"]), None if shard < 0 else shard, None if shards < 0 else shards,
+                      str(record["error"]))

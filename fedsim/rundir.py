@@ -28,6 +28,7 @@ import tomli_w
 
 from fedsim.config import ExperimentConfig
 from fedsim.errors import InputError
+from fedsim.spec import CONFIG_FILE
 
 MARKER = ".fedsim-run"
 FAILED, INTERRUPTED = ".failed", ".interrupted"
@@ -116,7 +117,7 @@ def create_staging(final: Path, kind: str = "run") -> Path:
 
 
 def write_config(config: ExperimentConfig, folder: Path) -> Path:
-    path = folder / "config.toml"
+    path = folder / CONFIG_FILE
     path.write_bytes(tomli_w.dumps(config.to_dict()).encode())
     return path
 

@@ -21,6 +21,8 @@ from fedsim.recipe import DistillRecipe, SGDRecipe
 SPEC_FILE = "spec.json"
 PARTITION_FILE = "partition.npz"
 TRANSFER_FILE = "transfer.npz"  # latent-distill: transfer-set indices (train) and T_priv (test)
+CONFIG_FILE = "config.toml"  # the resolved experiment config (fedsim.rundir.write_config)
+NODE_RUN_FILES = (SPEC_FILE, CONFIG_FILE, PARTITION_FILE, TRANSFER_FILE)  # what a node with its own data is sent
 
 
 @dataclass(frozen=True)

@@ -199,6 +199,8 @@ def _check_simulation(c: ExperimentConfig) -> list[str]:
          "must be in (0, 1]"),
         (0 < sim.round_timeout < math.inf, "simulation.round_timeout", sim.round_timeout,
          "must be a finite number of seconds > 0 (fedsim never waits without a limit)"),
+        (0 < sim.node_wait < math.inf, "simulation.node_wait", sim.node_wait,
+         "must be a finite number of seconds > 0 (fedsim never waits without a limit)"),
         (all(0 <= k < n for k in sim.fail_clients), "simulation.fail_clients", sim.fail_clients,
          f"client ids must be in 0..{n - 1}"),
         (sim.ray_num_cpus >= 0, "simulation.ray_num_cpus", sim.ray_num_cpus, "must be >= 0 (0 = all CPUs)"),

@@ -12,7 +12,9 @@ from flwr.serverapp import Grid
 
 from fedsim.app import execute, flower_executor, run_state
 from fedsim.clients.app import client_app
-from fedsim.executors import CohortExecutor, balance
+from fedsim.datasets import dataset_digest
+from fedsim.clients.node import run_files
+from fedsim.executors import CohortExecutor, NodePool, balance
 from fedsim.experiment import run
 from fedsim.prepare import prepare
 from fedsim.protocol import (
@@ -82,6 +84,13 @@ def run_on_cohort(config, workers: int):  # noqa: ANN001, ANN201 - rounds, clien
             grid, executor, pd.read_csv(prepared.staging / "workers.csv"))
 
 
+def node_pool(grid: Grid, prepared, expected: int = 0, wait: float = 5.0) -> NodePool:  # noqa: ANN001
+    """The pool of ``grid``'s nodes for ``prepared``, as :func:`fedsim.app.flower_executor` builds it."""
+    return NodePool(grid, str(prepared.staging.resolve()), lambda: run_files(prepared.staging),
+                    lambda: dataset_digest(prepared.dataset), wait, prepared.config.partition.num_clients,
+                    expected=expected)
+
+
 def test_balance_assigns_by_samples_largest_first() -> None:
     assert balance([5, 1, 9, 3, 3], 2) == [[1, 2], [0, 3, 4]]  # loads 10 and 11
     assert balance([4, 4, 4], 5) == [[0], [1], [2], [], []]
@@ -128,7 +137,10 @@ def test_results_are_identical_for_any_number_of_workers(small_config) -> None:
         pd.testing.assert_frame_equal(rounds.drop(columns="wall_seconds"), expected_rounds)
         pd.testing.assert_frame_equal(clients.drop(columns="seconds"), expected_clients)
         per_phase = 2 * reference.summary["rounds"]  # one train and one evaluate phase per round
-        assert len(grid.messages) == per_phase * workers, "one message per worker and phase"
+        cohorts = [m for m in grid.messages if m.metadata.message_type.endswith(".cohort")]
+        joins = [m for m in grid.messages if m.metadata.message_type == MessageType.QUERY]
+        assert len(cohorts) == per_phase * workers, "one message per worker and phase"
+        assert len(joins) == workers and len(grid.messages) == len(cohorts) + len(joins), "each node joins once"
         assert len(executor.busy) == per_phase and all(len(b) == workers for b in executor.busy)
         assert all(np.isfinite(b).all() and (np.array(b) > 0).all() for b in executor.busy)
         # workers.csv: every sampled client once per phase, its samples counted, balanced within one client
@@ -152,13 +164,15 @@ def test_a_failed_worker_fails_its_clients_only(small_config) -> None:
     class OneDeadWorker(LocalGrid):
         def pull_messages(self, message_ids):  # noqa: ANN001, ANN201
             replies = list(super().pull_messages(message_ids))
-            return [r for r in replies if r.metadata.src_node_id != 100]  # worker 100 never answers
+            return [r for r in replies if r.metadata.src_node_id != 100  # worker 100 joins, then never answers
+                    or r.metadata.message_type == MessageType.QUERY]
 
     prepared = prepare(small_config(**{"train.rounds": 1, "evaluation.federated_every": 0,
                                        "simulation.min_success_fraction": 0.1}))
     state = run_state(prepared)
     sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
-    execute(prepared, state, CohortExecutor(OneDeadWorker(2), 2, sizes, timeout=0.5), progress=False)
+    execute(prepared, state, CohortExecutor(node_pool(OneDeadWorker(2), prepared), sizes, timeout=0.5),
+            progress=False)
     assert state.error is None
     clients = pd.read_csv(prepared.staging / "clients.csv")
     failed = clients[clients["status"] == "failed"]

@@ -1,10 +1,13 @@
 """The cohort executor: W Flower nodes act as workers; each round, one message per worker.
 
-A worker is a Flower SuperNode that can run any client: every client's data is in the
-memory-mapped dataset cache and its indices in the run directory, so no client is tied to a
-node and no partition query is needed. Per phase, the executor assigns the round's tasks to the
-workers by samples, not by count (greedy longest-processing-time first: the largest client to
-the least-loaded worker), packs each worker's tasks into one message
+A worker is a Flower SuperNode. The nodes join the run first (:class:`~fedsim.executors.nodes.NodePool`).
+A node that reads the run directory (Flower's simulation engine, or SuperNodes on the
+server's machine or a shared file system) can run any client: every client's data is in the
+memory-mapped dataset cache and its indices in the run directory, so per phase the executor
+assigns the round's tasks to those nodes by samples, not by count (greedy longest-processing-
+time first: the largest client to the least-loaded worker). A node with its own data (a
+deployment; :mod:`fedsim.clients.node`) takes the clients of its shard; a shard whose node
+has not joined or has left fails its clients of that phase. Each worker's tasks go in one message
 (:func:`fedsim.protocol.pack_cohort`: records shared by several clients -- the global arrays --
 travel once), sends all messages (:func:`~fedsim.executors.flower.send_and_collect`) and unpacks each worker's single
 reply into per-client replies, in task order. Strategies aggregate unchanged.
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import Message, MessageType
-from flwr.serverapp import Grid
 
 from fedsim.extension import RoundExtension, RoundRecord, RunContext
 from fedsim.protocol import (
@@ -38,7 +40,8 @@ from fedsim.protocol import (
 )
 
 from .base import Executor
-from .flower import send_and_collect, wait_for_nodes
+from .flower import send_and_collect
+from .nodes import NodePool
 
 
 def balance(sizes: list[int], workers: int) -> list[list[int]]:
@@ -63,42 +66,60 @@ class CohortExecutor(Executor):
     strategy; the per-client replies keep their metrics and record their upload size.
     """
 
-    def __init__(self, grid: Grid, workers: int, client_sizes: np.ndarray, timeout: float,
-                 stream_key: str = "") -> None:
-        self.grid = grid
+    def __init__(self, pool: NodePool, client_sizes: np.ndarray, timeout: float,
+                 stream_key: str = "", threads: int = 0) -> None:
+        self.pool = pool
+        self.grid = pool.grid
         self.stream_key = stream_key  # "" = every client's arrays travel back; else workers send partial means
+        self.threads = threads  # torch threads per client on the nodes (0: the node's default)
         self._partials: list[Message] = []
-        self.workers = workers
         self.client_sizes = np.asarray(client_sizes)
         self.timeout = timeout
         self.busy: list[list[float]] = []
         self.loads: list[dict] = []
-        self._node_ids: list[int] | None = None
+        self._started = False
 
-    def node_ids(self) -> list[int]:
-        """The worker nodes, waited for once (:func:`~fedsim.executors.flower.wait_for_nodes`)."""
-        if self._node_ids is None:
-            self._node_ids = wait_for_nodes(self.grid, self.workers)[: self.workers]
-        return self._node_ids
+    def plan(self, tasks: list[ClientTask]) -> tuple[list[tuple[int, int, list[int]]], list[int], str]:
+        """(worker, node, task positions) per message, the positions no node can take, and why.
+
+        Nodes reading the run directory share the tasks by samples (:func:`balance`); a node
+        with its own data takes its shard's clients (client ``c`` -> shard ``c % shards``).
+        """
+        if not self._started:
+            self.pool.start()
+            self._started = True
+        else:
+            self.pool.refresh()
+        if self.pool.shards is None:
+            nodes = self.pool.shared_nodes()
+            if not nodes:
+                return [], list(range(len(tasks))), "no node serves the run (every node left)"
+            shards = balance([int(self.client_sizes[t.client_id]) for t in tasks], len(nodes))
+            return [(w, node, shard) for w, (node, shard) in enumerate(zip(nodes, shards)) if shard], [], ""
+        hosted, by_shard, orphans = self.pool.hosted(), {}, []
+        for position, task in enumerate(tasks):
+            shard = task.client_id % self.pool.shards
+            (by_shard.setdefault(shard, []) if shard in hosted else orphans).append(position)
+        reason = (f"no node hosts its shard (client id mod {self.pool.shards}): that SuperNode has not joined or "
+                  "has left")
+        return [(shard, hosted[shard], positions) for shard, positions in sorted(by_shard.items())], orphans, reason
 
     def execute(self, tasks: list[ClientTask]) -> list[ClientReply]:
         if not tasks:
             return []
-        nodes = self.node_ids()
-        shards = [shard for shard in balance([int(self.client_sizes[t.client_id]) for t in tasks], len(nodes))
-                  if shard]
+        plan, orphans, orphan_reason = self.plan(tasks)
         phase = tasks[0].message.metadata.message_type
         stream_key = self.stream_key if phase == MessageType.TRAIN else ""
         num_clients = len(self.client_sizes)
-        messages = [Message(pack_cohort([tasks[i] for i in shard], num_clients, stream_key), dst_node_id=node,
-                            message_type=cohort_message_type(phase)) for node, shard in zip(nodes, shards)]
+        messages = [Message(pack_cohort([tasks[i] for i in shard], num_clients, stream_key, self.threads),
+                            dst_node_id=node, message_type=cohort_message_type(phase)) for _, node, shard in plan]
         answers = {reply.metadata.src_node_id: reply
-                   for reply in send_and_collect(self.grid, messages, self.timeout)}
-        replies: dict[int, ClientReply] = {}
+                   for reply in send_and_collect(self.grid, messages, self.timeout)} if messages else {}
+        replies: dict[int, ClientReply] = {i: failed_reply(tasks[i], orphan_reason, NO_REPLY) for i in orphans}
         busy = []
         if stream_key:
             self._partials = []
-        for worker, (node, shard) in enumerate(zip(nodes, shards)):
+        for worker, node, shard in plan:
             shard_tasks = [tasks[i] for i in shard]
             answer = answers.get(node)
             if answer is None:

@@ -22,7 +22,6 @@ from .base import Executor
 
 
 REPLY_POLL_SECONDS = 0.01  # how often to look for replies (Flower's grid: every 0.1 s)
-NODE_START_SECONDS = 300.0  # how long the simulated nodes may take to come up (Ray start-up)
 
 
 def send_and_collect(grid: Grid, messages: list[Message], timeout: float) -> list[Message]:
@@ -47,29 +46,27 @@ def send_and_collect(grid: Grid, messages: list[Message], timeout: float) -> lis
     return replies
 
 
-def wait_for_nodes(grid: Grid, count: int) -> list[int]:
-    """The grid's node ids once ``count`` nodes are up (at most :data:`NODE_START_SECONDS`).
-
-    Independent of ``simulation.round_timeout``: starting Ray and its workers is not a round.
-    """
-    deadline = time.monotonic() + NODE_START_SECONDS
+def wait_for_nodes(grid: Grid, count: int, wait: float) -> list[int]:
+    """The grid's node ids once ``count`` nodes are up (at most ``wait`` seconds,
+    ``simulation.node_wait``; starting Ray and its workers is not a round)."""
+    deadline = time.monotonic() + wait
     while len(node_ids := sorted(grid.get_node_ids())) < count:
         check_stop()
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"only {len(node_ids)} of {count} simulated nodes came up within {NODE_START_SECONDS:.0f} s: "
+                f"only {len(node_ids)} of {count} nodes came up within simulation.node_wait = {wait:g} s: "
                 "Ray could not start them (check simulation.num_cpus_per_client, num_gpus_per_client and "
                 "ray_num_cpus against this machine, and run with --verbose to see Ray's log)")
         time.sleep(0.05)
     return node_ids
 
 
-def map_partitions_to_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, int]:
+def map_partitions_to_nodes(grid: Grid, num_clients: int, timeout: float, wait: float) -> dict[int, int]:
     """Ask every node which partition it hosts (one query message each): partition id -> node id."""
-    node_ids = wait_for_nodes(grid, num_clients)
+    node_ids = wait_for_nodes(grid, num_clients, wait)
     queries = [Message(RecordDict(), dst_node_id=nid, message_type=MessageType.QUERY) for nid in node_ids]
     mapping: dict[int, int] = {}
-    for reply in send_and_collect(grid, queries, max(timeout, NODE_START_SECONDS)):
+    for reply in send_and_collect(grid, queries, max(timeout, wait)):
         if reply.has_error():
             raise RuntimeError(f"node {reply.metadata.src_node_id} failed the partition query: "
                                f"{reply.error.reason}")
@@ -83,16 +80,17 @@ def map_partitions_to_nodes(grid: Grid, num_clients: int, timeout: float) -> dic
 class GridExecutor(Executor):
     """Sends each task to the Flower node hosting its client through ``grid``."""
 
-    def __init__(self, grid: Grid, num_clients: int, timeout: float) -> None:
+    def __init__(self, grid: Grid, num_clients: int, timeout: float, wait: float = 300.0) -> None:
         self.grid = grid
         self.num_clients = num_clients
         self.timeout = timeout
+        self.wait = wait
         self._node_of: dict[int, int] | None = None
 
     def node_of(self) -> dict[int, int]:
         """Partition id -> node id, queried on first use."""
         if self._node_of is None:
-            self._node_of = map_partitions_to_nodes(self.grid, self.num_clients, self.timeout)
+            self._node_of = map_partitions_to_nodes(self.grid, self.num_clients, self.timeout, self.wait)
         return self._node_of
 
     def execute(self, tasks: list[ClientTask]) -> list[ClientReply]:
