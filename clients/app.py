@@ -5,7 +5,9 @@ Two ways to host clients on a Flower node:
 * **one client per node** (``simulation.executor = "flower"``): the node's ``partition-id`` is
   the client id; ``train`` and ``evaluate`` hand the message to :mod:`fedsim.clients.handler`,
   and ``query`` tells the server which partition the node hosts;
-* **a cohort per node** (``"cohort"``): a ``train.cohort`` / ``evaluate.cohort`` message carries
+* **a cohort per node** (``"cohort"``): the node first answers a join query (what it hosts:
+  any client, reading the server's run directory, or its shard with its own data,
+  :mod:`fedsim.clients.node`); then a ``train.cohort`` / ``evaluate.cohort`` message carries
   several clients' tasks (:func:`fedsim.protocol.pack_cohort`); the node runs them one after
   another through this same ClientApp (:class:`fedsim.clients.runner.ClientRunner`, so mods
   apply per client) and replies once with every client's result.
@@ -40,7 +42,7 @@ from fedsim.protocol import (
 from fedsim.spec import SPEC_FILE
 
 from .handler import handle_evaluate, handle_train
-from .node import host, install_run
+from .node import hosting, install_run
 from .runner import ClientRunner, ensure_task_identity
 
 
@@ -89,16 +91,16 @@ def query(msg: Message, context: Context) -> Message:
     run_dir, files, digest = join
     shard = shards = None
     try:
-        hosting = host(context.node_config)
-        shard, shards = hosting.shard, hosting.shards
-        if hosting.own_data:
-            install_run(hosting, run_dir, files, digest)
-        elif not (Path(run_dir) / SPEC_FILE).is_file():
-            raise RuntimeError(
-                f"this node cannot read the run directory {run_dir}: start it on the server's machine or with the "
-                f"run folder shared, or give it its own data (--node-config \"{PARTITION_ID}=K num-partitions=N "
-                "data-dir='/path'\")")
-        answer = join_answer(hosting.own_data, shard, shards)
+        with hosting(context.node_config) as node:
+            shard, shards = node.shard, node.shards
+            if node.own_data:
+                install_run(node, run_dir, files, digest)
+            elif not (Path(run_dir) / SPEC_FILE).is_file():
+                raise RuntimeError(
+                    f"this node cannot read the run directory {run_dir}: start it on the server's machine or with "
+                    f"the run folder shared, or give it its own data (--node-config \"{PARTITION_ID}=K "
+                    "num-partitions=N data-dir='/path'\")")
+            answer = join_answer(node.own_data, shard, shards)
     except Exception as error:  # noqa: BLE001 - reported to the server, which stops the run with it
         answer = join_answer(False, shard, shards, f"{type(error).__name__}: {error}")
     return Message(content=answer, reply_to=msg)
@@ -111,11 +113,11 @@ def run_cohort(msg: Message, context: Context) -> Message:
     """Run every client task the cohort message carries; reply once with all their results."""
     started = time.perf_counter()
     ensure_task_identity(msg.metadata.run_id)
-    host(context.node_config)  # a node with its own data reads its copy of the run
     num_clients = int(msg.content[COHORT]["num-clients"])
     threads = int(msg.content[COHORT].get("threads", 0)) or None
     runner = _RUNNERS.setdefault((num_clients, threads), ClientRunner(client_app, num_clients, threads))
-    replies = runner.run(unpack_cohort(msg))
+    with hosting(context.node_config):  # a node with its own data reads its copy of the run
+        replies = runner.run(unpack_cohort(msg))
     stream_key = str(msg.content[COHORT].get("stream-key", ""))
     return Message(content=pack_cohort_replies(replies, time.perf_counter() - started, stream_key), reply_to=msg)
 

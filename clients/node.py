@@ -17,7 +17,7 @@ A node is told what it hosts by its ``node_config`` (``flower-supernode --node-c
   ``data-dir/runs/<run>-<hash>/``, with the clients' persistent state (latent-distill).
 
 A Flower SuperNode may start a fresh ClientApp process for every message, so nothing here
-relies on process memory: the node config comes with every message (:func:`host`), and the
+relies on process memory: the node config comes with every message (:func:`hosting`), and the
 local copy of a run is found again from the server's run directory (:func:`local_run_dir`).
 """
 
@@ -27,7 +27,8 @@ import hashlib
 import tomllib
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -82,20 +83,28 @@ class NodeHosting:
                    Path(data_file).expanduser().resolve() if data_file else None)
 
 
-_HOSTING = NodeHosting()  # this process's node (set from every message's context)
+_HOSTING = NodeHosting()  # the node whose message this process is handling (default: shared storage)
 
 
-def host(node_config: Mapping[str, object]) -> NodeHosting:
-    """Take this process's node config (every cohort message and query calls this first)."""
+@contextmanager
+def hosting(node_config: Mapping[str, object]) -> Iterator[NodeHosting]:
+    """Handle one message as the node ``node_config`` describes (cohort messages and join queries).
+
+    Process-wide for the message's duration, then back to the default: a process may serve
+    several nodes (Flower's simulation engine) or run clients directly (the in-process executor).
+    """
     global _HOSTING
-    _HOSTING = NodeHosting.from_node_config(node_config)
-    return _HOSTING
+    previous, _HOSTING = _HOSTING, NodeHosting.from_node_config(node_config)
+    try:
+        yield _HOSTING
+    finally:
+        _HOSTING = previous
 
 
 def mirror_folder(data_dir: Path, server_run_dir: str) -> Path:
     """Where a node with its own data keeps its copy of the run at ``server_run_dir``."""
     digest = hashlib.sha256(server_run_dir.encode()).hexdigest()[:12]
-    return data_dir / "runs" / f"{Path(server_run_dir).name}-{digest}"
+    return data_dir / "runs" / f"{Path(server_run_dir).name.lstrip('.')}-{digest}"  # a staging folder's name starts with "."
 
 
 def local_run_dir(server_run_dir: str) -> str:
