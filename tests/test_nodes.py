@@ -159,3 +159,33 @@ def test_a_copy_of_the_source_tree_imports_every_module_from_itself(tmp_path) ->
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True,
                          cwd=tmp_path.parent).stdout.split()
     assert len(out) == 4 and all(path.startswith(str(tmp_path)) for path in out), out
+
+
+def test_each_node_joins_once_late_joiners_serve_and_refused_nodes_are_not_asked_again(small_config,  # noqa: ANN001
+                                                                                      tmp_path) -> None:
+    configs = own_data(tmp_path, 3) + [{"partition-id": 0, "num-partitions": 3},  # 103: no data-dir (refused)
+                                       own_data(tmp_path, 3, present=[1])[0]]  # 104: node 1 restarted
+    grid = NodesGrid(configs)
+    listed = [100, 101]
+    grid.get_node_ids = lambda: list(listed)  # the SuperLink's list of connected nodes
+    prepared = prepare(small_config(**{"train.rounds": 1}))
+    pool = node_pool(grid, prepared, wait=0.3)
+    with pytest.warns(UserWarning, match=r"shard\(s\) \[2\] of 3"):
+        pool.start()
+    joins = lambda: sum(m.metadata.message_type == "query" for m in grid.messages)  # noqa: E731
+    assert pool.hosted() == {0: 100, 1: 101} and joins() == 2, "each node asked once while waiting"
+    listed.append(102)
+    pool.refresh()
+    assert pool.hosted() == {0: 100, 1: 101, 2: 102} and joins() == 3
+    listed.append(103)
+    with pytest.warns(UserWarning, match="reads the run directory but the run's other nodes do not"):
+        pool.refresh()
+    pool.refresh()
+    assert joins() == 4 and 103 in pool.refused, "a node that cannot serve is not asked again"
+    listed.append(104)
+    with pytest.warns(UserWarning, match="node 104 joins for shard 1, which node 101 hosted"):
+        pool.refresh()
+    assert pool.hosted() == {0: 100, 1: 104, 2: 102}
+    listed.remove(100)  # node 100 left
+    pool.refresh()
+    assert pool.hosted() == {1: 104, 2: 102} and joins() == 5

@@ -36,7 +36,7 @@ class NodeError(RuntimeError):
 class NodePool:
     """The run's nodes, kept current before every phase.
 
-    ``files`` gives the run's files for nodes with their own data (called once, on first need),
+    ``files`` gives the run's files for nodes with their own data (called once, at the first join),
     ``digest`` the server dataset's fingerprint they must match. ``expected`` > 0 waits for
     that many nodes at the start (Flower's simulation engine starts them all at once); 0 takes
     every node that is up, and, with nodes with their own data, waits for every shard.
@@ -52,6 +52,7 @@ class NodePool:
     expected: int = 0
     answers: dict[int, NodeAnswer] = field(default_factory=dict)
     shards: int | None = None  # own data: the shard count every node agrees on; None: shared storage
+    refused: set[int] = field(default_factory=set)  # late nodes that could not serve: not asked again
     _query: object = None  # the join query's RecordDict, built on first use
 
     # ------------------------------------------------------------------ start-up
@@ -66,7 +67,8 @@ class NodePool:
                 self._join(up[: self.expected])
                 return
             if up and not self.expected:
-                self._join(up)
+                if new := [nid for nid in up if nid not in self.answers]:
+                    self._join(new)
                 if self.shards is None or len(self.hosted()) == self.shards:
                     return
             if time.monotonic() > deadline:
@@ -91,7 +93,7 @@ class NodePool:
         up = set(self.grid.get_node_ids())
         for gone in set(self.answers) - up:
             del self.answers[gone]
-        new = sorted(up - set(self.answers))
+        new = sorted(up - set(self.answers) - self.refused)
         if new:
             self._join(new, late=True)
 
@@ -103,11 +105,11 @@ class NodePool:
         replies = {r.metadata.src_node_id: r for r in send_and_collect(self.grid, queries, JOIN_SECONDS)}
         for nid in node_ids:
             if nid not in replies:
-                self._problem(f"node {nid} did not answer the join query within {JOIN_SECONDS:.0f} s", late)
+                self._problem(f"node {nid} did not answer the join query within {JOIN_SECONDS:.0f} s", late, nid)
                 continue
             answer = read_join_answer(replies[nid])
             if answer.error:
-                self._problem(f"node {nid} cannot serve the run: {answer.error}", late)
+                self._problem(f"node {nid} cannot serve the run: {answer.error}", late, nid)
                 continue
             self._admit(answer, late)
 
@@ -115,16 +117,16 @@ class NodePool:
         kinds = {a.own_data for a in self.answers.values()} | {answer.own_data}
         if len(kinds) > 1:
             self._problem(f"node {answer.node_id} {'has its own data' if answer.own_data else 'reads the run directory'}"
-                          " but the run's other nodes do not: give every node a data-dir, or none", late)
+                          " but the run's other nodes do not: give every node a data-dir, or none", late, answer.node_id)
             return
         if answer.own_data:
             if answer.shards > self.num_clients:  # type: ignore[operator]
                 self._problem(f"node {answer.node_id} says num-partitions = {answer.shards} but the run has "
-                              f"{self.num_clients} clients: some nodes would host none", late)
+                              f"{self.num_clients} clients: some nodes would host none", late, answer.node_id)
                 return
             if self.shards is not None and answer.shards != self.shards:
                 self._problem(f"node {answer.node_id} says num-partitions = {answer.shards} but the run's other "
-                              f"nodes say {self.shards}", late)
+                              f"nodes say {self.shards}", late, answer.node_id)
                 return
             holder = self.hosted().get(answer.shard)  # type: ignore[arg-type]
             if holder is not None and holder != answer.node_id:
@@ -135,12 +137,15 @@ class NodePool:
                 warnings.warn(f"node {answer.node_id} joins for shard {answer.shard}, which node {holder} hosted: "
                               f"node {answer.node_id} serves it from now on", stacklevel=3)
                 del self.answers[holder]
+                self.refused.add(holder)  # not asked to join again while the SuperLink still lists it
             self.shards = answer.shards
         self.answers[answer.node_id] = answer
 
-    def _problem(self, message: str, late: bool) -> None:
+    def _problem(self, message: str, late: bool, node_id: int) -> None:
+        """At the start a node that cannot serve stops the run; later it is left out, with a warning."""
         if not late:
             raise NodeError(message)
+        self.refused.add(node_id)
         warnings.warn(message + "; the run goes on without it", stacklevel=3)
 
     # ------------------------------------------------------------------ what serves which client
