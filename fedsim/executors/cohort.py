@@ -77,7 +77,6 @@ class CohortExecutor(Executor):
         self.timeout = timeout
         self.busy: list[list[float]] = []
         self.loads: list[dict] = []
-        self._started = False
 
     def plan(self, tasks: list[ClientTask]) -> tuple[list[tuple[int, int, list[int]]], list[int], str]:
         """(worker, node, task positions) per message, the positions no node can take, and why.
@@ -85,11 +84,7 @@ class CohortExecutor(Executor):
         Nodes reading the run directory share the tasks by samples (:func:`balance`); a node
         with its own data takes its shard's clients (client ``c`` -> shard ``c % shards``).
         """
-        if not self._started:
-            self.pool.start()
-            self._started = True
-        else:
-            self.pool.refresh()
+        self.pool.refresh()
         if self.pool.shards is None:
             nodes = self.pool.shared_nodes()
             if not nodes:
