@@ -49,14 +49,14 @@ from fedsim.clients.client import LocalClient
 from fedsim.clients.worker import worker_run
 from fedsim.config import ExperimentConfig
 from fedsim.datasets import CachedDataset
-from fedsim.experiment import run
-from fedsim.logs import quiet_flower
+from fedsim.runs.experiment import run
+from fedsim.ops.logs import quiet_flower
 from fedsim.models import build_model
-from fedsim.prepare import initial_model, prepare
-from fedsim.sampling import TRAIN, sample_clients, sample_size
-from fedsim.simulate import backend_config
-from fedsim.spec import PartitionIndex, RunSpec
-from fedsim.validation import load_config
+from fedsim.runs.prepare import initial_model, prepare
+from fedsim.core.sampling import TRAIN, sample_clients, sample_size
+from fedsim.runs.simulate import backend_config
+from fedsim.core.spec import PartitionIndex, RunSpec
+from fedsim.config.validation import load_config
 
 
 def workload(args: argparse.Namespace, out: Path, name: str, executor: str = "flower") -> ExperimentConfig:

@@ -28,9 +28,9 @@ from pathlib import Path
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 from fedsim.datasets import materialize
-from fedsim.experiment import run
-from fedsim.prepare import prepare
-from fedsim.validation import load_config
+from fedsim.runs.experiment import run
+from fedsim.runs.prepare import prepare
+from fedsim.config.validation import load_config
 
 
 def config_for(args: argparse.Namespace, clients: int, out: Path, name: str):  # noqa: ANN201 - ExperimentConfig

@@ -26,7 +26,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedsim.clients.runner import ensure_task_identity
-from fedsim.protocol import ARRAYS, NUM_EXAMPLES, ClientReply, ClientTask, reply
+from fedsim.core.protocol import ARRAYS, NUM_EXAMPLES, ClientReply, ClientTask, reply
 from fedsim.timing import AlwaysOnline, AsynchronousScheduler, Daily, Dispatch, SimulatedClock, SynchronousScheduler
 from fedsim.timing.devices import tier_profiles
 

@@ -47,11 +47,11 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from fedsim.clients import training
 from fedsim.clients.lockstep.engine import LockstepClient, LockstepTrainer
-from fedsim.experiment import run
-from fedsim.logs import quiet_flower
+from fedsim.runs.experiment import run
+from fedsim.ops.logs import quiet_flower
 from fedsim.models import build_model
-from fedsim.recipe import SGDRecipe
-from fedsim.validation import load_config
+from fedsim.core.recipe import SGDRecipe
+from fedsim.config.validation import load_config
 
 
 # ------------------------------------------------------------------------------ engine level

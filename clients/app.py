@@ -8,11 +8,11 @@ Two ways to host clients on a Flower node:
 * **a cohort per node** (``"cohort"``): the node first answers a join query (what it hosts:
   any client, reading the server's run directory, or its shard with its own data,
   :mod:`fedsim.clients.node`); then a ``train.cohort`` / ``evaluate.cohort`` message carries
-  several clients' tasks (:func:`fedsim.protocol.pack_cohort`); the node runs them one after
+  several clients' tasks (:func:`fedsim.core.protocol.pack_cohort`); the node runs them one after
   another through this same ClientApp (:class:`fedsim.clients.runner.ClientRunner`, so mods
   apply per client) and replies once with every client's result.
 
-Messages and replies follow :mod:`fedsim.protocol`. Flower's client-side DP clipping mods are
+Messages and replies follow :mod:`fedsim.core.protocol`. Flower's client-side DP clipping mods are
 applied when a DP strategy asks for them.
 """
 
@@ -27,7 +27,7 @@ from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
-from fedsim.protocol import (
+from fedsim.core.protocol import (
     CLIENT,
     COHORT,
     COHORT_ACTION,
@@ -39,7 +39,7 @@ from fedsim.protocol import (
     read_join_query,
     unpack_cohort,
 )
-from fedsim.spec import SPEC_FILE
+from fedsim.core.spec import SPEC_FILE
 
 from .handler import handle_evaluate, handle_train
 from .node import hosting, install_run

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedsim.protocol import hook_metric_key
-from fedsim.recipe import SGDRecipe
+from fedsim.core.protocol import hook_metric_key
+from fedsim.core.recipe import SGDRecipe
 
 from . import training
 from .hooks import HookContext, LocalData

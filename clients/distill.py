@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord
 
-from fedsim.protocol import (
+from fedsim.core.protocol import (
     DIGEST_LOSS,
     EVAL_ACCURACY,
     EVAL_LOSS,

@@ -3,7 +3,7 @@
 The ClientApp (:mod:`fedsim.clients.app`) and any executor that calls clients directly go
 through :func:`handle_train` and :func:`handle_evaluate`. They look up the run's per-process
 resources (:func:`fedsim.clients.worker.worker_run`), build the :class:`LocalClient` for the
-client id and reply in the protocol's format (:mod:`fedsim.protocol`).
+client id and reply in the protocol's format (:mod:`fedsim.core.protocol`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 
 from flwr.app import ArrayRecord, Message
 
-from fedsim.arrays import nonfinite_keys, nonfinite_update
-from fedsim.protocol import (
+from fedsim.core.arrays import nonfinite_keys, nonfinite_update
+from fedsim.core.protocol import (
     ARRAYS,
     CLIENT_TIMEOUT,
     CLIENT_SECONDS,
@@ -38,7 +38,7 @@ from fedsim.protocol import (
 
 from .client import LocalClient
 from .distill import distill_round, evaluate_views
-from .lockstep.cohort import take_prepared
+from .lockstep.planner import take_outcome
 from .limits import time_limit
 from .worker import worker_run
 
@@ -88,25 +88,25 @@ def _train(msg: Message, client_id: int) -> Message:
     client = _client(msg, client_id)
     config = message_config(msg)
     server_round = int(config[SERVER_ROUND])
-    prepared = take_prepared(server_round, client_id)  # the vectorized engine's outcome, if any
+    lockstep = take_outcome(server_round, client_id)  # the vectorized engine's outcome, if any
     if config.get(DISTILL, False):
         values, outputs = distill_round(client, msg.content[ARRAYS], server_round, bool(config.get(SEND_OUTPUTS, True)))
         outputs = _checked(outputs) if outputs is not None else None
-        engine = {ENGINE: 0 if prepared is None else prepared.engine}
+        engine = {ENGINE: 0 if lockstep is None else lockstep.engine}
         return reply(msg, client_id, {**values, CLIENT_SECONDS: time.perf_counter() - started, **engine}, outputs)
-    if prepared is not None and prepared.error is not None:
-        raise prepared.error
-    if prepared is not None and prepared.state is not None:  # trained in lockstep (fedsim.clients.lockstep)
-        stats, state, engine = prepared.stats, prepared.state, {ENGINE: prepared.engine}
-        seconds = prepared.seconds + time.perf_counter() - started
-        if prepared.compile_seconds:
-            engine[COMPILE_SECONDS] = prepared.compile_seconds
+    if lockstep is not None and lockstep.error is not None:
+        raise lockstep.error
+    if lockstep is not None and lockstep.state is not None:  # trained in lockstep (fedsim.clients.lockstep)
+        stats, state, engine = lockstep.stats, lockstep.state, {ENGINE: lockstep.engine}
+        seconds = lockstep.seconds + time.perf_counter() - started
+        if lockstep.compile_seconds:
+            engine[COMPILE_SECONDS] = lockstep.compile_seconds
     else:
         model = _global_model(client, msg)
         recipe = client.run.spec.recipe.with_proximal_mu(float(config.get(PROXIMAL_MU, 0.0)))
         peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(msg)]
         stats = client.fit(model, server_round, recipe, peers=peers)
-        state, engine = model.state_dict(), {ENGINE: 0 if prepared is None else prepared.engine}
+        state, engine = model.state_dict(), {ENGINE: 0 if lockstep is None else lockstep.engine}
         seconds = time.perf_counter() - started
     metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy,
                TRAIN_STEPS: stats.steps, CLIENT_SECONDS: seconds, **engine, **stats.hook_metrics}

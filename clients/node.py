@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from fedsim.spec import CONFIG_FILE, NODE_RUN_FILES, SPEC_FILE, TRANSFER_FILE, RunSpec, TransferIndex
+from fedsim.core.spec import CONFIG_FILE, NODE_RUN_FILES, SPEC_FILE, TRANSFER_FILE, RunSpec, TransferIndex
 
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
@@ -119,7 +119,7 @@ def local_run_dir(server_run_dir: str) -> str:
 
 
 def run_files(run_dir: Path) -> dict[str, bytes]:
-    """What the server sends a node with its own data: the run's files of :data:`fedsim.spec.NODE_RUN_FILES`."""
+    """What the server sends a node with its own data: the run's files of :data:`fedsim.core.spec.NODE_RUN_FILES`."""
     return {name: (run_dir / name).read_bytes() for name in NODE_RUN_FILES if (run_dir / name).is_file()}
 
 

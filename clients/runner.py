@@ -16,10 +16,10 @@ from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
-from fedsim.interrupt import check_stop
-from fedsim.protocol import PARTITION_ID, ClientReply, ClientTask, failed_reply
+from fedsim.ops.interrupt import check_stop
+from fedsim.core.protocol import PARTITION_ID, ClientReply, ClientTask, failed_reply
 
-from .lockstep.cohort import PREPARED, train_cohort
+from .lockstep.planner import OUTCOMES, train_in_lockstep
 
 
 SERVER_NODE_ID = 1  # Flower's SUPERLINK_NODE_ID
@@ -71,14 +71,14 @@ class ClientRunner:
         if self.threads_per_client is not None:
             torch.set_num_threads(self.threads_per_client)
         try:
-            train_cohort(tasks)  # the vectorized engine's clients, trained before the ClientApp replies
+            train_in_lockstep(tasks)  # the vectorized engine's clients, trained before the ClientApp replies
             replies = []
             for task in tasks:
                 check_stop()  # Ctrl-C in this process: no further clients
                 replies.append(self._run_one(task))
             return replies
         finally:
-            PREPARED.clear()
+            OUTCOMES.clear()
             torch.set_num_threads(threads)
 
     def _run_one(self, task: ClientTask) -> ClientReply:

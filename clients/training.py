@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedsim.interrupt import check_stop
-from fedsim.recipe import SGDRecipe
+from fedsim.ops.interrupt import check_stop
+from fedsim.core.recipe import SGDRecipe
 
 
 @dataclass

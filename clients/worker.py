@@ -17,7 +17,7 @@ import torch
 
 from fedsim.datasets import CachedDataset
 from fedsim.models import FedsimNet, build_model
-from fedsim.spec import TRANSFER_FILE, PartitionIndex, RunSpec, TransferIndex, resolve_device
+from fedsim.core.spec import TRANSFER_FILE, PartitionIndex, RunSpec, TransferIndex, resolve_device
 
 from .hooks import build_hooks
 from .node import local_run_dir

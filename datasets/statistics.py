@@ -73,7 +73,7 @@ def heatmap_figure(counts: np.ndarray, class_names: list[str] | tuple[str, ...],
 
     Drawn without pyplot (the caller's backend, a notebook's, is left alone and no global
     figure is registered), so callers can save it (:func:`plot_heatmap`) or render it to an
-    array (``fedsim.tensorboard``).
+    array (``fedsim.outputs.tensorboard``).
     """
     from matplotlib.figure import Figure  # no pyplot: the caller's backend (a notebook's) is left alone
 

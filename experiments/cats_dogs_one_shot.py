@@ -38,10 +38,10 @@ os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 import numpy as np
 import pandas as pd
 
-from fedsim.comparison import compare
+from fedsim.frontends.comparison import compare
 from _publish import publish
-from fedsim.validation import load_config
-from fedsim.results import load_run
+from fedsim.config.validation import load_config
+from fedsim.outputs.results import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

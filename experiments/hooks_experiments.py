@@ -42,8 +42,8 @@ import numpy as np
 import pandas as pd
 
 from _publish import publish
-from fedsim.validation import load_config
-from fedsim.experiment import run_many
+from fedsim.config.validation import load_config
+from fedsim.runs.experiment import run_many
 
 ROOT = Path(__file__).resolve().parents[1]
 CRUCIAL = {"name": "crucial", "committee": "chunks", "k": 10, "theta": 9, "rule": "lt"}
@@ -74,7 +74,7 @@ EXPERIMENTS: dict[str, dict[str, dict]] = {
 
 def train_teacher(args: argparse.Namespace) -> Path:
     """(c)'s fixed teacher: the NIID-Bench CNN trained centrally on all 50,000 training images."""
-    from fedsim.experiment import run
+    from fedsim.runs.experiment import run
 
     result = run(load_config(None, {
         "seed": 0, "train.mode": "centralized", "train.rounds": args.teacher_epochs, "train.local_epochs": 1,

@@ -41,9 +41,9 @@ import numpy as np
 import pandas as pd
 
 from _publish import publish
-from fedsim.validation import load_config
-from fedsim.experiment import run_many
-from fedsim.results import RunResult
+from fedsim.config.validation import load_config
+from fedsim.runs.experiment import run_many
+from fedsim.outputs.results import RunResult
 
 ROOT = Path(__file__).resolve().parents[1]
 

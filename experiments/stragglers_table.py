@@ -23,7 +23,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _publish import ROOT  # noqa: E402
 
-from fedsim import load_run, plots  # noqa: E402
+from fedsim import load_run  # noqa: E402
+
+from fedsim.outputs import plots  # noqa: E402
 
 
 def accuracy_at(rounds: pd.DataFrame, seconds: float) -> float:

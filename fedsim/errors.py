@@ -6,7 +6,7 @@
 - :class:`RunError` -- a run started and then failed (too few clients succeeded, the model
   diverged, the strategy produced nothing). The run's partial output is kept as
   ``<name>.failed``; the command line exits with status 1.
-- :class:`fedsim.interrupt.RunInterrupted` -- Ctrl-C; the run is kept as ``<name>.interrupted``
+- :class:`fedsim.ops.interrupt.RunInterrupted` -- Ctrl-C; the run is kept as ``<name>.interrupted``
   with its checkpoint; exit status 130.
 
 The specific errors (``ConfigError``, ``DatasetError``, ``StrategyError``, ``DivergenceError``, ...)

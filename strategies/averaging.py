@@ -24,8 +24,8 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
-from fedsim.arrays import aggregate_arrays
-from fedsim.protocol import reply_client_id
+from fedsim.core.arrays import aggregate_arrays
+from fedsim.core.protocol import reply_client_id
 
 
 def ema_weights(num_models: int, beta: float) -> np.ndarray:

@@ -34,7 +34,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 from flwr.supercore import log
 
-from fedsim.protocol import ARRAYS, CONFIG, DISTILL, METRICS, SEND_OUTPUTS, SERVER_ROUND
+from fedsim.core.protocol import ARRAYS, CONFIG, DISTILL, METRICS, SEND_OUTPUTS, SERVER_ROUND
 
 
 class LatentDistillation(Strategy):

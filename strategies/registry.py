@@ -24,7 +24,7 @@ from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.errors import InputError
-from fedsim.protocol import DP_ADAPTIVE  # tells the client which clipping mod to apply
+from fedsim.core.protocol import DP_ADAPTIVE  # tells the client which clipping mod to apply
 
 from .arguments import check_arguments
 from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.config import ExperimentConfig
-from fedsim.validation import load_config
+from fedsim.config.validation import load_config
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fedsim.cli import main
+from fedsim.frontends.cli import main
 
 
 def test_bad_value_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

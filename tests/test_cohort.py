@@ -10,14 +10,14 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.app import execute, flower_executor, run_state
+from fedsim.runs.server import execute, flower_executor, run_state
 from fedsim.clients.app import client_app
 from fedsim.datasets import dataset_digest
 from fedsim.clients.node import run_files
-from fedsim.executors import CohortExecutor, NodePool, balance
-from fedsim.experiment import run
-from fedsim.prepare import prepare
-from fedsim.protocol import (
+from fedsim.runs.executors import CohortExecutor, NodePool, balance
+from fedsim.runs.experiment import run
+from fedsim.runs.prepare import prepare
+from fedsim.core.protocol import (
     ClientTask,
     pack_cohort,
     pack_cohort_replies,
@@ -25,7 +25,7 @@ from fedsim.protocol import (
     unpack_cohort,
     unpack_cohort_replies,
 )
-from fedsim.spec import PartitionIndex
+from fedsim.core.spec import PartitionIndex
 
 
 class LocalGrid(Grid):
@@ -85,7 +85,7 @@ def run_on_cohort(config, workers: int):  # noqa: ANN001, ANN201 - rounds, clien
 
 
 def node_pool(grid: Grid, prepared, expected: int = 0, wait: float = 5.0) -> NodePool:  # noqa: ANN001
-    """The pool of ``grid``'s nodes for ``prepared``, as :func:`fedsim.app.flower_executor` builds it."""
+    """The pool of ``grid``'s nodes for ``prepared``, as :func:`fedsim.runs.server.flower_executor` builds it."""
     return NodePool(grid, str(prepared.staging.resolve()), lambda: run_files(prepared.staging),
                     lambda: dataset_digest(prepared.dataset), wait, prepared.config.partition.num_clients,
                     expected=expected)
@@ -114,7 +114,7 @@ def test_packing_sends_shared_records_once_and_round_trips() -> None:
     assert unpacked[2].message.content["config"]["x"] == 1
     np.testing.assert_array_equal(unpacked[1].message.content["arrays"]["w"].numpy(), np.ones(4))
 
-    from fedsim.protocol import ClientReply, failed_reply
+    from fedsim.core.protocol import ClientReply, failed_reply
 
     answers = [ClientReply(7, reply(unpacked[0].message, 7, {"num-examples": 3}, ArrayRecord())),
                failed_reply(unpacked[1], "broken"),
@@ -194,7 +194,7 @@ def test_cohort_executor_on_ray_matches_in_process(small_config) -> None:
 def test_clients_on_ray_workers_without_a_gpu_share_use_the_cpu(small_config, monkeypatch) -> None:
     import torch
 
-    from fedsim.prepare import client_device
+    from fedsim.runs.prepare import client_device
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a GPU share is refused without a GPU
 

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsim.cli import main
-from fedsim.comparison import compare, parse_strategies
+from fedsim.frontends.cli import main
+from fedsim.frontends.comparison import compare, parse_strategies
 from fedsim.config import ConfigError
-from fedsim.experiment import run
+from fedsim.runs.experiment import run
 from fedsim.strategies import STRATEGY_NAMES, StrategyError
 from fedsim.timing.rules import is_asynchronous
 
@@ -139,6 +139,6 @@ def test_weight_averaging_entries_use_one_architecture_next_to_latent_distill(sm
     assert distill.apply(config, 0).model.architectures == ["lenet5", "niid_cnn"]
     assert fedavg.apply(config, 0).model.architectures == []
     assert central.apply(config, 0).train.mode == "centralized"
-    from fedsim.validation import validate
+    from fedsim.config.validation import validate
 
     validate(fedavg.apply(config, 0))  # a valid homogeneous FedAvg run

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedsim.config import ConfigError, ExperimentConfig, parse_override
-from fedsim.validation import load_config, validate, validate_against_dataset
+from fedsim.config.validation import load_config, validate, validate_against_dataset
 
 
 def test_defaults_are_valid_and_overrides_are_typed(tmp_path: Path) -> None:

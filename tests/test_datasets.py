@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedsim.config import DataConfig
+from fedsim.datasets.settings import DataSettings
 from fedsim.datasets import DatasetError, make_synthetic, materialize
 
 
@@ -24,7 +24,7 @@ def write_npz(path: Path, n_train: int = 60, n_test: int = 20, classes: int = 10
 
 def test_npz_is_cached_as_memory_mapped_npy(tmp_path: Path) -> None:
     write_npz(tmp_path / "mini.npz")
-    data = DataConfig(dataset="npz", data_dir=str(tmp_path), path="mini.npz", cache_dir=str(tmp_path / "cache"))
+    data = DataSettings(dataset="npz", data_dir=str(tmp_path), path="mini.npz", cache_dir=str(tmp_path / "cache"))
     cached = materialize(data)
     assert cached.num_train == 60 and cached.num_test == 20 and cached.num_classes == 10
     assert cached.class_names[3] == "cat"
@@ -38,36 +38,36 @@ def test_npz_is_cached_as_memory_mapped_npy(tmp_path: Path) -> None:
 
 def test_class_subset_relabels(tmp_path: Path) -> None:
     write_npz(tmp_path / "mini.npz")
-    data = DataConfig(dataset="npz", data_dir=str(tmp_path), path="mini.npz", classes=[5, 3],
+    data = DataSettings(dataset="npz", data_dir=str(tmp_path), path="mini.npz", classes=[5, 3],
                       cache_dir=str(tmp_path / "cache"))
     cached = materialize(data)
     arrays = cached.load()
     assert cached.class_names == ("dog", "cat")
     assert set(np.unique(arrays["y_train"])) == {0, 1}
     assert cached.num_train == 12  # 6 dogs + 6 cats among 60 round-robin labels
-    bad = DataConfig(dataset="npz", data_dir=str(tmp_path), path="mini.npz", classes=[3, 12],
+    bad = DataSettings(dataset="npz", data_dir=str(tmp_path), path="mini.npz", classes=[3, 12],
                      cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DatasetError, match=r"ids \[12\] do not exist; this dataset has classes 0..9"):
         materialize(bad)
 
 
 def test_missing_and_corrupt_npz_say_where_they_looked(tmp_path: Path) -> None:
-    missing = DataConfig(dataset="npz", data_dir=str(tmp_path), path="nope.npz", cache_dir=str(tmp_path / "c"))
+    missing = DataSettings(dataset="npz", data_dir=str(tmp_path), path="nope.npz", cache_dir=str(tmp_path / "c"))
     with pytest.raises(DatasetError, match=f"npz dataset not found at {tmp_path}/nope.npz"):
         materialize(missing)
     (tmp_path / "corrupt.npz").write_bytes(b"this is not a zip archive")
-    corrupt = DataConfig(dataset="npz", data_dir=str(tmp_path), path="corrupt.npz", cache_dir=str(tmp_path / "c"))
+    corrupt = DataSettings(dataset="npz", data_dir=str(tmp_path), path="corrupt.npz", cache_dir=str(tmp_path / "c"))
     with pytest.raises(DatasetError, match="not a readable .npz archive"):
         materialize(corrupt)
     np.savez(tmp_path / "partial.npz", x_train=np.zeros((2, 32, 32, 3), np.uint8))
-    partial = DataConfig(dataset="npz", data_dir=str(tmp_path), path="partial.npz", cache_dir=str(tmp_path / "c"))
+    partial = DataSettings(dataset="npz", data_dir=str(tmp_path), path="partial.npz", cache_dir=str(tmp_path / "c"))
     with pytest.raises(DatasetError, match=r"lacks the arrays \['x_test', 'y_test', 'y_train'\]"):
         materialize(partial)
     assert not any((tmp_path / "c").glob("npz-*")), "a failed load leaves no cache entry"
 
 
 def test_missing_cifar_without_download_explains_how_to_get_it(tmp_path: Path) -> None:
-    data = DataConfig(dataset="cifar10", data_dir=str(tmp_path), download=False, cache_dir=str(tmp_path / "c"))
+    data = DataSettings(dataset="cifar10", data_dir=str(tmp_path), download=False, cache_dir=str(tmp_path / "c"))
     with pytest.raises(DatasetError) as info:
         materialize(data)
     message = str(info.value)

@@ -17,10 +17,10 @@ from fedsim.clients.losses import distillation_loss, kd_loss, representation_los
 from fedsim.clients.state import ClientStateStore
 from fedsim.clients.worker import worker_run
 from fedsim.config import ConfigError
-from fedsim.validation import load_config
+from fedsim.config.validation import load_config
 from fedsim.datasets import PartitionError, check_disjoint, holdout_transfer, tpriv_indices
-from fedsim.experiment import run
-from fedsim.prepare import prepare
+from fedsim.runs.experiment import run
+from fedsim.runs.prepare import prepare
 from fedsim.strategies import consensus
 
 

@@ -25,11 +25,11 @@ import fedsim.datasets.sources as sources_module
 import fedsim.strategies.registry as registry_module
 from fedsim.config import ConfigError
 from fedsim.datasets import materialize
-from fedsim.executors import InProcessExecutor
-from fedsim.experiment import run
-from fedsim.prepare import initial_model
-from fedsim.sampling import TRAIN, sample_clients
-from fedsim.spec import PartitionIndex
+from fedsim.runs.executors import InProcessExecutor
+from fedsim.runs.experiment import run
+from fedsim.runs.prepare import initial_model
+from fedsim.core.sampling import TRAIN, sample_clients
+from fedsim.core.spec import PartitionIndex
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "architecture.md"
@@ -127,18 +127,18 @@ def test_every_example_on_the_page_is_tested() -> None:
 def test_layering_script_passes_and_catches_violations(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # noqa: ANN001
     script = run_example("layering", {"__name__": "layering"})
     graph = script["import_graph"](ROOT)
-    assert {"fedsim.loop", "fedsim.protocol", "fedsim.clients.handler", "fedsim.strategies.registry",
-            "fedsim.datasets.settings", "fedsim.models.cnn", "fedsim.executors.inprocess"} <= set(graph)
-    assert graph["fedsim.app"] >= {"fedsim.loop", "fedsim.executors", "fedsim.strategies", "fedsim.methods"}
+    assert {"fedsim.core.loop", "fedsim.core.protocol", "fedsim.clients.handler", "fedsim.strategies.registry",
+            "fedsim.datasets.settings", "fedsim.models.cnn", "fedsim.runs.executors.inprocess"} <= set(graph)
+    assert graph["fedsim.runs.server"] >= {"fedsim.core.loop", "fedsim.runs.executors", "fedsim.strategies", "fedsim.methods"}
     assert script["problems"](graph) == []
 
     broken = {module: set(imported) for module, imported in graph.items()}
     broken["fedsim.strategies.averaging"].add("fedsim.clients.training")
-    broken["fedsim.protocol"].add("fedsim.loop")
+    broken["fedsim.core.protocol"].add("fedsim.core.loop")
     found = script["problems"](broken)
     assert any("fedsim.strategies must not import fedsim.clients" in p for p in found)
-    assert any(p.startswith("fedsim.protocol imports fedsim.loop: fedsim.protocol may import only") for p in found)
-    assert any(p.startswith("import cycle:") and "fedsim.loop" in p for p in found)
+    assert any(p.startswith("fedsim.core.protocol imports fedsim.core.loop: fedsim.core.protocol may import only") for p in found)
+    assert any(p.startswith("import cycle:") and "fedsim.core.loop" in p for p in found)
 
     monkeypatch.chdir(ROOT)  # as a script, from the repository root
     with pytest.raises(SystemExit) as exited:

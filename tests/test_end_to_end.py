@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fedsim.experiment import run
-from fedsim.sampling import TRAIN, sample_clients
-from fedsim.loop import TooFewClientsError
+from fedsim.runs.experiment import run
+from fedsim.core.sampling import TRAIN, sample_clients
+from fedsim.core.loop import TooFewClientsError
 
 
 @pytest.mark.ray

@@ -23,9 +23,9 @@ from fedsim.clients.losses import kd_loss
 from fedsim.clients.training import SGDRecipe
 from fedsim.clients.worker import worker_run
 from fedsim.config import ConfigError
-from fedsim.validation import load_config
-from fedsim.experiment import run
-from fedsim.prepare import prepare
+from fedsim.config.validation import load_config
+from fedsim.runs.experiment import run
+from fedsim.runs.prepare import prepare
 from fedsim.models import build_model
 
 

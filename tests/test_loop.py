@@ -7,17 +7,17 @@ import pandas as pd
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from fedsim.app import execute, run_state
+from fedsim.runs.server import execute, run_state
 from fedsim.clients.app import client_app
 from fedsim.clients.hooks import PeerCommittee
-from fedsim.executors import Executor, InProcessExecutor
-from fedsim.experiment import run
-from fedsim.extension import PHASE_EVALUATE, PHASE_TRAIN, ExtensionChain, RoundExtension, RoundRecord
-from fedsim.loop import ClientGrid, TooFewClientsError
+from fedsim.runs.executors import Executor, InProcessExecutor
+from fedsim.runs.experiment import run
+from fedsim.core.extension import PHASE_EVALUATE, PHASE_TRAIN, ExtensionChain, RoundExtension, RoundRecord
+from fedsim.core.loop import ClientGrid, TooFewClientsError
 from fedsim.models import build_model
-from fedsim.prepare import initial_model, prepare
-from fedsim.protocol import ClientReply, ClientTask, array_bytes, read_peers, reply
-from fedsim.sampling import EVALUATE, TRAIN, sample_clients
+from fedsim.runs.prepare import initial_model, prepare
+from fedsim.core.protocol import ClientReply, ClientTask, array_bytes, read_peers, reply
+from fedsim.core.sampling import EVALUATE, TRAIN, sample_clients
 
 
 class Recorder(RoundExtension):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedsim.metrics import confusion_matrix, macro_scores
-from fedsim.sampling import EVALUATE, TRAIN, sample_clients, sample_size
+from fedsim.outputs.metrics import confusion_matrix, macro_scores
+from fedsim.core.sampling import EVALUATE, TRAIN, sample_clients, sample_size
 
 
 def test_confusion_matrix_rows_are_true_labels() -> None:

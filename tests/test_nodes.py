@@ -19,14 +19,14 @@ import pytest
 from flwr.app import Context, RecordDict
 from test_cohort import LocalGrid, node_pool
 
-from fedsim.app import execute, run_state
+from fedsim.runs.server import execute, run_state
 from fedsim.clients.node import NodeConfigError, NodeHosting, mirror_folder
 from fedsim.config import ConfigError
-from fedsim.executors import CohortExecutor, NodeError
-from fedsim.experiment import run
-from fedsim.flower_app import config_from_run_config, resolve_config_file
-from fedsim.prepare import prepare
-from fedsim.spec import PartitionIndex
+from fedsim.runs.executors import CohortExecutor, NodeError
+from fedsim.runs.experiment import run
+from fedsim.frontends.flower_app import config_from_run_config, resolve_config_file
+from fedsim.runs.prepare import prepare
+from fedsim.core.spec import PartitionIndex
 
 
 class NodesGrid(LocalGrid):
@@ -153,7 +153,7 @@ def test_a_copy_of_the_source_tree_imports_every_module_from_itself(tmp_path) ->
     root = Path(__file__).resolve().parent.parent
     for folder in ("fedsim", "clients", "strategies", "datasets"):
         shutil.copytree(root / folder, tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import fedsim.flower_app, fedsim.clients.app, "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import fedsim.frontends.flower_app, fedsim.clients.app, "
             "fedsim.strategies.registry, fedsim.datasets; "
             "print(*[m.__file__ for m in (fedsim, fedsim.clients, fedsim.strategies, fedsim.datasets)])")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True,

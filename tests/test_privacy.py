@@ -1,4 +1,4 @@
-"""Privacy accounting of the DP strategies (fedsim.privacy, docs/privacy.md): epsilon per round."""
+"""Privacy accounting of the DP strategies (fedsim.methods.privacy, docs/privacy.md): epsilon per round."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from fedsim.config import ConfigError
-from fedsim.experiment import resume, run
-from fedsim.extension import RoundExtension
-from fedsim.interrupt import RunInterrupted, request_stop
-from fedsim.privacy import PrivacyAccounting, adaptive_noise_multiplier, epsilon, resolve_delta
+from fedsim.runs.experiment import resume, run
+from fedsim.core.extension import RoundExtension
+from fedsim.ops.interrupt import RunInterrupted, request_stop
+from fedsim.methods.privacy import PrivacyAccounting, adaptive_noise_multiplier, epsilon, resolve_delta
 
 N, K = 10, 4  # small_config's clients; clients sampled per round
 DP_FIXED = {"strategy.name": "dp-fixed-server", "strategy.kwargs.noise_multiplier": 1.0,

@@ -25,14 +25,14 @@ import pytest
 import torch
 
 import fedsim
-from fedsim import rundir
-from fedsim.checkpoint import Checkpoint, CheckpointError
-from fedsim.cli import main
+from fedsim.outputs import rundir
+from fedsim.core.checkpoint import Checkpoint, CheckpointError
+from fedsim.frontends.cli import main
 from fedsim.errors import InputError, RunError
-from fedsim.experiment import resume, run
-from fedsim.extension import RoundExtension
-from fedsim.interrupt import RunInterrupted, request_stop
-from fedsim.loop import DivergenceError
+from fedsim.runs.experiment import resume, run
+from fedsim.core.extension import RoundExtension
+from fedsim.ops.interrupt import RunInterrupted, request_stop
+from fedsim.core.loop import DivergenceError
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ["wall_seconds"]  # timings differ between any two runs
@@ -211,10 +211,10 @@ def test_sigint_stops_the_cli_within_seconds_and_resume_matches(tmp_path) -> Non
               "strategy.name=fedavgm", "--output", str(tmp_path / "runs"), "--no-progress"]
     common += ["--set", 'hooks=[{name="tests.user_hooks:Sleepy", seconds=0.05}]']  # rounds of about 0.5 s
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
-    reference = subprocess.run([sys.executable, "-m", "fedsim.cli", "run", *common, "--name", "reference"],
+    reference = subprocess.run([sys.executable, "-m", "fedsim.frontends.cli", "run", *common, "--name", "reference"],
                                env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert reference.returncode == 0, reference.stderr
-    process = subprocess.Popen([sys.executable, "-m", "fedsim.cli", "run", *common, "--name", "stopped"],
+    process = subprocess.Popen([sys.executable, "-m", "fedsim.frontends.cli", "run", *common, "--name", "stopped"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     rounds = tmp_path / "runs"
     deadline = time.monotonic() + 120
@@ -232,7 +232,7 @@ def test_sigint_stops_the_cli_within_seconds_and_resume_matches(tmp_path) -> Non
     kept = rounds / "stopped.interrupted"
     assert rundir.is_run_directory(kept) and Checkpoint.read(kept).server_round >= 2
 
-    resumed = subprocess.run([sys.executable, "-m", "fedsim.cli", "run", "--resume", str(kept), "--no-progress"],
+    resumed = subprocess.run([sys.executable, "-m", "fedsim.frontends.cli", "run", "--resume", str(kept), "--no-progress"],
                              env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr
     same_results(rounds / "reference", rounds / "stopped")
@@ -271,11 +271,11 @@ def test_wrong_shapes_are_a_recorded_failure(small_config) -> None:
     """R-SHAPES: a client whose update does not match the global model fails alone; the round goes on."""
     from flwr.app import Array, ArrayRecord, Message
 
-    from fedsim.app import execute, run_state
+    from fedsim.runs.server import execute, run_state
     from fedsim.clients.app import client_app
-    from fedsim.executors import InProcessExecutor
-    from fedsim.prepare import prepare
-    from fedsim.protocol import ARRAYS
+    from fedsim.runs.executors import InProcessExecutor
+    from fedsim.runs.prepare import prepare
+    from fedsim.core.protocol import ARRAYS
 
     def misshapen(msg: Message, context) -> Message:  # noqa: ANN001 - client 2 sends a transposed layer
         reply = client_app(msg, context)
@@ -339,7 +339,7 @@ def test_plot_never_writes_through_a_symlink(small_config, tmp_path) -> None:
 @pytest.mark.slow  # keeps the fast set under a minute
 def test_a_full_disk_fails_the_run_and_keeps_earlier_results(small_config, monkeypatch) -> None:
     """R-ENOSPC: a write failing with ENOSPC -> exit 1, run kept as .failed with its rounds so far; resumable."""
-    from fedsim.recorder import RunRecorder
+    from fedsim.outputs.recorder import RunRecorder
 
     original = RunRecorder.add_round
 
@@ -399,7 +399,7 @@ def test_compare_api_works_twice_and_cli_exits_1_when_a_run_failed(small_config,
     """R-COMPARE: fedsim.compare is callable repeatedly; a failed run -> exit status 1 naming it."""
     config = small_config(**{"train.rounds": 1, "evaluation.federated_every": 0})
     first = fedsim.compare(config, "fedavg", progress=False)
-    importlib.import_module("fedsim.comparison")  # importing the module must not shadow the function
+    importlib.import_module("fedsim.frontends.comparison")  # importing the module must not shadow the function
 
     config.output.name = "second"
     second = fedsim.compare(config, "uniform", progress=False)
@@ -414,7 +414,7 @@ def test_compare_api_works_twice_and_cli_exits_1_when_a_run_failed(small_config,
 
 def test_set_values_are_toml_or_literal_strings(tmp_path) -> None:
     """R-SET: a --set value that is not valid TOML is taken literally (Windows paths keep their backslashes)."""
-    from fedsim.cli import _load, build_parser
+    from fedsim.frontends.cli import _load, build_parser
 
     args = build_parser().parse_args(["run", "--set", r"data.data_dir=C:\data\new", "--set", "train.lr=0.5",
                                       "--output", r"D:\runs\x", "--name", 'quote"d'])
@@ -438,7 +438,7 @@ def test_run_failures_are_one_message_and_exit_1(small_config, capsys) -> None:
 # -- Ray: workers and the runtime ------------------------------------------------------------
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedsim.cli", *args]
+    return [sys.executable, "-m", "fedsim.frontends.cli", *args]
 
 
 SMALL = ["--set", "data.dataset=synthetic", "--set", "data.synthetic_train=600", "--set", "data.synthetic_test=200",
@@ -592,7 +592,7 @@ def test_the_fast_finiteness_check_reads_every_value() -> None:
     """flat_values (the screening's view of an update) equals Array.numpy() for every layout and dtype."""
     from flwr.app import Array
 
-    from fedsim.arrays import flat_values, nonfinite_keys
+    from fedsim.core.arrays import flat_values, nonfinite_keys
 
     cases = [np.arange(6, dtype=np.float64).reshape(2, 3), np.asfortranarray(np.ones((3, 4), np.float16)),
              np.array(5, np.int64), np.zeros((0, 3), np.float32), np.random.default_rng(0).normal(size=(7, 5))]
@@ -643,7 +643,7 @@ def test_images_the_models_cannot_take_are_refused_before_the_run(small_config, 
 
 def test_default_names_started_in_the_same_second_do_not_collide(tmp_path) -> None:
     """Two comparisons (or runs) with time-stamped default names in one second get distinct folders."""
-    from fedsim import rundir
+    from fedsim.outputs import rundir
 
     (tmp_path / "compare-20260101-000000").mkdir()
     (tmp_path / ".compare-20260101-000000-2.staging-123").mkdir()

@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsim.cli import main
-from fedsim.comparison import compare, grid_cells, parse_grid
+from fedsim.frontends.cli import main
+from fedsim.frontends.comparison import compare, grid_cells, parse_grid
 from fedsim.config import ConfigError
-from fedsim.plots import plot_sweep, sweep_axis
+from fedsim.outputs.plots import plot_sweep, sweep_axis
 
 TINY = {"partition.num_clients": 4, "data.synthetic_train": 240, "data.synthetic_test": 100, "train.rounds": 1,
         "evaluation.federated_every": 0}

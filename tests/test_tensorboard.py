@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from fedsim.checkpoint import Checkpoint
-from fedsim.cli import _load, build_parser, main
-from fedsim.experiment import resume, run
-from fedsim.extension import RoundExtension
-from fedsim.interrupt import RunInterrupted, request_stop
-from fedsim.tensorboard import FOLDER, HEATMAP_TAG, histogram_tag, scalar_tag
+from fedsim.core.checkpoint import Checkpoint
+from fedsim.frontends.cli import _load, build_parser, main
+from fedsim.runs.experiment import resume, run
+from fedsim.core.extension import RoundExtension
+from fedsim.ops.interrupt import RunInterrupted, request_stop
+from fedsim.outputs.tensorboard import FOLDER, HEATMAP_TAG, histogram_tag, scalar_tag
 
 
 class StopAfter(RoundExtension):

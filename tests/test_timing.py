@@ -18,7 +18,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
 from fedsim.config import ConfigError
-from fedsim.protocol import ARRAYS, NUM_EXAMPLES, ClientReply, ClientTask, failed_reply, reply
+from fedsim.core.protocol import ARRAYS, NUM_EXAMPLES, ClientReply, ClientTask, failed_reply, reply
 from fedsim.strategies import FedAsync, FedBuff, build_strategy, staleness_weight
 from fedsim.timing import (
     AlwaysOnline,
@@ -36,7 +36,7 @@ from fedsim.timing import (
 from fedsim.timing.availability import TraceError
 from fedsim.timing.cost import model_cost
 from fedsim.timing.devices import DeviceError, file_profiles, lognormal_profiles, read_device_file, tier_profiles
-from fedsim.validation import validate
+from fedsim.config.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -195,7 +195,7 @@ def clock_with_compute(seconds: list[float]) -> SimulatedClock:
 
 
 def test_without_a_clock_the_scheduler_samples_like_the_plain_loop() -> None:
-    from fedsim.sampling import TRAIN, sample_clients
+    from fedsim.core.sampling import TRAIN, sample_clients
 
     loop = FakeLoop()
     training = SynchronousScheduler(5, 20, 4).train_round(3, loop.dispatch())
@@ -328,7 +328,7 @@ def _message(client: int, values: np.ndarray, examples: int = 10) -> Message:
 
 
 def _dispatch(strategy, server_round: int, arrays: ArrayRecord, clients: list[int]) -> None:  # noqa: ANN001
-    from fedsim.loop import ClientGrid
+    from fedsim.core.loop import ClientGrid
 
     list(strategy.configure_train(server_round, arrays, ConfigRecord(), ClientGrid(clients)))
 
@@ -446,7 +446,7 @@ def test_a_deadline_run_records_stragglers_and_the_same_seed_repeats_it(small_co
 @pytest.mark.slow
 def test_an_asynchronous_run_learns_and_resumes_exactly(small_config) -> None:
     from fedsim import resume, run
-    from fedsim.interrupt import RunInterrupted
+    from fedsim.ops.interrupt import RunInterrupted
 
     from test_reliability import StopAfter, same_results
 
@@ -480,7 +480,7 @@ def test_compare_runs_per_entry_settings_and_plots_accuracy_against_time(small_c
 
 
 def test_an_entry_cannot_override_the_strategy_or_the_seed() -> None:
-    from fedsim.comparison import parse_strategies
+    from fedsim.frontends.comparison import parse_strategies
     from fedsim.strategies import StrategyError
 
     with pytest.raises(StrategyError, match="cannot differ between compared entries"):
@@ -599,7 +599,7 @@ def test_a_round_in_which_nobody_drew_online_has_no_clients() -> None:
 
 @pytest.mark.parametrize("name", ["stragglers.toml", "cifar10_stragglers.toml"])
 def test_the_shipped_time_configs_are_valid(name: str) -> None:
-    from fedsim.validation import load_config
+    from fedsim.config.validation import load_config
 
     config = load_config(ROOT / "configs" / name)
     assert config.time.devices == "tiers" and config.train.clients_per_round == 10

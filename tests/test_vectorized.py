@@ -21,9 +21,9 @@ from fedsim.clients import training
 from fedsim.clients.lockstep.engine import LockstepClient, LockstepTrainer
 from fedsim.clients.lockstep.memory import LockstepMemoryError, bytes_per_client, chunk_size
 from fedsim.config import ConfigError
-from fedsim.experiment import run
+from fedsim.runs.experiment import run
 from fedsim.models import build_model
-from fedsim.recipe import SGDRecipe
+from fedsim.core.recipe import SGDRecipe
 
 RECIPE = SGDRecipe(epochs=2, batch_size=8, lr=0.05, momentum=0.9, weight_decay=5e-4, proximal_mu=0.01)
 SIZES = (23, 40, 17, 31, 3)  # partial last batches of 7, 1 (skipped with BatchNorm), 7 and 3 samples

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from fedsim.errors import InputError
-from fedsim.extension import RoundExtension
+from fedsim.core.extension import RoundExtension
 
 
 @dataclass

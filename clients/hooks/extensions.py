@@ -17,9 +17,9 @@ from typing import Any
 
 from flwr.app import Array, ArrayRecord
 
-from fedsim.extension import PHASE_TRAIN, RoundExtension, RoundRecord, RunContext
-from fedsim.protocol import ClientReply, ClientTask, attach_peers, hook_metrics
-from fedsim.recorder import RunRecorder
+from fedsim.core.extension import PHASE_TRAIN, RoundExtension, RoundRecord, RunContext
+from fedsim.core.protocol import ClientReply, ClientTask, attach_peers, hook_metrics
+from fedsim.outputs.recorder import RunRecorder
 
 from .base import Hook
 

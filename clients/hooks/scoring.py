@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedsim.extension import RoundExtension
+from fedsim.core.extension import RoundExtension
 
 from .base import Hook, HookContext, LocalData, require
 from .extensions import PeerCommittee

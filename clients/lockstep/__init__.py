@@ -4,7 +4,7 @@
 executor's process) train the round's clients that share an architecture, a recipe and their
 received weights together, with stacked parameters under :func:`torch.func.vmap`
 (:mod:`.engine`, :mod:`.functional`), in chunks that fit in memory (:mod:`.memory`).
-:mod:`.cohort` decides which clients can go together, falls back to the sequential engine for
+:mod:`.planner` decides which clients can go together, falls back to the sequential engine for
 the others, and hands each client's result to the ordinary client handler, so replies, mods,
 failure accounting and everything downstream are unchanged.
 """

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
-from fedsim.interrupt import check_stop
-from fedsim.recipe import SGDRecipe
+from fedsim.ops.interrupt import check_stop
+from fedsim.core.recipe import SGDRecipe
 
 from ..training import TrainStats
 from .functional import FunctionalModel

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fedsim.errors import InputError
-from fedsim.recipe import SGDRecipe
+from fedsim.core.recipe import SGDRecipe
 
 
 class LockstepMemoryError(InputError):

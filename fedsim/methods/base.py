@@ -21,12 +21,12 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.config import ExperimentConfig
 from fedsim.datasets import CachedDataset
-from fedsim.evaluation import CentralEvaluation, CentralEvaluator, ClientModelEvaluation
-from fedsim.extension import RoundExtension
+from fedsim.methods.evaluation import CentralEvaluation, CentralEvaluator, ClientModelEvaluation
+from fedsim.core.extension import RoundExtension
 from fedsim.models import FedsimNet
-from fedsim.modes import evaluates_client_models
-from fedsim.recipe import DistillRecipe, SGDRecipe
-from fedsim.recorder import RunRecorder
+from fedsim.methods.modes import evaluates_client_models
+from fedsim.core.recipe import DistillRecipe, SGDRecipe
+from fedsim.outputs.recorder import RunRecorder
 
 
 @dataclass

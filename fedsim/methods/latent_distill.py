@@ -40,11 +40,11 @@ from fedsim.datasets import (
     materialize,
     tpriv_indices,
 )
-from fedsim.extension import PHASE_EVALUATE, RoundExtension, RoundRecord, RunContext
-from fedsim.protocol import TPRIV_ACCURACY, ClientReply
-from fedsim.recipe import DistillRecipe, SGDRecipe
-from fedsim.recorder import RunRecorder
-from fedsim.spec import PartitionIndex, TransferIndex
+from fedsim.core.extension import PHASE_EVALUATE, RoundExtension, RoundRecord, RunContext
+from fedsim.core.protocol import TPRIV_ACCURACY, ClientReply
+from fedsim.core.recipe import DistillRecipe, SGDRecipe
+from fedsim.outputs.recorder import RunRecorder
+from fedsim.core.spec import PartitionIndex, TransferIndex
 from fedsim.strategies import LatentDistillation
 
 from .base import Method, ServerSetup

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedsim.protocol import ClientTask, array_bytes
+from fedsim.core.protocol import ClientTask, array_bytes
 
 from .devices import DeviceProfiles
 

@@ -1,6 +1,6 @@
 """The ``[time]`` section's rules: ranges, allowed names, files, and how they combine.
 
-Asked by :func:`fedsim.validation.validate`; every problem is worded ``key = value: what is
+Asked by :func:`fedsim.config.validation.validate`; every problem is worded ``key = value: what is
 allowed``. The device and trace files are read here too, so a bad file stops the run before
 anything is written.
 """
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fedsim.config import ExperimentConfig, problem
-from fedsim.sampling import sample_size
+from fedsim.core.sampling import sample_size
 from fedsim.strategies import STRATEGIES, AsynchronousStrategy, StrategyContext, StrategyError, build_strategy
 
 from .availability import AVAILABILITY_NAMES, TraceError, read_trace

@@ -1,6 +1,6 @@
 """Schedulers: which clients train in a round, when each finishes, and what reaches the strategy.
 
-The round loop (:mod:`fedsim.loop`) asks its scheduler for a round's training: the scheduler
+The round loop (:mod:`fedsim.core.loop`) asks its scheduler for a round's training: the scheduler
 picks client ids, has the loop configure them (the strategy's ``configure_train`` and the
 extensions' ``on_configure``) and run them (the executor), and returns a
 :class:`TrainingRound`: the tasks sent, the replies the server received, the clients that
@@ -8,7 +8,7 @@ dropped out, and the simulated-time columns of the round and of every client.
 
 * :class:`SynchronousScheduler` -- rounds as in Flower: sample ``K`` clients (only among those
   online), wait for them, aggregate. Without a clock this is fedsim's plain round (sampling by
-  (seed, round) exactly as :func:`fedsim.sampling.sample_clients`). With a clock
+  (seed, round) exactly as :func:`fedsim.core.sampling.sample_clients`). With a clock
   (:class:`~fedsim.timing.clock.SimulatedClock`), every client gets a round time, the round
   lasts until its last kept client finishes, and two policies act on that clock: a
   **deadline** (clients that would finish after it are stragglers) and **over-selection**
@@ -40,9 +40,9 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
 from fedsim.errors import RunError
-from fedsim.extension import RoundExtension
-from fedsim.protocol import INVALID_UPDATE, ClientReply, ClientTask, failed_reply, reply
-from fedsim.sampling import TRAIN, sample_clients, sample_from
+from fedsim.core.extension import RoundExtension
+from fedsim.core.protocol import INVALID_UPDATE, ClientReply, ClientTask, failed_reply, reply
+from fedsim.core.sampling import TRAIN, sample_clients, sample_from
 
 from .availability import AlwaysOnline, Availability
 from .clock import ClientTimes, SimulatedClock

@@ -18,8 +18,8 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.config import ExperimentConfig
 from fedsim.methods import Method
 from fedsim.models import build_model
-from fedsim.protocol import ARRAYS, ClientTask
-from fedsim.sampling import sample_size
+from fedsim.core.protocol import ARRAYS, ClientTask
+from fedsim.core.sampling import sample_size
 from fedsim.strategies import AsynchronousStrategy
 
 from .availability import TRACE_FILE, AlwaysOnline, Availability, Daily, PerRound, Trace, read_trace

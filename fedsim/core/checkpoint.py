@@ -1,0 +1,259 @@
+"""Checkpoints: everything a run needs to continue exactly where it stopped.
+
+A checkpoint is the folder ``<run dir>/checkpoint/``:
+
+- ``state.json`` -- plain JSON: the round it was taken after, the strategy's attributes, the
+  round extensions' :meth:`~fedsim.core.extension.RoundExtension.state`, the recorder's position
+  (the byte length of every table, its run-level extras) and the RNG states of ``random``,
+  NumPy and torch;
+- ``arrays.npz`` -- every array those refer to (the global model, FedAdam's moments, FedAvgM's
+  momentum, a committee's peer models, ...), written with NumPy and read back with
+  ``allow_pickle=False``: loading a checkpoint never unpickles an object;
+- ``client_state/`` -- the client-state store as it was (hard links to the files of that
+  moment: clients replace their files, they never modify them, so a link is a snapshot).
+
+A checkpoint is written to a temporary folder and moved into place with ``rename``; a run
+killed while writing one keeps the previous one. Values are converted by :func:`encode` and
+:func:`decode`, which know JSON scalars, lists, tuples, dicts (any keys), NumPy arrays and
+scalars, torch tensors and Flower ``ArrayRecord``s, and refuse anything else by name -- a
+strategy holding state fedsim cannot restore fails at the first checkpoint, not at resume.
+Floats go through ``repr`` in JSON, so they come back bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import Array, ArrayRecord
+from flwr.serverapp.strategy import Strategy
+
+from fedsim.errors import InputError
+
+FORMAT = 1
+FOLDER = "checkpoint"
+_TMP = ".checkpoint.tmp"
+_OLD = ".checkpoint.old"
+STATE_FILE = "state.json"
+ARRAYS_FILE = "arrays.npz"
+CLIENT_STATE = "client_state"
+
+
+class CheckpointError(InputError):
+    """A checkpoint cannot be read (missing, corrupt, another format) or a state cannot be saved."""
+
+
+def encode(value: Any, arrays: dict[str, np.ndarray], where: str = "state") -> Any:
+    """``value`` as JSON, with arrays moved into ``arrays`` (copied) and referred to by key."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return {"__scalar__": value.dtype.str, "value": value.item()}
+    if isinstance(value, torch.Tensor):
+        return {"__tensor__": _store(value.detach().cpu().numpy(), arrays, where)}
+    if isinstance(value, np.ndarray):
+        return {"__array__": _store(value, arrays, where)}
+    if isinstance(value, ArrayRecord):
+        return {"__arrayrecord__": [[key, _store(value[key].numpy(), arrays, f"{where}.{key}")]
+                                    for key in value.keys()]}
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {"__dict__": [[encode(k, arrays, where), encode(v, arrays, f"{where}.{k}")]
+                             for k, v in value.items()]}
+    raise CheckpointError(f"cannot checkpoint {where}: a {type(value).__module__}.{type(value).__name__} "
+                          "(supported: numbers, strings, lists, dicts, NumPy arrays, tensors, ArrayRecords)")
+
+
+def _store(array: np.ndarray, arrays: dict[str, np.ndarray], where: str) -> str:
+    if array.dtype.hasobject:
+        raise CheckpointError(f"cannot checkpoint {where}: an array of Python objects")
+    key = f"a{len(arrays)}"
+    arrays[key] = np.array(array, copy=True)
+    return key
+
+
+def decode(value: Any, arrays: dict[str, np.ndarray]) -> Any:
+    """The inverse of :func:`encode`."""
+    if isinstance(value, list):
+        return [decode(v, arrays) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__scalar__" in value:
+        return np.dtype(value["__scalar__"]).type(value["value"])
+    if "__tensor__" in value:
+        return torch.from_numpy(arrays[value["__tensor__"]].copy())
+    if "__array__" in value:
+        return arrays[value["__array__"]].copy()
+    if "__arrayrecord__" in value:
+        return ArrayRecord(OrderedDict((key, Array(arrays[ref].copy())) for key, ref in value["__arrayrecord__"]))
+    if "__tuple__" in value:
+        return tuple(decode(v, arrays) for v in value["__tuple__"])
+    if "__dict__" in value:
+        return {_hashable(decode(k, arrays)): decode(v, arrays) for k, v in value["__dict__"]}
+    raise CheckpointError(f"unknown checkpoint entry {sorted(value)}")
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(key) if isinstance(key, list) else key
+
+
+def strategy_state(strategy: Strategy) -> dict[str, Any]:
+    """The strategy's attributes (a wrapped strategy's too), functions left out.
+
+    Flower's strategies keep their state in plain attributes (FedAdam's ``m_t``/``v_t``,
+    FedAvgM's ``momentum_vector``, adaptive clipping's ``clipping_norm``, ``current_arrays``);
+    saving all of them, constants included, restores any of them without knowing each one.
+    """
+    state: dict[str, Any] = {}
+    for name, value in vars(strategy).items():
+        if isinstance(value, Strategy):
+            state[name] = {"strategy": strategy_state(value)}
+        elif not callable(value):
+            state[name] = {"value": value}
+    return state
+
+
+def load_strategy_state(strategy: Strategy, state: dict[str, Any]) -> None:
+    for name, entry in state.items():
+        if "strategy" in entry:
+            load_strategy_state(getattr(strategy, name), entry["strategy"])
+        else:
+            setattr(strategy, name, entry["value"])
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+@dataclass
+class Checkpoint:
+    """A run's state after round ``server_round`` (see the module docstring)."""
+
+    server_round: int
+    arrays: ArrayRecord
+    strategy: dict[str, Any]
+    extensions: dict[str, Any]
+    recorder: dict[str, Any]
+    rng: dict[str, Any]
+
+    @classmethod
+    def capture(cls, server_round: int, arrays: ArrayRecord, strategy: Strategy | None, extension: Any,
+                recorder: Any) -> Checkpoint:
+        """The run's state now: ``extension`` has ``state()``, ``recorder`` has ``position()``."""
+        return cls(server_round, arrays, strategy_state(strategy) if strategy is not None else {},
+                   extension.state(), recorder.position(), rng_state())
+
+    def restore(self, strategy: Strategy | None, extension: Any, recorder: Any) -> ArrayRecord:
+        """Put the state back into the strategy, the extension(s), the tables, the client-state
+        store and the RNGs; return the global arrays to continue from."""
+        if strategy is not None:
+            load_strategy_state(strategy, self.strategy)
+        try:
+            extension.load_state(self.extensions)
+        except (ValueError, KeyError) as error:
+            raise CheckpointError(f"{error}: resume with the same round extensions the run had "
+                                  "(fedsim.resume(..., extensions=[...]))") from error
+        recorder.restore(self.recorder)
+        self.restore_client_state(recorder.folder)
+        set_rng_state(self.rng)
+        return self.arrays
+
+    def write(self, run_dir: Path) -> Path:
+        """Write atomically to ``run_dir/checkpoint`` (replacing the previous one)."""
+        run_dir = Path(run_dir)
+        tmp = run_dir / _TMP
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        arrays: dict[str, np.ndarray] = {}
+        state = {
+            "format": FORMAT, "round": self.server_round,
+            "arrays": encode(self.arrays, arrays, "global model"),
+            "strategy": encode(self.strategy, arrays, "strategy"),
+            "extensions": encode(self.extensions, arrays, "extensions"),
+            "recorder": encode(self.recorder, arrays, "recorder"),
+            "rng": encode(self.rng, arrays, "rng"),
+        }
+        text = json.dumps(state)
+        with (tmp / ARRAYS_FILE).open("wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        with (tmp / STATE_FILE).open("w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _snapshot(run_dir / CLIENT_STATE, tmp / CLIENT_STATE)
+        final, old = run_dir / FOLDER, run_dir / _OLD
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @classmethod
+    def read(cls, run_dir: Path) -> Checkpoint:
+        """The run's checkpoint (the previous one if a write was cut short)."""
+        run_dir = Path(run_dir)
+        folder = run_dir / FOLDER
+        if not (folder / STATE_FILE).is_file() and (run_dir / _OLD / STATE_FILE).is_file():
+            folder = run_dir / _OLD
+        if not (folder / STATE_FILE).is_file():
+            raise CheckpointError(f"{run_dir} has no checkpoint (no {FOLDER}/{STATE_FILE}); it stopped before "
+                                  "its first checkpoint, so it cannot be resumed: start it again")
+        try:
+            state = json.loads((folder / STATE_FILE).read_text())
+            with np.load(folder / ARRAYS_FILE, allow_pickle=False) as data:
+                arrays = {key: data[key] for key in data.files}
+            if state.get("format") != FORMAT:
+                raise CheckpointError(f"checkpoint format {state.get('format')!r}; this fedsim reads {FORMAT}")
+            return cls(int(state["round"]), decode(state["arrays"], arrays), decode(state["strategy"], arrays),
+                       decode(state["extensions"], arrays), decode(state["recorder"], arrays),
+                       decode(state["rng"], arrays))
+        except CheckpointError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"the checkpoint in {folder} cannot be read ({type(error).__name__}: {error}); "
+                                  "it may be corrupt") from error
+
+    def restore_client_state(self, run_dir: Path) -> None:
+        """Put the checkpoint's client-state store back in place of the current one."""
+        run_dir = Path(run_dir)
+        folder = run_dir / FOLDER if (run_dir / FOLDER).is_dir() else run_dir / _OLD
+        shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)
+        _snapshot(folder / CLIENT_STATE, run_dir / CLIENT_STATE)
+
+
+def _snapshot(source: Path, target: Path) -> None:
+    """Hard-link (or, across filesystems, copy) the files of ``source`` into ``target``."""
+    if not source.is_dir():
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.is_file() and not path.name.startswith("."):
+            try:
+                os.link(path, target / path.name)
+            except OSError:
+                shutil.copy2(path, target / path.name)
+
+
+def discard_partial(run_dir: Path) -> None:
+    """Remove a checkpoint write that was cut short."""
+    shutil.rmtree(Path(run_dir) / _TMP, ignore_errors=True)

@@ -1,0 +1,93 @@
+"""fedsim as a Flower App, for users who live in the Flower CLI (``flwr run .``).
+
+``pyproject.toml`` registers ``server_app`` and ``client_app`` below as the project's Flower
+app. The ServerApp reads the ``[tool.flwr.app.config]`` values ``config-file`` (a fedsim TOML
+config, relative to the project that ``flwr run`` shipped) and ``overrides``
+(``"section.key=value"`` pairs separated by ``;``, as ``fedsim run --set``), both changeable
+with ``flwr run . --run-config``, prepares the run exactly like ``fedsim run`` (validation,
+dataset cache, partition, run directory) and drives the same round loop, so a run gives the
+numbers ``fedsim run`` gives for the same config. With ``simulation.executor = "cohort"`` (the
+default) every node of the federation is a worker: on Flower's simulation engine, or on
+SuperNodes that read the run directory, each runs a share of the round's clients, whatever
+their number; SuperNodes with their own data (``--node-config "partition-id=K
+num-partitions=N data-dir=..."``, :mod:`fedsim.clients.node`) run the clients of their shard.
+With ``"flower"`` the federation needs one node per client.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim.clients.app import client_app
+from fedsim.config import ConfigError, ExperimentConfig
+from fedsim.config.validation import load_config
+
+server_app = ServerApp()
+
+
+APP_DIR = Path(__file__).resolve().parent.parent  # the app's folder: the project root, or Flower's copy of it
+
+
+def resolve_config_file(name: str, app_dir: Path = APP_DIR) -> Path:
+    """A ``config-file`` as given: absolute, else relative to the app's folder (the project that
+    ``flwr run`` shipped, ``configs/`` included), else to the working directory."""
+    path = Path(name).expanduser()
+    if path.is_absolute():
+        return path
+    for base in (app_dir, Path.cwd()):
+        if (base / path).is_file():
+            return base / path
+    raise ConfigError(f"config-file = {name!r}: no such file in the app's folder {app_dir} or in the working "
+                      f"directory {Path.cwd()}; give a path inside the project (e.g. 'configs/quickstart.toml') "
+                      "or an absolute one")
+
+
+def config_from_run_config(run_config: dict, app_dir: Path = APP_DIR) -> ExperimentConfig:
+    """Build the experiment config from a Flower run config (``config-file`` and ``overrides``)."""
+    name = str(run_config.get("config-file", "") or "")
+    overrides = [o.strip() for o in str(run_config.get("overrides", "") or "").split(";") if o.strip()]
+    return load_config(resolve_config_file(name, app_dir) if name else None, overrides)
+
+
+@server_app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Prepare the run, execute the rounds, publish the run directory."""
+    from fedsim.outputs import rundir
+    from fedsim.runs.server import execute, flower_executor, run_state
+    from fedsim.runs.experiment import finalize
+    from fedsim.ops.interrupt import RunInterrupted
+    from fedsim.runs.prepare import prepare
+
+    config = config_from_run_config(dict(context.run_config))
+    nodes = len(list(grid.get_node_ids()))  # the one-client-per-node check; the cohort executor waits for them
+    if config.simulation.executor == "flower" and nodes and nodes != config.partition.num_clients:
+        raise ValueError(
+            f"the federation runs {nodes} nodes but partition.num_clients = "
+            f"{config.partition.num_clients} and simulation.executor = 'flower' needs one node per "
+            "client; use simulation.executor = 'cohort' (every node hosts a share of the clients)"
+        )
+    if config.simulation.executor == "in-process":
+        raise ValueError("simulation.executor = 'in-process' runs no Flower nodes; under flwr run use "
+                         "'cohort' or 'flower'")
+    prepared = prepare(config)
+    state = run_state(prepared)
+    try:
+        execute(prepared, state, flower_executor(grid, prepared, workers=0), progress=False)
+        if state.error is not None:
+            raise state.error
+        final = finalize(prepared, state.final_arrays, state.recorder.confusion, state.recorder.extras)
+    except (RunInterrupted, KeyboardInterrupt):
+        kept = rundir.mark_interrupted(prepared.staging, prepared.final)
+        print(f"fedsim: interrupted; resume with: fedsim run --resume {kept}")
+        raise
+    except BaseException as error:
+        if prepared.staging.exists():
+            rundir.mark_failed(prepared.staging, prepared.final, error)
+        raise
+    print(f"fedsim run directory: {final.resolve()}")
+
+
+__all__ = ["client_app", "server_app"]

@@ -1,0 +1,25 @@
+"""Executors: where and how a round's client tasks run (see :mod:`fedsim.runs.executors.base`).
+
+``simulation.executor`` picks one by name:
+
+* ``flower`` -- Flower's runtime: the simulation engine (Ray backend) that ``fedsim run``
+  starts, or the federation ``flwr run`` connects to; one SuperNode per client.
+* ``cohort`` -- Flower's runtime with ``simulation.workers`` SuperNodes as workers (under
+  ``flwr run``: every node of the federation), each running a share of every round's clients
+  from one message (:mod:`fedsim.runs.executors.cohort`); nodes with their own data run their shard
+  (:mod:`fedsim.runs.executors.nodes`).
+* ``in-process`` -- the ClientApp called directly in the server's process, clients one after
+  another; no Ray, no timeout. For tests, debugging and small experiments.
+"""
+
+from .base import Executor
+from .cohort import CohortExecutor, balance
+from .flower import GridExecutor, map_partitions_to_nodes
+from .inprocess import InProcessExecutor
+from .nodes import NodeError, NodePool
+
+EXECUTOR_NAMES = ("flower", "cohort", "in-process")
+ON_FLOWER = ("flower", "cohort")  # executors that need Flower's runtime (and its nodes)
+
+__all__ = ["EXECUTOR_NAMES", "ON_FLOWER", "CohortExecutor", "Executor", "balance", "GridExecutor", "InProcessExecutor", "map_partitions_to_nodes",
+           "NodeError", "NodePool"]
