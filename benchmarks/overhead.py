@@ -53,7 +53,7 @@ from fedsim.runs.experiment import run
 from fedsim.ops.logs import quiet_flower
 from fedsim.models import build_model
 from fedsim.runs.prepare import initial_model, prepare
-from fedsim.core.sampling import TRAIN, sample_clients, sample_size
+from fedsim.core.sampling import TRAIN, sample_clients
 from fedsim.runs.simulate import backend_config
 from fedsim.core.spec import PartitionIndex, RunSpec
 from fedsim.config.validation import load_config
@@ -61,10 +61,10 @@ from fedsim.config.validation import load_config
 
 def workload(args: argparse.Namespace, out: Path, name: str, executor: str = "flower") -> ExperimentConfig:
     return load_config(None, {
-        "simulation.executor": executor,
-        "simulation.workers": args.workers,
-        "simulation.device": args.device,
-        "simulation.num_gpus_per_client": args.gpus_per_client,
+        "executor.kind": executor,
+        "executor.workers": args.workers,
+        "runtime.device": args.device,
+        "runtime.num_gpus_per_client": args.gpus_per_client,
         "seed": args.seed,
         "data.dataset": "synthetic",
         "data.synthetic_train": args.clients * args.samples,
@@ -85,7 +85,7 @@ def workload(args: argparse.Namespace, out: Path, name: str, executor: str = "fl
     })
 
 
-SIDES = {"stock": "flower", "cohort+streaming": "cohort"}  # side name -> simulation.executor
+SIDES = {"stock": "flower", "cohort+streaming": "cohort"}  # side name -> executor.kind
 
 
 def fedsim_rounds(config: ExperimentConfig) -> tuple[list[float], float]:
@@ -161,7 +161,7 @@ def stock_rounds(config: ExperimentConfig) -> tuple[list[float], float]:
     try:
         with quiet_flower(False):
             flwr_run_simulation(server_app=server, client_app=stock_client, num_supernodes=config.partition.num_clients,
-                                backend_config=backend_config(config, False), verbose_logging=False)
+                                backend_config=backend_config(prepared, False), verbose_logging=False)
     finally:
         shutil.rmtree(prepared.staging, ignore_errors=True)
     return list(np.diff(stamps)), time.perf_counter() - started
@@ -175,7 +175,7 @@ def loop_rounds(config: ExperimentConfig) -> list[float]:
         model = worker.model()
         global_state = {k: v.detach().cpu().numpy().copy()
                         for k, v in initial_model(config, prepared.dataset).state_dict().items()}
-        k = sample_size(config.partition.num_clients, config.train.fraction_train, config.train.clients_per_round)
+        k = prepared.clients_per_round
         times = []
         for server_round in range(1, config.train.rounds + 1):
             started = time.perf_counter()
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--executors", default="stock,flower,cohort,in-process",
-                        help="sides to measure, comma-separated: simulation.executor values, 'stock' (stock Flower) "
+                        help="sides to measure, comma-separated: executor.kind values, 'stock' (stock Flower) "
                              "and 'cohort+streaming' (cohort workers sending partial means)")
     parser.add_argument("--workers", type=int, default=0, help="cohort executor workers (0 = automatic)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where clients and the loop train")
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
             for executor in executors:
                 measure = stock_rounds if executor == "stock" else fedsim_rounds
                 config = workload(args, out, f"{executor}-{rep}", SIDES.get(executor, executor))
-                config.simulation.streaming = executor == "cohort+streaming"
+                config.executor.streaming = executor == "cohort+streaming"
                 rounds, total = measure(config)
                 rounds_of[executor] += rounds
                 totals_of[executor].append(total)

@@ -40,7 +40,7 @@ def config_for(args: argparse.Namespace, clients: int, out: Path, name: str):  #
         "partition.val_fraction": 0.0, "model.name": "lenet5", "train.rounds": args.rounds,
         "train.clients_per_round": args.per_round, "train.batch_size": 10, "train.lr": 0.05,
         "evaluation.centralized_every": 0, "evaluation.federated_every": 0,
-        "simulation.executor": args.executor, "simulation.workers": args.workers,
+        "executor.kind": args.executor, "executor.workers": args.workers,
         "output.dir": str(out), "output.name": name, "output.figures": False,
     })
 

@@ -42,7 +42,7 @@ def config(args: argparse.Namespace, folder: Path, checkpoint_every: int, name: 
         "data.synthetic_test": 200, "partition.scheme": "iid", "partition.num_clients": args.clients,
         "model.name": args.model, "train.rounds": args.rounds, "train.clients_per_round": args.per_round,
         "strategy.name": args.strategy, "evaluation.centralized_every": 0, "evaluation.federated_every": 0,
-        "simulation.executor": "in-process", "output.dir": str(folder), "output.name": name,
+        "executor.kind": "in-process", "output.dir": str(folder), "output.name": name,
         "output.figures": False, "output.checkpoint_every": checkpoint_every, "seed": args.seed,
     })
 

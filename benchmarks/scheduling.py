@@ -11,7 +11,7 @@ of 1,000 to 100,000 clients, side by side with the plain round (no clock) in the
     python benchmarks/scheduling.py --populations 1000 --per-round 50 --rounds 30
 
 Columns: ``plain`` (``SynchronousScheduler`` without a clock, as every run without
-``time.devices``), ``deadline`` (tiers, daily availability, a deadline and 30% over-selection),
+``[time.devices]``), ``deadline`` (tiers, daily availability, a deadline and 30% over-selection),
 ``fedbuff`` (concurrency = 2 x per-round, buffer = per-round). The time of a real round is the
 clients' training plus this; compare with the round times in docs/performance.md.
 """

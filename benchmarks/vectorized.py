@@ -196,8 +196,8 @@ def print_row(row: dict, sides: list[str]) -> None:
 def run_config(args: argparse.Namespace, out: Path, name: str, engine: str, compile_step: bool,  # noqa: ANN201
                cpus: float):
     return load_config(None, {
-        "simulation.executor": "cohort", "simulation.num_cpus_per_client": cpus, "simulation.device": args.device,
-        "simulation.engine": engine, "simulation.compile": compile_step,
+        "executor.kind": "cohort", "runtime.num_cpus_per_client": cpus, "runtime.device": args.device,
+        "engine.kind": engine, "engine.compile": compile_step,
         "data.dataset": "synthetic", "data.synthetic_train": args.clients * args.samples, "data.synthetic_test": 100,
         "partition.scheme": "iid", "partition.num_clients": args.clients, "partition.val_fraction": 0.0,
         "model.name": args.models.split(",")[0], "train.rounds": args.rounds, "train.clients_per_round": args.per_round,

@@ -2,7 +2,7 @@
 
 Two ways to host clients on a Flower node:
 
-* **one client per node** (``simulation.executor = "flower"``): the node's ``partition-id`` is
+* **one client per node** (``executor.kind = "flower"``): the node's ``partition-id`` is
   the client id; ``train`` and ``evaluate`` hand the message to :mod:`fedsim.clients.handler`,
   and ``query`` tells the server which partition the node hosts;
 * **a cohort per node** (``"cohort"``): the node first answers a join query (what it hosts:

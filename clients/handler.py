@@ -22,7 +22,6 @@ from fedsim.core.protocol import (
     ENGINE,
     EVAL_ACCURACY,
     EVAL_LOSS,
-    FAIL_CLIENTS,
     NUM_EXAMPLES,
     PROXIMAL_MU,
     RUN_DIR,
@@ -43,12 +42,11 @@ from .limits import time_limit
 from .worker import worker_run
 
 
-def _client(msg: Message, client_id: int) -> LocalClient:
-    config = message_config(msg)
-    failing = config.get(FAIL_CLIENTS, [])
-    if isinstance(failing, list) and client_id in failing:
-        raise RuntimeError(f"client {client_id} failed on purpose ({FAIL_CLIENTS})")
-    return LocalClient(client_id, worker_run(str(config[RUN_DIR])))
+def _client(msg: Message, client_id: int, phase: str) -> LocalClient:
+    """The client a task is for, after the behaviour configured for it (e.g. failing on purpose)."""
+    run = worker_run(str(message_config(msg)[RUN_DIR]))
+    run.behaviours.before_task(client_id, phase)
+    return LocalClient(client_id, run)
 
 
 def _global_model(client: LocalClient, msg: Message):  # noqa: ANN202 - a FedsimNet
@@ -69,14 +67,14 @@ def _checked(arrays: ArrayRecord) -> ArrayRecord:
 
 
 def _limit(msg: Message) -> float:
-    """Seconds this client may take (the server sends ``simulation.client_timeout``)."""
+    """Seconds this client may take (the server sends ``executor.client_timeout``)."""
     return float(message_config(msg).get(CLIENT_TIMEOUT, 0.0)) if msg.has_content() else 0.0
 
 
 def handle_train(msg: Message, client_id: int) -> Message:
     """Train client ``client_id`` on the task ``msg``; reply with its arrays and metrics.
 
-    The client is stopped after ``simulation.client_timeout`` seconds (:func:`time_limit`), and
+    The client is stopped after ``executor.client_timeout`` seconds (:func:`time_limit`), and
     an update with NaN or infinite values is refused here, before any worker could sum it.
     """
     with time_limit(_limit(msg), client_id):
@@ -85,7 +83,7 @@ def handle_train(msg: Message, client_id: int) -> Message:
 
 def _train(msg: Message, client_id: int) -> Message:
     started = time.perf_counter()
-    client = _client(msg, client_id)
+    client = _client(msg, client_id, "train")
     config = message_config(msg)
     server_round = int(config[SERVER_ROUND])
     lockstep = take_outcome(server_round, client_id)  # the vectorized engine's outcome, if any
@@ -120,7 +118,7 @@ def handle_evaluate(msg: Message, client_id: int) -> Message:
 
 
 def _evaluate(msg: Message, client_id: int) -> Message:
-    client = _client(msg, client_id)
+    client = _client(msg, client_id, "evaluate")
     if message_config(msg).get(DISTILL, False):
         return reply(msg, client_id, evaluate_views(client))
     stats = client.evaluate(_global_model(client, msg))

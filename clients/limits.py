@@ -1,4 +1,4 @@
-"""Per-client time limits on a worker (``simulation.client_timeout``).
+"""Per-client time limits on a worker (``executor.client_timeout``).
 
 A real-time POSIX timer interrupts the client's Python code, so a worker moves on to its next
 client instead of hanging on one; the round's timeout bounds the worker as a whole.
@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 
 class ClientTimeout(Exception):
-    """A client took longer than ``simulation.client_timeout`` on its worker."""
+    """A client took longer than ``executor.client_timeout`` on its worker."""
 
 
 def can_limit_time() -> bool:
@@ -35,7 +35,7 @@ def time_limit(seconds: float, client_id: int) -> Iterator[None]:
         return
 
     def interrupt(signum, frame):  # noqa: ANN001, ARG001 - signal handler signature
-        raise ClientTimeout(f"client {client_id} exceeded simulation.client_timeout = {seconds:g} s")
+        raise ClientTimeout(f"client {client_id} exceeded executor.client_timeout = {seconds:g} s")
 
     previous = signal.signal(signal.SIGALRM, interrupt)
     signal.setitimer(signal.ITIMER_REAL, seconds)

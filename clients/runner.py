@@ -5,7 +5,7 @@ worker (a Flower node runs the clients of its shard): each client gets a Flower 
 of its own, as a simulated SuperNode would give it (``node_config`` with its
 ``partition-id``, a ``state`` kept across rounds), the ClientApp (with its mods) is called on
 the client's message, and an exception becomes that client's error reply -- the other
-clients go on. A client that takes longer than ``simulation.client_timeout`` is interrupted by
+clients go on. A client that takes longer than ``executor.client_timeout`` is interrupted by
 the client handler (:func:`fedsim.clients.limits.time_limit`) and fails alone.
 """
 

@@ -2,7 +2,8 @@
 
 A Ray actor serves many messages over a run. The first message of a run makes this module
 open the run's ``spec.json``, memory-map the cached dataset and read ``partition.npz``;
-every later message reuses them. Models are built once per (architecture, classes, r) and
+every later message reuses them, and the behaviour configured per client
+(:mod:`fedsim.clients.behaviours`) comes from the spec too. Models are built once per (architecture, classes, r) and
 receive new weights in place.
 """
 
@@ -19,6 +20,7 @@ from fedsim.datasets import CachedDataset
 from fedsim.models import FedsimNet, build_model
 from fedsim.core.spec import TRANSFER_FILE, PartitionIndex, RunSpec, TransferIndex, resolve_device
 
+from .behaviours import BehaviourSpec, ClientBehaviours
 from .hooks import build_hooks
 from .node import local_run_dir
 from .state import ClientStateStore
@@ -39,6 +41,7 @@ class WorkerRun:
     transfer: TransferIndex | None = None
     store: ClientStateStore | None = None
     hooks: list = field(default_factory=list)  # the run's client hooks, built once per worker
+    behaviours: ClientBehaviours = field(default_factory=ClientBehaviours)  # configured per-client behaviour
 
     def model(self, name: str | None = None) -> FedsimNet:
         """The cached model instance for ``name`` (default: the run's model)."""
@@ -125,6 +128,7 @@ def worker_run(run_dir: str) -> WorkerRun:
         transfer=TransferIndex.load(run_dir) if (Path(run_dir) / TRANSFER_FILE).is_file() else None,
         store=ClientStateStore(Path(run_dir) / "client_state"),
         hooks=build_hooks(list(spec.hooks)),
+        behaviours=ClientBehaviours(BehaviourSpec.from_json(raw) for raw in spec.behaviours),
     )
     _RUNS.clear()  # one run at a time per worker: free the previous run's models
     _RUNS[server_run_dir] = run

@@ -1,39 +1,41 @@
 """The ``[data]`` and ``[partition]`` settings and their rules, owned by the datasets package.
 
 The experiment config (:mod:`fedsim.config`) uses these dataclasses as its ``[data]`` and
-``[partition]`` sections and asks :func:`check_data` / :func:`check_partition` (and, once the
-dataset is loaded, :func:`check_partition_for_dataset`) for the problems; each problem names
-the key, the value and what is allowed. Dataset names and partition schemes are registered
-here and nowhere else.
+``[partition]`` sections; their :meth:`check` methods (and, once the dataset is loaded,
+:func:`check_partition_for_dataset`) return the problems, each naming the key, the value and
+what is allowed. Dataset names and partition schemes are registered here and nowhere else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from fedsim.settings import Section, problem, setting
 
 DATASET_NAMES = ("synthetic", "cifar10", "cifar100", "npz")
 
 
-def problem(key: str, value: object, allowed: str) -> str:
-    """One validation problem, worded the same everywhere: ``key = value: what is allowed``."""
-    return f"{key} = {value!r}: {allowed}"
-
-
 @dataclass
-class DataSettings:
+class DataSettings(Section):
     """Where the images come from (``[data]``)."""
 
-    dataset: str = "synthetic"
-    data_dir: str = ""  # "" -> $FEDSIM_DATA_DIR, else ./data
-    path: str = ""  # the .npz file for dataset = "npz" (relative paths: to data_dir)
-    classes: list[int] = field(default_factory=list)  # keep only these labels, relabelled 0..k-1
-    download: bool = True  # torchvision download when CIFAR folders are absent
-    cache_dir: str = ""  # "" -> $FEDSIM_CACHE_DIR, else ~/.cache/fedsim
-    synthetic_train: int = 2000
-    synthetic_test: int = 500
-    synthetic_classes: int = 10
-    synthetic_noise: float = 0.6
+    dataset: str = setting("synthetic", "`synthetic`, `cifar10`, `cifar100` or `npz` (your own images)")
+    data_dir: str = setting("", "dataset folder; `\"\"` = `$FEDSIM_DATA_DIR`, else `./data`")
+    path: str = setting("", "`npz`: the `.npz` file with `x_train`, `y_train`, `x_test`, `y_test` "
+                        "(relative to `data_dir`)")
+    classes: list[int] = setting(help="keep only these class ids, relabelled 0..k-1 in the given order "
+                                 "(`[]` = all)", factory=list)
+    download: bool = setting(True, "let torchvision download CIFAR when its folder is absent")
+    cache_dir: str = setting("", "where decoded datasets are cached as `.npy`; `\"\"` = `$FEDSIM_CACHE_DIR`, "
+                             "else `~/.cache/fedsim`")
+    synthetic_train: int = setting(2000, "`synthetic`: training images")
+    synthetic_test: int = setting(500, "`synthetic`: test images")
+    synthetic_classes: int = setting(10, "`synthetic`: classes")
+    synthetic_noise: float = setting(0.6, "`synthetic`: noise around each class's pattern (higher is harder)")
+
+    def check(self, prefix: str = "data") -> list[str]:
+        return check_data(self, prefix)
 
 
 def check_data(d: DataSettings, key: str = "data") -> list[str]:
@@ -54,17 +56,22 @@ def check_data(d: DataSettings, key: str = "data") -> list[str]:
 
 
 @dataclass
-class PartitionSettings:
+class PartitionSettings(Section):
     """How training samples are split over clients (``[partition]``)."""
 
-    scheme: str = "dirichlet"
-    num_clients: int = 10
-    alpha: float = 0.5  # Dirichlet concentration (dirichlet, dirichlet-per-client, quantity)
-    min_partition_size: int = 10  # dirichlet / quantity: resample until every client has this many
-    self_balancing: bool = False  # dirichlet: flwr-datasets' self-balancing option
-    samples_per_client: int = 500  # dirichlet-per-client: fixed n per client
-    classes_per_client: int = 2  # shards: #C distinct classes per client
-    val_fraction: float = 0.1  # held-out share of each client's samples for federated evaluation
+    scheme: str = setting("dirichlet", "`iid`, `dirichlet`, `dirichlet-per-client`, `shards` or `quantity`")
+    num_clients: int = setting(10, "number of clients")
+    alpha: float = setting(0.5, "Dirichlet concentration (`dirichlet`, `dirichlet-per-client`, `quantity`); "
+                           "smaller is more skewed")
+    min_partition_size: int = setting(10, "`dirichlet`, `quantity`: redraw until every client has this many "
+                                      "samples")
+    self_balancing: bool = setting(False, "`dirichlet`: flwr-datasets' self-balancing option")
+    samples_per_client: int = setting(500, "`dirichlet-per-client`: samples per client")
+    classes_per_client: int = setting(2, "`shards`: distinct classes per client")
+    val_fraction: float = setting(0.1, "share of each client's samples held out for federated evaluation")
+
+    def check(self, prefix: str = "partition") -> list[str]:
+        return check_partition(self)
 
 
 @dataclass(frozen=True)

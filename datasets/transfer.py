@@ -18,7 +18,7 @@ def holdout_transfer(labels: np.ndarray, size: int, seed: int, classes: list[int
     """``size`` training indices (sorted), drawn uniformly from ``classes`` (default all), seeded."""
     pool = np.arange(len(labels)) if not classes else np.nonzero(np.isin(labels, classes))[0]
     if size > len(pool):
-        raise PartitionError(f"distill.transfer_size = {size}: only {len(pool)} training samples "
+        raise PartitionError(f"latent_distill.transfer_size = {size}: only {len(pool)} training samples "
                              f"{'in classes ' + str(classes) if classes else ''} to hold out")
     rng = np.random.default_rng([seed, 0x7F])
     return np.sort(rng.choice(pool, size=size, replace=False)).astype(np.int64)

@@ -48,12 +48,12 @@ from fedsim.outputs.results import RunResult
 ROOT = Path(__file__).resolve().parents[1]
 
 VARIANTS = {
-    "CE only": {"distill.lambda_kd": 0.0, "distill.lambda_rep": 0.0},
-    "KD (teacher)": {"distill.lambda_kd": 1.0, "distill.lambda_rep": 0.0, "distill.teacher": "server"},
-    "LKD (teacher)": {"distill.lambda_kd": 0.0, "distill.lambda_rep": 1.0, "distill.teacher": "server"},
-    "KD+LKD (teacher)": {"distill.lambda_kd": 1.0, "distill.lambda_rep": 1.0, "distill.teacher": "server"},
-    "KD (consensus)": {"distill.lambda_kd": 1.0, "distill.lambda_rep": 0.0},
-    "LKD (consensus)": {"distill.lambda_kd": 0.0, "distill.lambda_rep": 1.0},
+    "CE only": {"latent_distill.lambda_kd": 0.0, "latent_distill.lambda_rep": 0.0},
+    "KD (teacher)": {"latent_distill.lambda_kd": 1.0, "latent_distill.lambda_rep": 0.0, "latent_distill.teacher": "server"},
+    "LKD (teacher)": {"latent_distill.lambda_kd": 0.0, "latent_distill.lambda_rep": 1.0, "latent_distill.teacher": "server"},
+    "KD+LKD (teacher)": {"latent_distill.lambda_kd": 1.0, "latent_distill.lambda_rep": 1.0, "latent_distill.teacher": "server"},
+    "KD (consensus)": {"latent_distill.lambda_kd": 1.0, "latent_distill.lambda_rep": 0.0},
+    "LKD (consensus)": {"latent_distill.lambda_kd": 0.0, "latent_distill.lambda_rep": 1.0},
     "FedAvg (homogeneous)": {"strategy.name": "fedavg", "model.architectures": []},
 }
 
@@ -69,9 +69,9 @@ def config_for(args: argparse.Namespace, variant: str, seed: int):
         "model.architectures": ["lenet5", "niid_cnn"],
         "strategy.name": "latent-distill",
         "train.rounds": args.rounds, "train.local_epochs": 2, "train.batch_size": 32, "train.lr": 0.01,
-        "distill.transfer_size": 1024, "distill.teacher_epochs": 30, "distill.digest_epochs": 1,
-        "distill.digest_batch_size": 64, "distill.temperature": 4.0, "distill.tau": 1.0,
-        "distill.tpriv_size": 1000,
+        "latent_distill.transfer_size": 1024, "latent_distill.teacher_epochs": 30, "latent_distill.digest_epochs": 1,
+        "latent_distill.digest_batch_size": 64, "latent_distill.temperature": 4.0, "latent_distill.tau": 1.0,
+        "latent_distill.tpriv_size": 1000,
         "evaluation.federated_every": args.rounds // 2, "evaluation.centralized_every": args.rounds // 2,
         "evaluation.batch_size": 1000,
         "output.dir": str(args.out / "runs"), "output.name": f"{variant}-s{seed}".replace(" ", "_"),

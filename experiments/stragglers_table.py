@@ -1,6 +1,6 @@
 """Tabulate a simulated-time comparison: accuracy at equal simulated time, updates, drops, wall time.
 
-Reads a finished ``fedsim compare`` directory whose runs simulate time (``time.devices``) and
+Reads a finished ``fedsim compare`` directory whose runs simulate time (``[time.devices]``) and
 writes, with ``--docs``, ``docs/experiments/<name>.csv`` (one row per entry and seed) and the
 figures ``docs/figures/<name>_accuracy_vs_time.png`` and ``docs/figures/<name>_client_times.png``;
 it always prints the per-entry means. The accuracy "at T minutes" is the test accuracy of the

@@ -12,7 +12,6 @@ from .streaming import STREAMABLE, stream_weight_key
 from .registry import (
     STRATEGIES,
     STRATEGY_NAMES,
-    StrategyContext,
     StrategyError,
     build_strategy,
     parse_strategy_spec,
@@ -21,7 +20,7 @@ from .registry import (
 
 __all__ = [
     "STREAMABLE", "stream_weight_key", "AsynchronousStrategy", "FedAsync", "FedBuff", "staleness_weight",
-    "LatentDistillation", "consensus", "STRATEGIES", "STRATEGY_NAMES", "SequentialEMA", "StrategyContext",
+    "LatentDistillation", "consensus", "STRATEGIES", "STRATEGY_NAMES", "SequentialEMA",
     "StrategyError", "UniformAvg", "WeightedFedAvg", "aggregate_arrays", "build_strategy",
     "ema_weights", "parse_strategy_spec", "strategy_arguments",
 ]

@@ -36,14 +36,6 @@ class StrategyError(InputError):
     """Unknown strategy name, or a keyword argument of the wrong name, type or range."""
 
 
-@dataclass(frozen=True)
-class StrategyContext:
-    """What some strategies' defaults derive from (the experiment's recipe and sample size)."""
-
-    lr: float = 0.01
-    clients_per_round: int = 1
-
-
 class _ClientSideAdaptiveClipping(flwr_strategy.DifferentialPrivacyClientSideAdaptiveClipping):
     """Flower's client-side adaptive clipping wrapper, marking its messages for the client mod."""
 
@@ -58,7 +50,8 @@ class StrategyEntry:
 
     cls: type[Strategy]
     summary: str
-    defaults: Callable[[StrategyContext], dict[str, Any]] = field(default=lambda ctx: {})
+    # defaults derived from the run: (the clients' learning rate, clients sampled per round) -> kwargs
+    defaults: Callable[[float, int], dict[str, Any]] = field(default=lambda lr, clients_per_round: {})
     wraps: bool = False  # a DP wrapper: takes a `base` strategy name
 
 
@@ -78,32 +71,32 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "bulyan": StrategyEntry(flwr_strategy.Bulyan, "Bulyan (num_malicious_nodes; needs n >= 4f + 3)"),
     "qfedavg": StrategyEntry(
         flwr_strategy.QFedAvg, "q-FedAvg fair aggregation (q, client_learning_rate = train.lr)",
-        defaults=lambda ctx: {"client_learning_rate": ctx.lr, "train_loss_key": "train-loss"},
+        defaults=lambda lr, k: {"client_learning_rate": lr, "train_loss_key": "train-loss"},
     ),
     "fedbuff": StrategyEntry(
         FedBuff, "FedBuff: buffered asynchronous aggregation of stale deltas (buffer_size, server_learning_rate)"),
     "fedasync": StrategyEntry(FedAsync, "FedAsync: mix in every arrival, weighted by staleness (mixing)"),
     "latent-distill": StrategyEntry(
-        LatentDistillation, "federated distillation of logits + latent representations ([distill] settings)"),
+        LatentDistillation, "federated distillation of logits + latent representations ([latent_distill])"),
     "dp-fixed-server": StrategyEntry(
         flwr_strategy.DifferentialPrivacyServerSideFixedClipping,
         "central DP, server-side fixed clipping around `base` (noise_multiplier, clipping_norm)",
-        defaults=lambda ctx: {"num_sampled_clients": ctx.clients_per_round}, wraps=True,
+        defaults=lambda lr, k: {"num_sampled_clients": k}, wraps=True,
     ),
     "dp-adaptive-server": StrategyEntry(
         flwr_strategy.DifferentialPrivacyServerSideAdaptiveClipping,
         "central DP, server-side adaptive clipping around `base` (noise_multiplier)",
-        defaults=lambda ctx: {"num_sampled_clients": ctx.clients_per_round}, wraps=True,
+        defaults=lambda lr, k: {"num_sampled_clients": k}, wraps=True,
     ),
     "dp-fixed-client": StrategyEntry(
         flwr_strategy.DifferentialPrivacyClientSideFixedClipping,
         "central DP, clients clip (fixedclipping_mod) around `base` (noise_multiplier, clipping_norm)",
-        defaults=lambda ctx: {"num_sampled_clients": ctx.clients_per_round}, wraps=True,
+        defaults=lambda lr, k: {"num_sampled_clients": k}, wraps=True,
     ),
     "dp-adaptive-client": StrategyEntry(
         _ClientSideAdaptiveClipping,
         "central DP, clients clip adaptively (adaptiveclipping_mod) around `base` (noise_multiplier)",
-        defaults=lambda ctx: {"num_sampled_clients": ctx.clients_per_round}, wraps=True,
+        defaults=lambda lr, k: {"num_sampled_clients": k}, wraps=True,
     ),
 }
 STRATEGY_NAMES = tuple(STRATEGIES)
@@ -156,13 +149,16 @@ def _unknown_name(name: str) -> StrategyError:
     return StrategyError(f"unknown strategy {name!r}; allowed: {', '.join(STRATEGY_NAMES)}")
 
 
-def build_strategy(name: str, kwargs: dict[str, Any] | None = None,
-                   context: StrategyContext | None = None) -> Strategy:
-    """Instantiate strategy ``name`` with ``kwargs``; errors list what exists."""
+def build_strategy(name: str, kwargs: dict[str, Any] | None = None, *, lr: float = 0.01,
+                   clients_per_round: int = 1) -> Strategy:
+    """Instantiate strategy ``name`` with ``kwargs``; errors list what exists.
+
+    ``lr`` (the clients' learning rate) and ``clients_per_round`` are what some strategies'
+    defaults derive from (q-FedAvg's client learning rate, the DP wrappers' sample size).
+    """
     if name not in STRATEGIES:
         raise _unknown_name(name)
     entry = STRATEGIES[name]
-    context = context or StrategyContext()
     kwargs = dict(kwargs or {})
     allowed = strategy_arguments(name)
     unknown = sorted(set(kwargs) - set(allowed))
@@ -175,14 +171,14 @@ def build_strategy(name: str, kwargs: dict[str, Any] | None = None,
     params = _parameters(entry.cls)
     check_arguments(name, kwargs, params, StrategyError)
     arguments = {k: v for k, v in SAMPLING_ARGS.items() if k in params}
-    arguments.update(entry.defaults(context))
+    arguments.update(entry.defaults(lr, clients_per_round))
     arguments.update(kwargs)
     if entry.wraps:
         base = arguments.pop("base", "fedavg")
         if base not in _DP_BASES:
             raise StrategyError(f"strategy {name!r}: base = {base!r} must be one of the synchronous weight-averaging "
                                 f"strategies: {', '.join(_DP_BASES)}")
-        arguments["strategy"] = build_strategy(base, {}, context)
+        arguments["strategy"] = build_strategy(base, {}, lr=lr, clients_per_round=clients_per_round)
     missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty
                and p not in arguments]
     if missing:

@@ -49,9 +49,9 @@ def small_config(tmp_path: Path):
             "train.lr": 0.05,
             "train.batch_size": 16,
             "output.dir": str(tmp_path / "runs"),
-            "simulation.num_cpus_per_client": 1.0,
+            "runtime.num_cpus_per_client": 1.0,
             # the fast set runs in process; FEDSIM_TEST_EXECUTOR=cohort runs it on Ray cohort workers
-            "simulation.executor": os.environ.get("FEDSIM_TEST_EXECUTOR", "in-process"),
+            "executor.kind": os.environ.get("FEDSIM_TEST_EXECUTOR", "in-process"),
         }
         base.update(overrides)
         return load_config(None, base)

@@ -72,7 +72,7 @@ class LocalGrid(Grid):
 
 
 def run_on_cohort(config, workers: int):  # noqa: ANN001, ANN201 - rounds, clients, grid, executor, workers.csv
-    config.simulation.executor = "cohort"  # on a grid of local worker nodes
+    config.executor.kind = "cohort"  # on a grid of local worker nodes
     prepared = prepare(config)
     state = run_state(prepared)
     grid = LocalGrid(workers)
@@ -127,7 +127,7 @@ def test_packing_sends_shared_records_once_and_round_trips() -> None:
 
 def test_results_are_identical_for_any_number_of_workers(small_config) -> None:
     overrides = {"train.rounds": 2, "train.fraction_train": 0.7, "evaluation.clients_per_eval": 4,
-                 "simulation.fail_clients": [3], "hooks": [{"name": "crucial", "committee": "peers", "k": 2, "theta": 1}]}
+                 "faults.fail_clients": [3], "hooks": [{"name": "crucial", "committee": "peers", "k": 2, "theta": 1}]}
     reference = run(small_config(**overrides, **{"output.name": "reference"}), progress=False)
     expected_rounds = reference.rounds.drop(columns="wall_seconds")
     expected_clients = reference.clients.drop(columns="seconds")
@@ -153,7 +153,7 @@ def test_results_are_identical_for_any_number_of_workers(small_config) -> None:
 @pytest.mark.slow  # keeps the fast set under a minute
 def test_distillation_with_mixed_architectures_on_cohorts(small_config) -> None:
     overrides = {"strategy.name": "latent-distill", "model.representation_dim": 16, "train.rounds": 2,
-                 "model.architectures": ["lenet5", "niid_cnn"], "distill.transfer_size": 120,
+                 "model.architectures": ["lenet5", "niid_cnn"], "latent_distill.transfer_size": 120,
                  "partition.min_partition_size": 5, "train.fraction_train": 0.6}
     reference = run(small_config(**overrides, **{"output.name": "reference"}), progress=False)
     rounds, _, _, _, _ = run_on_cohort(small_config(**overrides, **{"output.name": "cohort"}), 2)
@@ -168,7 +168,7 @@ def test_a_failed_worker_fails_its_clients_only(small_config) -> None:
                     or r.metadata.message_type == MessageType.QUERY]
 
     prepared = prepare(small_config(**{"train.rounds": 1, "evaluation.federated_every": 0,
-                                       "simulation.min_success_fraction": 0.1}))
+                                       "train.min_success_fraction": 0.1}))
     state = run_state(prepared)
     sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
     execute(prepared, state, CohortExecutor(node_pool(OneDeadWorker(2), prepared), sizes, timeout=0.5),
@@ -185,8 +185,8 @@ def test_a_failed_worker_fails_its_clients_only(small_config) -> None:
 def test_cohort_executor_on_ray_matches_in_process(small_config) -> None:
     overrides = {"train.fraction_train": 0.6, "strategy.name": "fedprox", "strategy.kwargs.proximal_mu": 0.1}
     local = run(small_config(**overrides, **{"output.name": "local"}), progress=False)
-    on_ray = run(small_config(**overrides, **{"output.name": "ray", "simulation.executor": "cohort",
-                                              "simulation.workers": 2}), progress=False)
+    on_ray = run(small_config(**overrides, **{"output.name": "ray", "executor.kind": "cohort",
+                                              "executor.workers": 2}), progress=False)
     pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), local.rounds.drop(columns="wall_seconds"))
     pd.testing.assert_frame_equal(on_ray.clients.drop(columns="seconds"), local.clients.drop(columns="seconds"))
 
@@ -194,14 +194,14 @@ def test_cohort_executor_on_ray_matches_in_process(small_config) -> None:
 def test_clients_on_ray_workers_without_a_gpu_share_use_the_cpu(small_config, monkeypatch) -> None:
     import torch
 
-    from fedsim.runs.prepare import client_device
+    from fedsim.runs.plan import client_device
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # a GPU share is refused without a GPU
 
-    assert client_device(small_config(**{"simulation.executor": "cohort"})) == "cpu"
-    assert client_device(small_config(**{"simulation.executor": "cohort", "simulation.num_gpus_per_client": 0.5})) == "auto"
-    assert client_device(small_config(**{"simulation.executor": "in-process"})) == "auto"  # the server's own GPU
-    assert client_device(small_config(**{"simulation.executor": "flower", "simulation.device": "cuda"})) == "cuda"
+    assert client_device(small_config(**{"executor.kind": "cohort"})) == "cpu"
+    assert client_device(small_config(**{"executor.kind": "cohort", "runtime.num_gpus_per_client": 0.5})) == "auto"
+    assert client_device(small_config(**{"executor.kind": "in-process"})) == "auto"  # the server's own GPU
+    assert client_device(small_config(**{"executor.kind": "flower", "runtime.device": "cuda"})) == "cuda"
 
 
 @pytest.mark.slow  # keeps the fast set under a minute
@@ -221,12 +221,12 @@ def test_client_side_dp_clipping_applies_per_client_in_a_cohort(small_config) ->
 @pytest.mark.parametrize("strategy", ["fedavg", pytest.param("fedadam", marks=pytest.mark.slow)])
 def test_streaming_workers_send_one_partial_mean_and_results_match(small_config, strategy: str) -> None:
     overrides = {"train.rounds": 3, "train.fraction_train": 0.8, "strategy.name": strategy,
-                 "evaluation.federated_every": 0, "simulation.fail_clients": [4]}
+                 "evaluation.federated_every": 0, "faults.fail_clients": [4]}
     if strategy == "fedadam":
         overrides["strategy.kwargs.eta"] = 0.01
     reference = run(small_config(**overrides, **{"output.name": "per-client"}), progress=False)
-    streamed = small_config(**overrides, **{"output.name": "streamed", "simulation.executor": "cohort",
-                                            "simulation.streaming": True})
+    streamed = small_config(**overrides, **{"output.name": "streamed", "executor.kind": "cohort",
+                                            "executor.streaming": True})
     rounds, clients, grid, _, _ = run_on_cohort(streamed, 2)
     ref_rounds, ref_clients = reference.rounds, reference.clients
     # bytes are the federated ones: what every client uploaded, not what the workers sent
@@ -245,16 +245,16 @@ def test_streaming_is_refused_where_it_cannot_be_exact(small_config) -> None:
     from fedsim.config import ConfigError
 
     with pytest.raises(ConfigError, match="strategy 'fedmedian' does not aggregate a weighted mean"):
-        small_config(**{"simulation.executor": "cohort", "simulation.streaming": True, "strategy.name": "fedmedian"})
+        small_config(**{"executor.kind": "cohort", "executor.streaming": True, "strategy.name": "fedmedian"})
     with pytest.raises(ConfigError, match="hook\\(s\\) crucial use other clients' models"):
-        small_config(**{"simulation.executor": "cohort", "simulation.streaming": True,
+        small_config(**{"executor.kind": "cohort", "executor.streaming": True,
                         "hooks": [{"name": "crucial", "committee": "peers"}]})
-    with pytest.raises(ConfigError, match="set simulation.executor = 'cohort'"):
-        small_config(**{"simulation.streaming": True, "simulation.executor": "in-process"})
+    with pytest.raises(ConfigError, match="set executor.kind = 'cohort'"):
+        small_config(**{"executor.streaming": True, "executor.kind": "in-process"})
 
 
 def hung_client_config(small_config, **extra):  # noqa: ANN001, ANN003, ANN201
-    return small_config(**{"train.rounds": 1, "evaluation.federated_every": 0, "simulation.client_timeout": 1.0,
+    return small_config(**{"train.rounds": 1, "evaluation.federated_every": 0, "executor.client_timeout": 1.0,
                            "hooks": [{"name": "user_hooks:SlowClient", "client": 3, "seconds": 120}], **extra})
 
 
@@ -266,13 +266,13 @@ def test_a_hung_client_is_stopped_by_the_client_timeout(small_config) -> None:
     assert time.perf_counter() - started < 60, "the run did not wait for the stuck client"
     failed = result.clients[result.clients["status"] == "failed"]
     assert failed["client_id"].tolist() == [3]
-    assert "exceeded simulation.client_timeout = 1 s" in failed["error"].iloc[0]
+    assert "exceeded executor.client_timeout = 1 s" in failed["error"].iloc[0]
     assert result.rounds["clients_succeeded"].iloc[-1] == 9
 
 
 @pytest.mark.ray
 def test_a_hung_client_in_a_ray_cohort_worker_fails_alone(small_config) -> None:
-    result = run(hung_client_config(small_config, **{"simulation.executor": "cohort", "simulation.workers": 2,
+    result = run(hung_client_config(small_config, **{"executor.kind": "cohort", "executor.workers": 2,
                                                      "output.name": "ray"}), progress=False)
     failed = result.clients[result.clients["status"] == "failed"]
     assert failed["client_id"].tolist() == [3] and failed["error"].str.contains("client_timeout").all()

@@ -13,7 +13,7 @@ from fedsim.frontends.comparison import compare, parse_strategies
 from fedsim.config import ConfigError
 from fedsim.runs.experiment import run
 from fedsim.strategies import STRATEGY_NAMES, StrategyError
-from fedsim.timing.rules import is_asynchronous
+from fedsim.strategies import STRATEGIES, AsynchronousStrategy
 
 DP_ARGS = {
     "dp-fixed-server": ":noise_multiplier=0.001:clipping_norm=50.0",
@@ -28,7 +28,7 @@ def test_every_strategy_runs_on_identical_partition_init_and_sampling(small_conf
     # every synchronous weight-averaging strategy (latent-distill needs r, and the asynchronous ones a
     # simulated clock and their own sampling: each has its own end-to-end tests)
     specs = [name + DP_ARGS.get(name, "") for name in STRATEGY_NAMES
-             if name != "latent-distill" and not is_asynchronous(name)]
+             if name != "latent-distill" and not issubclass(STRATEGIES[name].cls, AsynchronousStrategy)]
     specs += ["fedprox:proximal_mu=0.1", "centralized", "bulyan:num_malicious_nodes=2"]
     config = small_config(**{"partition.num_clients": 6, "data.synthetic_train": 360,
                              "train.rounds": 2, "train.fraction_train": 0.5,

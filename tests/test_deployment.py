@@ -56,7 +56,7 @@ def run_config(config: Path, output: Path, *overrides: str) -> str:
 
 def fedsim_rounds(config: Path, output: Path, *overrides: str) -> pd.DataFrame:
     """The same experiment with ``fedsim run`` (in process: the executor does not change results)."""
-    result = run(load_config(config, [f'output.dir="{output}"', "simulation.executor=in-process", *overrides]),
+    result = run(load_config(config, [f'output.dir="{output}"', "executor.kind=in-process", *overrides]),
                  progress=False)
     return result.rounds
 
@@ -133,8 +133,8 @@ def test_nodes_that_join_late_or_leave_are_counted_as_failed_clients(tmp_path, c
         federation.add_node("node1", node[1])  # node 2 is not there yet
         process = subprocess.Popen(
             [str(BIN / "flwr"), "run", ".", "test", "--stream", "--run-config",
-             run_config(config, runs, "simulation.node_wait=5", "simulation.min_success_fraction=0.3",
-                        "simulation.round_timeout=90")],
+             run_config(config, runs, "runtime.node_wait=5", "train.min_success_fraction=0.3",
+                        "executor.round_timeout=90")],
             cwd=PROJECT, env=federation.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             start_new_session=True)
         try:

@@ -100,9 +100,9 @@ def test_transfer_holdout_and_tpriv() -> None:
          "unknown architecture 'vgg99'"),
         ({"strategy.name": "fedavg", "model.architectures": ["lenet5", "niid_cnn"]},
          "need strategy latent-distill; 'fedavg' averages weights"),
-        ({"model.representation_dim": 0}, "distill.lambda_rep = 1.0: the representation loss needs model.representation_dim > 0"),
-        ({"distill.teacher": "oracle"}, "distill.teacher = 'oracle': allowed: consensus, server"),
-        ({"distill.transfer_size": 0}, "distill.transfer_size = 0: must be >= 1"),
+        ({"model.representation_dim": 0}, "latent_distill.lambda_rep = 1.0: the representation loss needs model.representation_dim > 0"),
+        ({"latent_distill.teacher": "oracle"}, "latent_distill.teacher = 'oracle': allowed: consensus, server"),
+        ({"latent_distill.transfer_size": 0}, "latent_distill.transfer_size = 0: must be >= 1"),
     ],
 )
 def test_bad_distillation_configs(overrides: dict, message: str) -> None:
@@ -114,7 +114,7 @@ def test_bad_distillation_configs(overrides: dict, message: str) -> None:
 
 def distill_config(small_config, **extra):
     return small_config(**{"strategy.name": "latent-distill", "model.representation_dim": 16,
-                           "model.architectures": ["lenet5", "niid_cnn"], "distill.transfer_size": 120,
+                           "model.architectures": ["lenet5", "niid_cnn"], "latent_distill.transfer_size": 120,
                            "partition.min_partition_size": 5, **extra})
 
 
@@ -152,8 +152,8 @@ def test_two_architectures_end_to_end_with_consensus_and_teacher(small_config) -
     assert stored == sorted(trained), "only sampled clients' models are stored"
     assert pd.read_csv(result.path / "partition_counts.csv", index_col=0).to_numpy().sum() == 600 - 120
 
-    teacher = run(distill_config(small_config, **{"train.rounds": 1, "distill.teacher": "server",
-                                                  "distill.teacher_epochs": 3, "output.name": "teacher"}),
+    teacher = run(distill_config(small_config, **{"train.rounds": 1, "latent_distill.teacher": "server",
+                                                  "latent_distill.teacher_epochs": 3, "output.name": "teacher"}),
                   progress=False)
     assert 0 <= teacher.summary["teacher_test_accuracy"] <= 1
     assert teacher.rounds.set_index("round").loc[1, "bytes_up"] == 0, "with a teacher clients send nothing"
@@ -165,9 +165,9 @@ def test_transfer_set_from_another_dataset(small_config, tmp_path: Path) -> None
     np.savez(tmp_path / "public.npz", x_train=rng.integers(0, 256, (300, 32, 32, 3), dtype=np.uint8),
              y_train=np.arange(300) % 20, x_test=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8),
              y_test=np.arange(20))
-    config = distill_config(small_config, **{"distill.transfer_dataset": "npz",
-                                             "distill.transfer_path": str(tmp_path / "public.npz"),
-                                             "distill.transfer_size": 100, "output.name": "public"})
+    config = distill_config(small_config, **{"latent_distill.transfer_dataset": "npz",
+                                             "latent_distill.transfer_path": str(tmp_path / "public.npz"),
+                                             "latent_distill.transfer_size": 100, "output.name": "public"})
     prepared = prepare(config)
     split = np.load(prepared.staging / "partition.npz")
     assert split["train_indices"].size + split["val_indices"].size == 600  # nothing held out
@@ -177,6 +177,6 @@ def test_transfer_set_from_another_dataset(small_config, tmp_path: Path) -> None
     _, outputs = distill_round(LocalClient(0, worker), ArrayRecord(), 1, True)
     assert outputs["logits"].numpy().shape == (100, 10)
     with pytest.raises(ConfigError, match="use teacher = 'consensus'"):
-        distill_config(small_config, **{"distill.transfer_dataset": "synthetic", "distill.teacher": "server"})
-    with pytest.raises(ConfigError, match="distill.transfer_dataset = 'imagenet': allowed"):
-        distill_config(small_config, **{"distill.transfer_dataset": "imagenet"})
+        distill_config(small_config, **{"latent_distill.transfer_dataset": "synthetic", "latent_distill.teacher": "server"})
+    with pytest.raises(ConfigError, match="latent_distill.transfer_dataset = 'imagenet': allowed"):
+        distill_config(small_config, **{"latent_distill.transfer_dataset": "imagenet"})

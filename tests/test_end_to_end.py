@@ -15,7 +15,7 @@ from fedsim.core.loop import TooFewClientsError
 
 @pytest.mark.ray
 def test_run_directory_is_complete_accuracy_rises_and_sampling_reproduces(small_config) -> None:
-    config = small_config(**{"train.fraction_train": 0.5, "output.name": "first", "simulation.executor": "flower"})
+    config = small_config(**{"train.fraction_train": 0.5, "output.name": "first", "executor.kind": "flower"})
     result = run(config, progress=False)
     folder = result.path
     for name in ("config.toml", "spec.json", "partition.npz", "partition_counts.csv", "rounds.csv",
@@ -52,7 +52,7 @@ def test_run_directory_is_complete_accuracy_rises_and_sampling_reproduces(small_
 
 
 def test_failing_clients_are_recorded_and_the_round_continues(small_config) -> None:
-    config = small_config(**{"train.rounds": 2, "simulation.fail_clients": [2, 5],
+    config = small_config(**{"train.rounds": 2, "faults.fail_clients": [2, 5],
                              "evaluation.federated_every": 0, "output.name": "flaky", "output.format": "parquet"})
     result = run(config, progress=False)
     assert (result.path / "rounds.parquet").is_file() and (result.path / "clients.parquet").is_file()
@@ -66,7 +66,7 @@ def test_failing_clients_are_recorded_and_the_round_continues(small_config) -> N
 
 
 def test_too_many_failures_stop_with_a_clear_error_and_no_result(small_config, tmp_path: Path) -> None:
-    config = small_config(**{"train.rounds": 2, "simulation.fail_clients": list(range(1, 10)),
+    config = small_config(**{"train.rounds": 2, "faults.fail_clients": list(range(1, 10)),
                              "output.name": "broken"})
     with pytest.raises(TooFewClientsError, match=r"round 1: only 1 of 10 sampled clients succeeded"):
         run(config, progress=False)
@@ -78,9 +78,9 @@ def test_too_many_failures_stop_with_a_clear_error_and_no_result(small_config, t
 @pytest.mark.ray
 def test_flower_executor_records_failures_like_the_in_process_one(small_config) -> None:
     failing = sample_clients(0, 1, TRAIN, 10, 4)[0]  # sampled in round 1
-    overrides = {"train.rounds": 2, "simulation.fail_clients": [failing], "train.clients_per_round": 4,
+    overrides = {"train.rounds": 2, "faults.fail_clients": [failing], "train.clients_per_round": 4,
                  "evaluation.federated_every": 0, "hooks": [{"name": "crucial", "committee": "peers", "k": 2, "theta": 1}]}
-    on_ray = run(small_config(**overrides, **{"output.name": "ray", "simulation.executor": "flower"}), progress=False)
+    on_ray = run(small_config(**overrides, **{"output.name": "ray", "executor.kind": "flower"}), progress=False)
     local = run(small_config(**overrides, **{"output.name": "local"}), progress=False)
     pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), local.rounds.drop(columns="wall_seconds"))
     failed = on_ray.clients[on_ray.clients["status"] == "failed"]
@@ -109,9 +109,9 @@ def test_cohort_workers_on_an_existing_ray_cluster(small_config) -> None:
     assert started.returncode == 0, started.stderr[-2000:]
     try:
         overrides = {"train.rounds": 2, "train.fraction_train": 0.5}
-        on_cluster = run(small_config(**overrides, **{"output.name": "cluster", "simulation.executor": "cohort",
-                                                      "simulation.workers": 2,
-                                                      "simulation.ray_address": f"127.0.0.1:{port}"}), progress=False)
+        on_cluster = run(small_config(**overrides, **{"output.name": "cluster", "executor.kind": "cohort",
+                                                      "executor.workers": 2,
+                                                      "runtime.ray_address": f"127.0.0.1:{port}"}), progress=False)
         local = run(small_config(**overrides, **{"output.name": "local"}), progress=False)
         pd.testing.assert_frame_equal(on_cluster.rounds.drop(columns="wall_seconds"),
                                       local.rounds.drop(columns="wall_seconds"))

@@ -21,7 +21,7 @@ from fedsim.core.sampling import EVALUATE, TRAIN, sample_clients
 
 
 class Recorder(RoundExtension):
-    """Records every stage call; adds a config entry to train tasks and a client row per round."""
+    """Records every stage call; gives the lowest sampled client of each round a time limit it cannot meet."""
 
     def __init__(self) -> None:
         self.calls: list[tuple] = []
@@ -35,8 +35,10 @@ class Recorder(RoundExtension):
         self.calls.append(("configure", server_round, phase))
         if phase == PHASE_TRAIN:
             self.sent.append(sorted(t.client_id for t in tasks))
-            for task in tasks:
-                task.message.content["config"]["fedsim.fail-clients"] = [min(t.client_id for t in tasks)]
+            lowest = min(tasks, key=lambda t: t.client_id).message
+            content = RecordDict(dict(lowest.content.items()))  # its own copy: the tasks share one content
+            content["config"] = ConfigRecord({**dict(lowest.content["config"]), "fedsim.client-timeout": 1e-6})
+            lowest.content = content
 
     def on_train_replies(self, record, replies):  # noqa: ANN001, ANN201
         self.calls.append(("train", record.server_round, sorted(r.client_id for r in replies)))
@@ -77,7 +79,7 @@ def test_sampling_rows_bytes_and_schedules(small_config) -> None:
 
 
 def test_failures_are_counted_and_too_many_stop_the_run(small_config, tmp_path) -> None:  # noqa: ANN001
-    ok = run(small_config(**{"train.rounds": 2, "simulation.fail_clients": [2, 5], "output.name": "flaky",
+    ok = run(small_config(**{"train.rounds": 2, "faults.fail_clients": [2, 5], "output.name": "flaky",
                              "evaluation.federated_every": 0}), progress=False)
     failed = ok.clients[ok.clients["status"] == "failed"]
     assert sorted(set(failed["client_id"])) == [2, 5] and len(failed) == 4
@@ -85,8 +87,8 @@ def test_failures_are_counted_and_too_many_stop_the_run(small_config, tmp_path) 
     assert ok.rounds.loc[1:, "clients_succeeded"].tolist() == [8, 8]
     assert ok.rounds.loc[1:, "clients_failed"].tolist() == [2, 2]
 
-    config = small_config(**{"train.rounds": 2, "simulation.fail_clients": [0, 1, 2, 3, 4, 5],
-                             "simulation.min_success_fraction": 0.5, "output.name": "broken"})
+    config = small_config(**{"train.rounds": 2, "faults.fail_clients": [0, 1, 2, 3, 4, 5],
+                             "train.min_success_fraction": 0.5, "output.name": "broken"})
     with pytest.raises(TooFewClientsError, match=r"round 1: only 4 of 10 sampled clients succeeded .* needs 5\)"):
         run(config, progress=False)
     kept = pd.read_csv(tmp_path / "runs" / "broken.failed" / "clients.csv")
@@ -105,9 +107,10 @@ def test_extension_stages_order_and_effects(small_config) -> None:
         ("configure", 2, PHASE_EVALUATE), ("evaluate", 2, 2), ("end", 2, True),  # after the central evaluation
         ("run_end",),
     ]
-    # the config the extension added reached the clients: the lowest sampled client failed each round
+    # the config the extension added reached the clients: the lowest sampled client ran out of time each round
     failed = result.clients[result.clients["status"] == "failed"]
-    assert failed.groupby("round")["client_id"].min().tolist() == [s[0] for s in recorder.sent]
+    assert failed["client_id"].tolist() == [s[0] for s in recorder.sent]
+    assert failed["error"].str.contains("exceeded executor.client_timeout").all()
     evaluated = result.clients[result.clients["phase"] == "evaluate"]
     assert (evaluated["error"] == "marked by the extension").all()
 
@@ -136,11 +139,11 @@ def test_results_do_not_depend_on_execution_order(small_config) -> None:
 
 
 def test_in_process_executor_turns_exceptions_into_error_replies(small_config) -> None:
-    prepared = prepare(small_config(**{"simulation.fail_clients": [1]}))
+    prepared = prepare(small_config(**{"faults.fail_clients": [1]}))
     executor = InProcessExecutor(client_app, 10)
     arrays = ArrayRecord(initial_model(prepared.config, prepared.dataset).state_dict())
-    config = ConfigRecord({"fedsim.run-dir": str(prepared.staging.resolve()), "server-round": 1,
-                           "fedsim.fail-clients": [1]})
+    # client 1 fails on purpose because the run spec says so (faults.fail_clients), not the message
+    config = ConfigRecord({"fedsim.run-dir": str(prepared.staging.resolve()), "server-round": 1})
     tasks = [ClientTask(c, Message(RecordDict({"arrays": arrays, "config": config}), dst_node_id=c,
                                    message_type=MessageType.TRAIN)) for c in (0, 1)]
     replies = executor.execute(tasks)

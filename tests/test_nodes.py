@@ -44,7 +44,7 @@ def own_data(tmp_path: Path, shards: int, present: list[int] | None = None, **ex
 
 
 def run_on(config, grid, wait: float = 5.0):  # noqa: ANN001, ANN201 - (state, run folder)
-    config.simulation.executor = "cohort"
+    config.executor.kind = "cohort"
     prepared = prepare(config)
     state = run_state(prepared)
     sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
@@ -76,7 +76,7 @@ def test_a_shard_without_a_node_fails_its_clients_with_the_reason(small_config, 
     grid = NodesGrid(own_data(tmp_path, 3, present=[0, 1]))
     with pytest.warns(UserWarning, match=r"without a node for shard\(s\) \[2\] of 3"):
         state, folder = run_on(small_config(**{"train.rounds": 1, "evaluation.federated_every": 0,
-                                                "simulation.min_success_fraction": 0.3}), grid, wait=0.2)
+                                                "train.min_success_fraction": 0.3}), grid, wait=0.2)
     assert state.error is None, state.error
     clients = pd.read_csv(folder / "clients.csv")
     failed = clients[clients["status"] == "failed"]

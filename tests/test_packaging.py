@@ -66,7 +66,7 @@ def test_the_wheel_installs_into_a_fresh_environment_and_runs(tmp_path: Path) ->
     ran = subprocess.run([venv / "bin" / "fedsim", "run", "--set", "data.dataset=synthetic", "--set",
                           "data.synthetic_train=300", "--set", "data.synthetic_test=100", "--set",
                           "partition.num_clients=4", "--set", "train.rounds=2", "--set",
-                          "simulation.executor=in-process", "--output", str(tmp_path / "runs"), "--name", "wheel",
+                          "executor.kind=in-process", "--output", str(tmp_path / "runs"), "--name", "wheel",
                           "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-3000:]
     rounds = pd.read_csv(tmp_path / "runs" / "wheel" / "rounds.csv")

@@ -35,7 +35,7 @@ SMALL = {
     "data.dataset": "synthetic", "data.synthetic_train": 600, "data.synthetic_test": 200,
     "partition.num_clients": 10, "partition.scheme": "dirichlet", "partition.alpha": 1.0,
     "partition.min_partition_size": 5, "model.name": "lenet5", "train.rounds": 3, "train.lr": 0.05,
-    "train.batch_size": 16, "simulation.executor": "in-process", "simulation.num_cpus_per_client": 1.0,
+    "train.batch_size": 16, "executor.kind": "in-process", "runtime.num_cpus_per_client": 1.0,
 }
 DP_ARGS = {
     "dp-fixed-server": ":noise_multiplier=0.001:clipping_norm=50.0",
@@ -51,31 +51,31 @@ STRATEGIES = [  # every synchronous weight-averaging strategy, as the comparison
 
 # name -> (config file or None, overrides on top of SMALL when there is no file)
 RUNS: dict[str, tuple[str | None, dict]] = {
-    "quickstart": ("configs/quickstart.toml", {"simulation.executor": "in-process"}),
+    "quickstart": ("configs/quickstart.toml", {"executor.kind": "in-process"}),
     "latent_distill_mixed": (None, {
         "strategy.name": "latent-distill", "model.representation_dim": 16,
-        "model.architectures": ["lenet5", "niid_cnn"], "distill.transfer_size": 120,
+        "model.architectures": ["lenet5", "niid_cnn"], "latent_distill.transfer_size": 120,
         "train.fraction_train": 0.5}),
     "latent_distill_teacher": (None, {
         "strategy.name": "latent-distill", "model.representation_dim": 16,
-        "model.architectures": ["lenet5", "niid_cnn"], "distill.transfer_size": 120,
-        "distill.teacher": "server", "distill.teacher_epochs": 2, "train.rounds": 2}),
+        "model.architectures": ["lenet5", "niid_cnn"], "latent_distill.transfer_size": 120,
+        "latent_distill.teacher": "server", "latent_distill.teacher_epochs": 2, "train.rounds": 2}),
     "crucial_hooks": (None, {
         "train.rounds": 2, "evaluation.federated_every": 0,
         "hooks": [{"name": "crucial", "k": 3, "theta": 2, "tiny_epochs": 1},
                   {"name": "augment", "target": "crucial"}, {"name": "kd", "alpha": 0.5}]}),
     "vectorized": (None, {
-        "simulation.engine": "vectorized", "strategy.name": "fedprox", "strategy.kwargs.proximal_mu": 0.1,
+        "engine.kind": "vectorized", "strategy.name": "fedprox", "strategy.kwargs.proximal_mu": 0.1,
         "train.momentum": 0.9, "train.weight_decay": 0.0001, "hooks": [{"name": "select", "rho": 0.5}]}),
     "deadline_over_selection": (None, {
-        "time.devices": "tiers", "time.round_jitter": 0.3, "time.deadline": 1.0,
-        "time.over_selection": 0.4, "time.availability": "daily",
-        "time.daily_on_hours": 20.0, "train.clients_per_round": 5, "evaluation.federated_every": 0,
+        "time.devices.kind": "tiers", "time.devices.round_jitter": 0.3, "time.policy.deadline": 1.0,
+        "time.policy.over_selection": 0.4, "time.availability.kind": "daily",
+        "time.availability.on_hours": 20.0, "train.clients_per_round": 5, "evaluation.federated_every": 0,
         "train.rounds": 4}),
     "fedbuff_timed": (None, {
-        "time.devices": "tiers", "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3,
+        "time.devices.kind": "tiers", "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3,
         "train.clients_per_round": 6, "train.rounds": 5, "evaluation.federated_every": 0}),
-    "faults": (None, {"simulation.fail_clients": [1, 4], "train.rounds": 2}),
+    "faults": (None, {"faults.fail_clients": [1, 4], "train.rounds": 2}),
     "one_shot": (None, {"train.mode": "one-shot", "train.rounds": 1, "train.local_epochs": 2}),
 }
 

@@ -124,7 +124,7 @@ def test_resume_after_a_kill_continues_from_the_last_checkpoint(small_config) ->
 def test_distillation_resumes_with_its_client_state(small_config) -> None:
     """R-RESUME: latent-distill keeps per-client models on disk; the checkpoint snapshots them."""
     settings = {"strategy.name": "latent-distill", "model.representation_dim": 16, "train.rounds": 3,
-                "distill.transfer_size": 120, "train.fraction_train": 0.5}
+                "latent_distill.transfer_size": 120, "train.fraction_train": 0.5}
     reference = run(small_config(**settings, **{"output.name": "reference"}), progress=False)
     config = small_config(**settings, **{"output.name": "resumed"})
     with pytest.raises(RunInterrupted):
@@ -207,7 +207,7 @@ def test_sigint_stops_the_cli_within_seconds_and_resume_matches(tmp_path) -> Non
     """R-SIGINT: one SIGINT to `fedsim run` -> exit 130 in seconds, run kept; --resume == uninterrupted."""
     common = ["--set", "data.dataset=synthetic", "--set", "data.synthetic_train=600", "--set",
               "data.synthetic_test=200", "--set", "partition.num_clients=10", "--set", "model.name=lenet5",
-              "--set", "train.rounds=6", "--set", "simulation.executor=in-process", "--set",
+              "--set", "train.rounds=6", "--set", "executor.kind=in-process", "--set",
               "strategy.name=fedavgm", "--output", str(tmp_path / "runs"), "--no-progress"]
     common += ["--set", 'hooks=[{name="tests.user_hooks:Sleepy", seconds=0.05}]']  # rounds of about 0.5 s
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
@@ -251,14 +251,14 @@ def test_a_diverging_run_stops_with_an_error_naming_the_round(small_config) -> N
     assert (clients["status"] == "failed").all()
     assert clients["error"].str.contains("NaN or infinite").all()
     assert main(["run", "--set", "data.dataset=synthetic", "--set", "train.lr=1e30", "--set", "train.rounds=1",
-                 "--set", "simulation.executor=in-process", "--set", "partition.num_clients=4",
+                 "--set", "executor.kind=in-process", "--set", "partition.num_clients=4",
                  "--output", str(Path(config.output.dir)), "--no-progress"]) == 1
 
 
 def test_one_nan_client_is_a_recorded_failure_and_the_round_goes_on(small_config) -> None:
     """R-NAN-CLIENT: one client's NaN update is dropped with its reason; the others are aggregated."""
     config = small_config(**{"train.rounds": 2, "hooks": [{"name": "user_hooks:PoisonClient", "client": 3}],
-                             "simulation.min_success_fraction": 0.5})
+                             "train.min_success_fraction": 0.5})
     result = run(config, progress=False)
     train = result.clients[result.clients["phase"] == "train"]
     bad = train[train["client_id"] == 3]
@@ -374,7 +374,7 @@ def test_a_read_only_output_folder_is_a_clear_input_error(tmp_path, capsys, monk
     monkeypatch.setattr(Path, "mkdir", mkdir)
     try:
         status = main(["run", "--set", "data.dataset=synthetic", "--set", "train.rounds=1", "--set",
-                       "simulation.executor=in-process", "--output", str(locked / "runs"), "--no-progress"])
+                       "executor.kind=in-process", "--output", str(locked / "runs"), "--no-progress"])
     finally:
         locked.chmod(0o700)
     err = capsys.readouterr().err
@@ -384,7 +384,7 @@ def test_a_read_only_output_folder_is_a_clear_input_error(tmp_path, capsys, monk
 
 def test_failed_and_interrupted_runs_leave_no_staging_folder(small_config) -> None:
     """R-STAGING: after a failure or an interruption no hidden staging folder stays behind."""
-    config = small_config(**{"train.rounds": 2, "simulation.fail_clients": list(range(10)), "output.name": "x"})
+    config = small_config(**{"train.rounds": 2, "faults.fail_clients": list(range(10)), "output.name": "x"})
     with pytest.raises(RunError):
         run(config, progress=False)
     with pytest.raises(RunInterrupted):
@@ -405,7 +405,7 @@ def test_compare_api_works_twice_and_cli_exits_1_when_a_run_failed(small_config,
     second = fedsim.compare(config, "uniform", progress=False)
     assert first.path != second.path and callable(fedsim.compare)
     status = main(["compare", "--set", "data.dataset=synthetic", "--set", "train.rounds=1", "--set",
-                   "simulation.executor=in-process", "--set", "simulation.fail_clients=[0,1,2,3,4,5,6,7,8,9]",
+                   "executor.kind=in-process", "--set", "faults.fail_clients=[0,1,2,3,4,5,6,7,8,9]",
                    "--set", "partition.num_clients=10", "--strategies", "fedavg,centralized", "--output",
                    config.output.dir, "--no-progress"])
     err = capsys.readouterr().err
@@ -426,8 +426,8 @@ def test_set_values_are_toml_or_literal_strings(tmp_path) -> None:
 def test_run_failures_are_one_message_and_exit_1(small_config, capsys) -> None:
     """R-ERRORS: too few clients -> exit 1, one message, no traceback (with --verbose: the traceback)."""
     args = ["run", "--set", "data.dataset=synthetic", "--set", "train.rounds=1", "--set",
-            "simulation.executor=in-process", "--set", "partition.num_clients=4", "--set",
-            "simulation.fail_clients=[0,1,2,3]", "--output", str(Path(small_config().output.dir)), "--no-progress"]
+            "executor.kind=in-process", "--set", "partition.num_clients=4", "--set",
+            "faults.fail_clients=[0,1,2,3]", "--output", str(Path(small_config().output.dir)), "--no-progress"]
     assert main(args) == 1
     err = capsys.readouterr().err
     assert "only 0 of" in err and "Traceback" not in err and ".failed" in err
@@ -458,8 +458,8 @@ def test_sigint_stops_a_ray_run_within_seconds_and_ray_is_gone(tmp_path) -> None
     """R-SIGINT-RAY: one SIGINT during a cohort run on Ray -> exit 130 within seconds; no Ray process stays."""
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     process = subprocess.Popen(
-        _cli("run", *SMALL, "--set", "train.rounds=30", "--set", "simulation.executor=cohort", "--set",
-             "simulation.workers=2", "--set", 'hooks=[{name="tests.user_hooks:Sleepy", seconds=0.2}]',
+        _cli("run", *SMALL, "--set", "train.rounds=30", "--set", "executor.kind=cohort", "--set",
+             "executor.workers=2", "--set", 'hooks=[{name="tests.user_hooks:Sleepy", seconds=0.2}]',
              "--output", str(tmp_path / "runs"), "--name", "ray"),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 240
@@ -485,8 +485,8 @@ def test_sigint_stops_a_ray_run_within_seconds_and_ray_is_gone(tmp_path) -> None
 def test_a_worker_killed_mid_round_is_restarted_and_the_results_do_not_change(small_config, tmp_path) -> None:
     """R-WORKER-DEATH: a cohort worker process dies mid-round -> Ray restarts it, its task runs again: same results."""
     def config(name: str, flag: Path):  # noqa: ANN202
-        return small_config(**{"train.rounds": 3, "evaluation.federated_every": 0, "simulation.executor": "cohort",
-                               "simulation.workers": 2, "simulation.round_timeout": 120, "output.name": name,
+        return small_config(**{"train.rounds": 3, "evaluation.federated_every": 0, "executor.kind": "cohort",
+                               "executor.workers": 2, "executor.round_timeout": 120, "output.name": name,
                                "hooks": [{"name": "user_hooks:KillWorker", "client": 3, "flag": str(flag)}]})
 
     spared = tmp_path / "spared.flag"
@@ -505,9 +505,9 @@ def test_a_worker_killed_mid_round_is_restarted_and_the_results_do_not_change(sm
 def test_a_task_that_kills_its_worker_twice_fails_that_rounds_clients_only(small_config, tmp_path) -> None:
     """R-WORKER-DEATH: the retried task kills its worker again -> its clients fail that round; later rounds run."""
     flag = tmp_path / "kills.flag"
-    config = small_config(**{"train.rounds": 2, "evaluation.federated_every": 0, "simulation.executor": "cohort",
-                             "simulation.workers": 2, "simulation.round_timeout": 120,
-                             "simulation.min_success_fraction": 0.1,
+    config = small_config(**{"train.rounds": 2, "evaluation.federated_every": 0, "executor.kind": "cohort",
+                             "executor.workers": 2, "executor.round_timeout": 120,
+                             "train.min_success_fraction": 0.1,
                              "hooks": [{"name": "user_hooks:KillWorker", "client": 3, "flag": str(flag), "times": 2}]})
     result = run(config, progress=False)
     assert flag.read_text() == "kk"
@@ -521,8 +521,8 @@ def test_a_task_that_kills_its_worker_twice_fails_that_rounds_clients_only(small
 def test_a_hung_client_on_its_own_flower_node_does_not_hold_the_run(small_config) -> None:
     """R-HANG: a client that never returns fails at the client time limit; the run ends (executor flower)."""
     config = small_config(**{"train.rounds": 1, "evaluation.federated_every": 0, "partition.num_clients": 4,
-                             "simulation.executor": "flower", "simulation.round_timeout": 8,
-                             "simulation.min_success_fraction": 0.5,
+                             "executor.kind": "flower", "executor.round_timeout": 8,
+                             "train.min_success_fraction": 0.5,
                              "hooks": [{"name": "user_hooks:SlowClient", "client": 1, "seconds": 600}]})
     started = time.monotonic()
     result = run(config, progress=False)
@@ -536,8 +536,8 @@ def test_after_sigkill_no_ray_process_stays_and_the_run_resumes(tmp_path) -> Non
     """R-SIGKILL-RAY: fedsim killed outright -> its Ray processes are gone within seconds; --resume continues."""
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0"}
     process = subprocess.Popen(
-        _cli("run", *SMALL, "--set", "train.rounds=3", "--set", "simulation.executor=cohort", "--set",
-             "simulation.workers=2", "--set", 'hooks=[{name="tests.user_hooks:Sleepy", seconds=0.3}]',
+        _cli("run", *SMALL, "--set", "train.rounds=3", "--set", "executor.kind=cohort", "--set",
+             "executor.workers=2", "--set", 'hooks=[{name="tests.user_hooks:Sleepy", seconds=0.3}]',
              "--output", str(tmp_path / "runs"), "--name", "killed"),
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
     deadline = time.monotonic() + 240
@@ -562,8 +562,8 @@ def test_after_sigkill_no_ray_process_stays_and_the_run_resumes(tmp_path) -> Non
 def test_a_small_round_timeout_names_the_round_timeout_not_the_start_up(small_config) -> None:
     """R-TIMEOUT-MESSAGE: start-up has its own allowance; a too-small round_timeout fails naming it."""
     config = small_config(**{"train.rounds": 1, "evaluation.federated_every": 0, "partition.num_clients": 4,
-                             "simulation.executor": "cohort", "simulation.workers": 2,
-                             "simulation.round_timeout": 1,
+                             "executor.kind": "cohort", "executor.workers": 2,
+                             "executor.round_timeout": 1,
                              "hooks": [{"name": "user_hooks:Sleepy", "seconds": 3}]})
     with pytest.raises(RunError, match="round_timeout") as info:
         run(config, progress=False)

@@ -82,29 +82,29 @@ def _cli_settings(**extra: object) -> list[str]:
     """``--set`` options for the tiny synthetic run of ``small_config``."""
     settings = {"data.dataset": '"synthetic"', "partition.scheme": '"dirichlet"', "partition.min_partition_size": 5,
                 "model.name": '"lenet5"', "train.lr": 0.05, "train.batch_size": 16,
-                "simulation.executor": '"in-process"', **TINY, **extra}
+                "executor.kind": '"in-process"', **TINY, **extra}
     return [item for key, value in settings.items() for item in ("--set", f"{key}={value}")]
 
 
 def test_a_failing_cell_makes_the_cli_exit_non_zero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # every client of the second cell raises: its run fails, the first cell's still runs
-    code = main(["compare", "--strategies", "fedavg", "--grid", "simulation.fail_clients=[[],[0,1,2,3]]",
+    code = main(["compare", "--strategies", "fedavg", "--grid", "faults.fail_clients=[[],[0,1,2,3]]",
                  *_cli_settings(), "-o", str(tmp_path), "--name", "faults", "--no-progress"])
     captured = capsys.readouterr()
     assert code == 1, captured.err
-    assert "FAILED fedavg (seed 0, simulation.fail_clients=[0,1,2,3])" in captured.err
+    assert "FAILED fedavg (seed 0, faults.fail_clients=[0,1,2,3])" in captured.err
     assert "1 of 2 runs failed" in captured.err
-    summary = pd.read_csv(tmp_path / "faults" / "summary.csv").set_index("simulation.fail_clients")
+    summary = pd.read_csv(tmp_path / "faults" / "summary.csv").set_index("faults.fail_clients")
     assert summary.loc["[]", "status"] == "ok" and summary.loc["[0,1,2,3]", "status"] == "failed"
-    by_cell = pd.read_csv(tmp_path / "faults" / "summary_by_strategy.csv").set_index("simulation.fail_clients")
+    by_cell = pd.read_csv(tmp_path / "faults" / "summary_by_strategy.csv").set_index("faults.fail_clients")
     assert by_cell.loc["[0,1,2,3]", "runs_failed"] == 1 and np.isnan(by_cell.loc["[0,1,2,3]", "final_accuracy_mean"])
-    assert "simulation.fail_clients" in captured.out  # the printed table has the grid column
+    assert "faults.fail_clients" in captured.out  # the printed table has the grid column
     # a categorical grid axis (lists are not numbers): the figures are drawn all the same
     assert (tmp_path / "faults" / "figures" / "sweep_final_accuracy.png").is_file()
 
 
 @pytest.mark.parametrize(("grid", "message"), [
-    ("partition.alpah=[0.1,1.0]", "unknown config key 'partition.alpah'; allowed keys in [partition]: scheme"),
+    ("partition.alpah=[0.1,1.0]", "unknown config key 'partition.alpah': [partition] has the keys scheme"),
     ("partition.alpha=[]", "the list of values is empty"),
     ("partition.alpha=[0.1,", "'[0.1,' is not a valid TOML list"),
     ("partition.alpha=0.5", "0.5 is not a list"),

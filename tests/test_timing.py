@@ -379,18 +379,18 @@ def test_async_strategies_are_built_by_name() -> None:
 # -- config rules ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("settings, message", [
-    ({"time.deadline": 10.0}, "time.deadline = 10.0: needs a simulated clock"),
+    ({"time.policy.deadline": 10.0}, "time.policy.deadline = 10.0: needs a simulated clock"),
     ({"strategy.name": "fedbuff"}, "asynchronous aggregation is driven by the simulated clock"),
-    ({"strategy.name": "fedbuff", "time.devices": "tiers", "time.deadline": 5.0}, "a deadline is a synchronous policy"),
-    ({"strategy.name": "fedbuff", "time.devices": "tiers", "strategy.kwargs.buffer_size": 50},
+    ({"strategy.name": "fedbuff", "time.devices.kind": "tiers", "time.policy.deadline": 5.0}, "a deadline is a synchronous policy"),
+    ({"strategy.name": "fedbuff", "time.devices.kind": "tiers", "strategy.kwargs.buffer_size": 50},
      "must be <= partition.num_clients"),
-    ({"time.devices": "tiers", "time.tiers": ["fast", "quick"]}, "allowed tiers: fast, medium, slow"),
-    ({"time.devices": "phone"}, "time.devices = 'phone': allowed: none, lognormal, tiers, file"),
-    ({"time.devices": "tiers", "time.availability": "trace", "time.trace_file": "/nonexistent.csv"}, "no such file"),
-    ({"time.devices": "file"}, "(a CSV of device profiles) needs the file"),
-    ({"time.availability_p": 0.0}, "must be in (0, 1]"),
-    ({"time.devices": "tiers", "time.train_dropped": True, "simulation.streaming": True,
-      "simulation.executor": "cohort"}, "dropped clients trained anyway"),
+    ({"time.devices.kind": "tiers", "time.devices.tiers": ["fast", "quick"]}, "allowed tiers: fast, medium, slow"),
+    ({"time.devices.kind": "phone"}, "time.devices.kind = 'phone': allowed: none, lognormal, tiers, file"),
+    ({"time.devices.kind": "tiers", "time.availability.kind": "trace", "time.availability.path": "/nonexistent.csv"}, "no such file"),
+    ({"time.devices.kind": "file"}, "(a CSV of device profiles) needs the file"),
+    ({"time.availability.kind": "bernoulli", "time.availability.p": 0.0}, "time.availability.p = 0.0: must be in (0, 1]"),
+    ({"time.devices.kind": "tiers", "time.policy.train_dropped": True, "executor.streaming": True,
+      "executor.kind": "cohort"}, "dropped clients trained anyway"),
 ])
 def test_bad_time_settings_are_refused_with_the_rule(small_config, settings, message) -> None:
     with pytest.raises(ConfigError) as error:
@@ -400,13 +400,13 @@ def test_bad_time_settings_are_refused_with_the_rule(small_config, settings, mes
 
 # -- end to end (in-process executor) -------------------------------------------------------------
 
-TIMED = {"time.devices": "tiers", "train.rounds": 3, "train.clients_per_round": 5, "evaluation.federated_every": 0}
+TIMED = {"time.devices.kind": "tiers", "train.rounds": 3, "train.clients_per_round": 5, "evaluation.federated_every": 0}
 
 
 def test_simulated_time_without_policies_changes_no_result(small_config) -> None:
     from fedsim import run
 
-    plain = run(small_config(**{k: v for k, v in TIMED.items() if k != "time.devices"}, **{"output.name": "plain"}),
+    plain = run(small_config(**{k: v for k, v in TIMED.items() if k != "time.devices.kind"}, **{"output.name": "plain"}),
                 progress=False)
     timed = run(small_config(**TIMED, **{"output.name": "timed"}), progress=False)
     assert plain.rounds["test_accuracy"].tolist() == timed.rounds["test_accuracy"].tolist()
@@ -426,7 +426,7 @@ def test_simulated_time_without_policies_changes_no_result(small_config) -> None
 def test_a_deadline_run_records_stragglers_and_the_same_seed_repeats_it(small_config) -> None:
     from fedsim import run
 
-    settings = {**TIMED, "time.deadline": 1.0, "time.round_jitter": 0.3}
+    settings = {**TIMED, "time.policy.deadline": 1.0, "time.devices.round_jitter": 0.3}
     a = run(small_config(**settings, **{"output.name": "a"}), progress=False)
     b = run(small_config(**settings, **{"output.name": "b"}), progress=False)
     volatile = ["wall_seconds", "seconds"]
@@ -450,7 +450,7 @@ def test_an_asynchronous_run_learns_and_resumes_exactly(small_config) -> None:
 
     from test_reliability import StopAfter, same_results
 
-    settings = {"time.devices": "tiers", "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3,
+    settings = {"time.devices.kind": "tiers", "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3,
                 "train.clients_per_round": 6, "train.rounds": 8, "evaluation.federated_every": 0,
                 "data.synthetic_train": 1200, "data.synthetic_test": 300}
     reference = run(small_config(**settings, **{"output.name": "reference"}), progress=False)
@@ -468,14 +468,14 @@ def test_compare_runs_per_entry_settings_and_plots_accuracy_against_time(small_c
     from fedsim import compare
 
     config = small_config(**{**TIMED, "train.rounds": 2, "output.name": "cmp"})
-    result = compare(config, "fedavg,fedavg:time.deadline=1.0,fedbuff:buffer_size=3", progress=False)
+    result = compare(config, "fedavg,fedavg:time.policy.deadline=1.0,fedbuff:buffer_size=3", progress=False)
     assert result.summary["status"].tolist() == ["ok"] * 3
     runs = {row["strategy"]: row for _, row in result.summary.iterrows()}
-    assert runs["fedavg"]["clients_dropped"] == 0 and runs["fedavg:time.deadline=1.0"]["clients_dropped"] > 0
+    assert runs["fedavg"]["clients_dropped"] == 0 and runs["fedavg:time.policy.deadline=1.0"]["clients_dropped"] > 0
     assert (result.tidy["metric"] == "sim_hours").any()
     assert (result.path / "figures" / "accuracy_vs_time.png").is_file()
     assert (result.path / "figures" / "client_times.png").is_file()
-    deadline = pd.read_csv(result.path / "runs" / "fedavg_time.deadline=1.0-s0" / "config.toml", sep="\0", header=None)
+    deadline = pd.read_csv(result.path / "runs" / "fedavg_time.policy.deadline=1.0-s0" / "config.toml", sep="\0", header=None)
     assert any("deadline = 1.0" in line for line in deadline[0])
 
 
@@ -499,11 +499,11 @@ def test_the_example_trace_script_reproduces_the_committed_files(tmp_path: Path)
 
 @pytest.mark.slow
 def test_the_example_files_drive_a_run(small_config) -> None:
-    config = small_config(**{**TIMED, "time.devices": "file",
-                             "time.devices_file": str(ROOT / "configs" / "traces" / "devices_example.csv"),
-                             "time.availability": "trace",
-                             "time.trace_file": str(ROOT / "configs" / "traces" / "diurnal_week.csv"),
-                             "time.trace_period": 604800.0, "time.deadline": 30.0})
+    config = small_config(**{**TIMED, "time.devices.kind": "file",
+                             "time.devices.path": str(ROOT / "configs" / "traces" / "devices_example.csv"),
+                             "time.availability.kind": "trace",
+                             "time.availability.path": str(ROOT / "configs" / "traces" / "diurnal_week.csv"),
+                             "time.availability.period": 604800.0, "time.policy.deadline": 30.0})
     validate(config)
     from fedsim import run
 
@@ -514,7 +514,7 @@ def test_the_example_files_drive_a_run(small_config) -> None:
 
 
 @pytest.mark.parametrize("settings", [
-    {"time.deadline": 1.0, "time.over_selection": 0.4},
+    {"time.policy.deadline": 1.0, "time.policy.over_selection": 0.4},
     {"strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3, "train.clients_per_round": 6},
 ], ids=["deadline+over-selection", "fedbuff"])
 def test_timed_results_are_identical_for_any_number_of_cohort_workers(small_config, settings) -> None:
@@ -539,17 +539,17 @@ def test_fedbuff_runs_on_ray_cohort_workers_like_in_process(small_config) -> Non
     from fedsim import run
 
     overrides = {**TIMED, "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3, "train.clients_per_round": 6}
-    reference = run(small_config(**overrides, **{"output.name": "reference", "simulation.executor": "in-process"}),
+    reference = run(small_config(**overrides, **{"output.name": "reference", "executor.kind": "in-process"}),
                     progress=False)
-    on_ray = run(small_config(**overrides, **{"output.name": "ray", "simulation.executor": "cohort",
-                                              "simulation.workers": 2}), progress=False)
+    on_ray = run(small_config(**overrides, **{"output.name": "ray", "executor.kind": "cohort",
+                                              "executor.workers": 2}), progress=False)
     pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"))
     pd.testing.assert_frame_equal(on_ray.clients.drop(columns="seconds"), reference.clients.drop(columns="seconds"))
 
 
 @pytest.mark.parametrize("settings", [
     {},
-    pytest.param({"strategy.name": "latent-distill", "model.representation_dim": 8, "distill.transfer_size": 60,
+    pytest.param({"strategy.name": "latent-distill", "model.representation_dim": 8, "latent_distill.transfer_size": 60,
                   "model.architectures": ["lenet5", "niid_cnn"]}, marks=pytest.mark.slow),
 ], ids=["weights", "latent-distill"])
 def test_the_clock_charges_what_clients_really_receive_and_send(small_config, settings) -> None:
@@ -580,7 +580,7 @@ def test_a_trace_that_ends_stops_the_run_with_a_clear_error(tmp_path: Path) -> N
         loop = FakeLoop()
         assert len(scheduler.train_round(1, loop.dispatch()).arrived) == 2  # both finish at 2 s
         scheduler.train_round(2, loop.dispatch())  # from 2 s to 4 s
-        with pytest.raises(NoClientAvailable, match="none will come online again.*time.trace_period"):
+        with pytest.raises(NoClientAvailable, match="none will come online again.*time.availability.period"):
             for server_round in (3, 4):
                 scheduler.train_round(server_round, loop.dispatch())
 
@@ -602,4 +602,4 @@ def test_the_shipped_time_configs_are_valid(name: str) -> None:
     from fedsim.config.validation import load_config
 
     config = load_config(ROOT / "configs" / name)
-    assert config.time.devices == "tiers" and config.train.clients_per_round == 10
+    assert config.time.devices.kind == "tiers" and config.train.clients_per_round == 10

@@ -1,4 +1,4 @@
-"""The vectorized engine (``simulation.engine = "vectorized"``): lockstep training equals one by one.
+"""The vectorized engine (``engine.kind = "vectorized"``): lockstep training equals one by one.
 
 Engine level: in float64, per-client weights, BatchNorm buffers, statistics and the round's
 weighted mean agree with :func:`fedsim.clients.training.train` to rounding, for every listed
@@ -128,7 +128,7 @@ def test_chunk_size_follows_memory_and_cap_and_refuses_a_client_too_large() -> N
     assert per_client > 5 * params  # weights, grads, momentum, anchor, copies + activations
     assert chunk_size(per_client, 100 * per_client, 0.5, 0, "lenet5") == 50
     assert chunk_size(per_client, 100 * per_client, 0.5, 8, "lenet5") == 8
-    with pytest.raises(LockstepMemoryError, match=r"one lenet5 client needs about .* simulation.lockstep_memory = 0.5"):
+    with pytest.raises(LockstepMemoryError, match=r"one lenet5 client needs about .* engine.lockstep_memory = 0.5"):
         chunk_size(per_client, per_client, 0.5, 0, "lenet5")
 
 
@@ -138,7 +138,7 @@ def test_chunk_size_follows_memory_and_cap_and_refuses_a_client_too_large() -> N
 def _runs(small_config, name: str = "", **overrides):  # noqa: ANN001, ANN003, ANN202 - (sequential, vectorized)
     sequential = run(small_config(**overrides, **{"output.name": f"{name}sequential"}), progress=False)
     vectorized = run(small_config(**overrides, **{"output.name": f"{name}vectorized",
-                                                  "simulation.engine": "vectorized"}), progress=False)
+                                                  "engine.kind": "vectorized"}), progress=False)
     return sequential, vectorized
 
 
@@ -195,7 +195,7 @@ def test_unvectorizable_clients_fall_back_and_the_reason_is_recorded(small_confi
 def test_mixed_architectures_group_by_architecture_and_a_lone_client_falls_back(small_config) -> None:
     # latent-distill with three architectures: every client falls back (its local work has several phases)
     _, distill = _runs(small_config, **{"train.rounds": 1, "strategy.name": "latent-distill",
-                                        "model.representation_dim": 16, "distill.transfer_size": 120,
+                                        "model.representation_dim": 16, "latent_distill.transfer_size": 120,
                                         "model.architectures": ["lenet5", "niid_cnn", "lenet5"]})
     engines = distill.clients.loc[distill.clients["phase"] == "train", "engine"]
     assert set(engines) == {"sequential: latent-distill trains in several phases"}
@@ -208,8 +208,8 @@ def test_mixed_architectures_group_by_architecture_and_a_lone_client_falls_back(
 @pytest.mark.slow  # keeps the fast set under a minute
 def test_chunks_capped_by_lockstep_clients_give_the_same_results(small_config) -> None:
     _, whole = _runs(small_config, **{"train.rounds": 1})
-    capped = run(small_config(**{"train.rounds": 1, "simulation.engine": "vectorized",
-                                 "simulation.lockstep_clients": 3, "output.name": "capped"}), progress=False)
+    capped = run(small_config(**{"train.rounds": 1, "engine.kind": "vectorized",
+                                 "engine.lockstep_clients": 3, "output.name": "capped"}), progress=False)
     _same_results(whole, capped, rtol=1e-6)
     assert capped.rounds["clients_vectorized"].iloc[1] == 10
 
@@ -218,12 +218,12 @@ def test_a_chunk_that_does_not_fit_fails_its_clients_with_the_reason(small_confi
     from fedsim.errors import RunError
 
     with pytest.raises(RunError) as error:
-        run(small_config(**{"train.rounds": 1, "simulation.engine": "vectorized",
-                            "simulation.lockstep_memory": 1e-12}), progress=False)
+        run(small_config(**{"train.rounds": 1, "engine.kind": "vectorized",
+                            "engine.lockstep_memory": 1e-12}), progress=False)
     message = str(error.value)
     assert "only 0 of 10 sampled clients succeeded" in message
     assert "LockstepMemoryError: one lenet5 client needs about" in message
-    assert "simulation.lockstep_memory = 1e-12 of the" in message
+    assert "engine.lockstep_memory = 1e-12 of the" in message
 
 
 @pytest.mark.slow  # keeps the fast set under a minute
@@ -236,10 +236,10 @@ def test_dp_clipping_applies_per_client_to_lockstep_results(small_config) -> Non
 
 
 @pytest.mark.parametrize(("key", "value", "message"), [
-    ("simulation.engine", "vmap", "allowed: sequential, vectorized"),
-    ("simulation.lockstep_clients", -1, "must be an integer >= 0"),
-    ("simulation.lockstep_memory", 1.5, "must be a fraction of free device memory in (0, 1]"),
-    ("simulation.compile", True, "compiles the lockstep step: set simulation.engine = 'vectorized'"),
+    ("engine.kind", "vmap", "allowed: sequential, vectorized"),
+    ("engine.lockstep_clients", -1, "must be an integer >= 0"),
+    ("engine.lockstep_memory", 1.5, "must be a fraction of free device memory in (0, 1]"),
+    ("engine.compile", True, "compiles the lockstep step: set engine.kind = 'vectorized'"),
 ])
 def test_bad_engine_settings_are_refused(small_config, key: str, value: object, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -248,7 +248,7 @@ def test_bad_engine_settings_are_refused(small_config, key: str, value: object, 
 
 def test_the_vectorized_engine_needs_a_worker_that_hosts_many_clients(small_config) -> None:
     with pytest.raises(ConfigError, match="executor 'flower' runs one client per node"):
-        small_config(**{"simulation.engine": "vectorized", "simulation.executor": "flower"})
+        small_config(**{"engine.kind": "vectorized", "executor.kind": "flower"})
 
 
 @pytest.mark.slow  # keeps the fast set under a minute
@@ -256,7 +256,7 @@ def test_vectorized_results_do_not_depend_on_the_number_of_cohort_workers(small_
     """Each worker trains its shard in lockstep; a client's result does not depend on its chunk-mates."""
     from test_cohort import run_on_cohort
 
-    overrides = {"train.rounds": 2, "simulation.engine": "vectorized", "evaluation.federated_every": 0}
+    overrides = {"train.rounds": 2, "engine.kind": "vectorized", "evaluation.federated_every": 0}
     tables = {}
     for workers in (1, 3):
         rounds, clients, _, _, _ = run_on_cohort(small_config(**overrides, **{"output.name": f"w{workers}"}), workers)
@@ -268,7 +268,7 @@ def test_vectorized_results_do_not_depend_on_the_number_of_cohort_workers(small_
 
 @pytest.mark.slow  # keeps the fast set under a minute
 def test_asynchronous_rounds_group_clients_by_the_model_version_they_start_from(small_config) -> None:
-    overrides = {"time.devices": "tiers", "train.rounds": 3, "train.clients_per_round": 6,
+    overrides = {"time.devices.kind": "tiers", "train.rounds": 3, "train.clients_per_round": 6,
                  "evaluation.federated_every": 0, "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3}
     sequential, vectorized = _runs(small_config, **overrides)
     _same_results(sequential, vectorized)
@@ -280,9 +280,9 @@ def test_asynchronous_rounds_group_clients_by_the_model_version_they_start_from(
 @pytest.mark.slow  # torch.compile takes 10-30 s on CPU the first time
 def test_a_compiled_lockstep_step_gives_the_eager_results_and_reports_its_compile_time(small_config) -> None:
     overrides = {"train.rounds": 2, "train.batch_size": 10, "partition.scheme": "iid", "data.synthetic_train": 500,
-                 "evaluation.federated_every": 0, "simulation.engine": "vectorized"}
+                 "evaluation.federated_every": 0, "engine.kind": "vectorized"}
     eager = run(small_config(**overrides, **{"output.name": "eager"}), progress=False)
-    compiled = run(small_config(**overrides, **{"output.name": "compiled", "simulation.compile": True}), progress=False)
+    compiled = run(small_config(**overrides, **{"output.name": "compiled", "engine.compile": True}), progress=False)
     np.testing.assert_allclose(compiled.rounds["test_loss"], eager.rounds["test_loss"], rtol=1e-4)
     compile_seconds = compiled.rounds["compile_seconds"].tolist()
     assert compile_seconds[1] > 0.5 and compile_seconds[2] == 0, "compiled once, reused in the next round"
@@ -291,11 +291,11 @@ def test_a_compiled_lockstep_step_gives_the_eager_results_and_reports_its_compil
 
 @pytest.mark.ray
 def test_vectorized_engine_on_ray_cohort_workers_matches_in_process(small_config) -> None:
-    overrides = {"train.rounds": 2, "simulation.engine": "vectorized", "evaluation.federated_every": 0}
-    reference = run(small_config(**overrides, **{"output.name": "reference", "simulation.executor": "in-process"}),
+    overrides = {"train.rounds": 2, "engine.kind": "vectorized", "evaluation.federated_every": 0}
+    reference = run(small_config(**overrides, **{"output.name": "reference", "executor.kind": "in-process"}),
                     progress=False)
-    on_ray = run(small_config(**overrides, **{"output.name": "ray", "simulation.executor": "cohort",
-                                              "simulation.workers": 2}), progress=False)
+    on_ray = run(small_config(**overrides, **{"output.name": "ray", "executor.kind": "cohort",
+                                              "executor.workers": 2}), progress=False)
     pd.testing.assert_frame_equal(on_ray.rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"),
                                   check_exact=False, rtol=1e-6)
     assert on_ray.rounds["clients_vectorized"].iloc[1:].tolist() == [10, 10]
@@ -309,14 +309,14 @@ def test_a_hung_client_in_a_lockstep_chunk_fails_alone(small_config) -> None:
     from test_cohort import hung_client_config
 
     started = time.perf_counter()
-    result = run(hung_client_config(small_config, **{"simulation.engine": "vectorized"}), progress=False)
+    result = run(hung_client_config(small_config, **{"engine.kind": "vectorized"}), progress=False)
     assert time.perf_counter() - started < 60, "the run did not wait for the stuck client"
     train = result.clients[result.clients["phase"] == "train"]
     failed = train[train["status"] == "failed"]
     assert failed["client_id"].tolist() == [3]
-    assert "exceeded simulation.client_timeout = 1 s" in failed["error"].iloc[0]
+    assert "exceeded executor.client_timeout = 1 s" in failed["error"].iloc[0]
     ok = train[train["status"] == "ok"]
-    assert set(ok["engine"]) == {"sequential: its lockstep chunk exceeded simulation.client_timeout x its size"}
+    assert set(ok["engine"]) == {"sequential: its lockstep chunk exceeded executor.client_timeout x its size"}
     assert result.rounds["clients_succeeded"].iloc[-1] == 9
 
 
@@ -327,7 +327,7 @@ def test_a_client_raising_in_a_lockstep_chunk_fails_alone(small_config, tmp_path
         "    def prepare(self, data, ctx):\n        if ctx.client_id == self.client:\n"
         "            raise RuntimeError('bad data')\n        return data\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    result = run(small_config(**{"train.rounds": 1, "simulation.engine": "vectorized", "evaluation.federated_every": 0,
+    result = run(small_config(**{"train.rounds": 1, "engine.kind": "vectorized", "evaluation.federated_every": 0,
                                  "hooks": [{"name": "raising_hooks:RaiseFor", "client": 2}]}), progress=False)
     train = result.clients[result.clients["phase"] == "train"]
     assert train.loc[train["status"] == "failed", "client_id"].tolist() == [2]

@@ -18,7 +18,7 @@ listed in the config:
 Hooks must be deterministic given ``(seed, round, client id)``: draw randomness only from
 ``ctx.generator`` (or ``ctx.seed_for(...)``).
 
-Under the vectorized engine (``simulation.engine = "vectorized"``) every client gets fresh hook
+Under the vectorized engine (``engine.kind = "vectorized"``) every client gets fresh hook
 instances; ``prepare`` runs per client before the lockstep training, ``transform_batch`` and
 ``loss`` per client and step on that client's batch and logits, so results are the sequential
 engine's. A hook that cannot work that way (e.g. it reads the model being trained) sets the
@@ -111,7 +111,7 @@ class Hook:
 
     name = "hook"
     needs: tuple[str, ...] = ()  # hooks that must be listed before this one (it reads their masks)
-    vectorizable = True  # False: clients with this hook train one by one under simulation.engine = "vectorized"
+    vectorizable = True  # False: clients with this hook train one by one under engine.kind = "vectorized"
 
     def has_stage(self, stage: str) -> bool:
         """Whether this hook does something in ``stage`` (overrides the base class's no-op)."""

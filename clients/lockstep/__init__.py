@@ -1,6 +1,6 @@
 """The vectorized training engine: a worker's same-architecture clients trained in lockstep.
 
-``simulation.engine = "vectorized"`` makes a worker (a cohort worker, or the in-process
+``engine.kind = "vectorized"`` makes a worker (a cohort worker, or the in-process
 executor's process) train the round's clients that share an architecture, a recipe and their
 received weights together, with stacked parameters under :func:`torch.func.vmap`
 (:mod:`.engine`, :mod:`.functional`), in chunks that fit in memory (:mod:`.memory`).

@@ -4,8 +4,8 @@ A chunk of K clients holds, per client: its parameters, their gradients, SGD's m
 gathered copy a shrinking active set takes, the proximal anchor (FedProx), its BatchNorm
 buffers, and the activations autograd keeps for one batch (measured by a probe forward, and
 counted twice: the forward's outputs and their gradients). The chunk may use
-``simulation.lockstep_memory`` of the memory free on the device (CUDA: what the driver reports
-free; CPU: the kernel's ``MemAvailable``); ``simulation.lockstep_clients`` caps it.
+``engine.lockstep_memory`` of the memory free on the device (CUDA: what the driver reports
+free; CPU: the kernel's ``MemAvailable``); ``engine.lockstep_clients`` caps it.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def chunk_size(per_client: int, free: int, fraction: float, cap: int, architectu
     if fitting < 1:
         raise LockstepMemoryError(
             f"one {architecture} client needs about {per_client / 2**20:.0f} MiB in lockstep (weights, gradients, "
-            f"momentum and one batch's activations) but simulation.lockstep_memory = {fraction:g} of the "
-            f"{free / 2**20:.0f} MiB free allows {budget / 2**20:.0f} MiB: raise simulation.lockstep_memory, lower "
-            "train.batch_size, or use simulation.engine = 'sequential'")
+            f"momentum and one batch's activations) but engine.lockstep_memory = {fraction:g} of the "
+            f"{free / 2**20:.0f} MiB free allows {budget / 2**20:.0f} MiB: raise engine.lockstep_memory, lower "
+            "train.batch_size, or use engine.kind = 'sequential'")
     return int(min(fitting, cap)) if cap > 0 else int(fitting)

@@ -9,7 +9,7 @@ per-client failure handling and the NaN check all still apply per client. Client
 cannot join a group run the sequential engine, with the reason recorded as their ``engine``
 code (:data:`fedsim.core.protocol.ENGINE_LABELS`).
 
-A chunk is one unit of work with a time limit of ``simulation.client_timeout`` times its number
+A chunk is one unit of work with a time limit of ``executor.client_timeout`` times its number
 of clients. A chunk that exceeds it, or raises, is not a failure of its clients: they train
 again one by one under the sequential engine, where a client that hangs or raises fails alone
 and the others succeed. Only a chunk that cannot fit in memory at all fails its clients, with
@@ -29,7 +29,6 @@ from fedsim.core.protocol import (
     ARRAYS,
     CLIENT_TIMEOUT,
     DISTILL,
-    FAIL_CLIENTS,
     PROXIMAL_MU,
     RUN_DIR,
     SERVER_ROUND,
@@ -95,9 +94,8 @@ def train_in_lockstep(tasks: list[ClientTask]) -> None:
             continue
         config = message_config(task.message)
         server_round = int(config[SERVER_ROUND])
-        failing = config.get(FAIL_CLIENTS, [])
-        if isinstance(failing, list) and task.client_id in failing:
-            continue  # the handler fails it on purpose
+        if not run.behaviours.trains_in_lockstep(task.client_id):
+            continue  # e.g. a client failing on purpose: the handler fails it alone
         key = (server_round, task.client_id)
         if config.get(DISTILL, False):
             OUTCOMES[key] = LockstepOutcome(FALLBACK_DISTILL)

@@ -1,12 +1,19 @@
-"""The experiment configuration: its schema and its parsing (TOML files, ``section.key=value``).
+"""The experiment configuration: its schema, its parsing and its validation.
 
-:class:`ExperimentConfig` is the typed schema; :mod:`.validation` checks a config's values by
-asking the modules that own each rule, and its :func:`~fedsim.config.validation.load_config`
-(also ``fedsim.load_config``) reads, overrides and validates in one call.
+:class:`ExperimentConfig` (:mod:`.schema`) lists the sections, each a dataclass owned by the
+module that reads it; :mod:`.parse` reads TOML files and ``section.key=value`` overrides;
+:mod:`.renamed` maps old key names to new ones; :mod:`.validation` checks the values and
+resolves the run plan (its :func:`~fedsim.config.validation.load_config` is also
+``fedsim.load_config``).
 """
 
 from __future__ import annotations
 
-from .schema import ConfigError, ExperimentConfig, from_dict, parse_override, problem, read_config, set_value
+from fedsim.settings import problem
 
-__all__ = ["ConfigError", "ExperimentConfig", "from_dict", "parse_override", "problem", "read_config", "set_value"]
+from .parse import current_name, from_dict, parse_override, read_config, set_value
+from .renamed import RenamedKeyWarning
+from .schema import ConfigError, ExperimentConfig
+
+__all__ = ["ConfigError", "ExperimentConfig", "RenamedKeyWarning", "current_name", "from_dict", "parse_override", "problem",
+           "read_config", "set_value"]

@@ -77,7 +77,7 @@ class RoundExtension:
     """Base class: every stage does nothing; subclasses override what they need.
 
     ``needs_client_arrays``: the extension reads each client's uploaded arrays in
-    ``on_train_replies`` (so workers must not pre-aggregate them: ``simulation.streaming``).
+    ``on_train_replies`` (so workers must not pre-aggregate them: ``executor.streaming``).
     """
 
     needs_client_arrays = False

@@ -67,7 +67,7 @@ class AggregationError(RunError):
 
 
 class TooFewClientsError(RunError):
-    """Fewer sampled clients succeeded in a round than ``simulation.min_success_fraction``."""
+    """Fewer sampled clients succeeded in a round than ``train.min_success_fraction``."""
 
 
 class DivergenceError(RunError):
@@ -148,7 +148,7 @@ def client_rows(server_round: int, phase: str, replies: list[ClientReply],
 def dropped_rows(server_round: int, training: TrainingRound) -> list[dict]:
     """``clients.csv`` rows of the round's dropped clients: their status, reason and times.
 
-    A dropped client trained anyway (``time.train_dropped``) keeps its training metrics.
+    A dropped client trained anyway (``time.policy.train_dropped``) keeps its training metrics.
     """
     rows = []
     for drop in training.dropped:
@@ -245,9 +245,9 @@ def _check_success(server_round: int, replies: list[ClientReply], needed_fractio
                            f"{' ...' if len(ids) > 20 else ''}: {reason}" for reason, ids in by_reason.items())
         raise TooFewClientsError(
             f"round {server_round}: only {ok} of {len(replies)} sampled clients succeeded "
-            f"(simulation.min_success_fraction = {needed_fraction} needs {needed}). "
+            f"(train.min_success_fraction = {needed_fraction} needs {needed}). "
             f"Failures: {errors[:2000]}. Each failure is in clients.csv; to go on with fewer clients, lower "
-            "simulation.min_success_fraction"
+            "train.min_success_fraction"
         )
 
 

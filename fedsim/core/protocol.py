@@ -34,7 +34,6 @@ CLIENT = "client"
 SERVER_ROUND = "server-round"  # set by every Flower strategy's configure_* methods
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx; the client adds the proximal term
 RUN_DIR = "fedsim.run-dir"  # where a worker finds the run's spec and partition
-FAIL_CLIENTS = "fedsim.fail-clients"  # fault injection: partition ids that raise
 DISTILL = "fedsim.distill"  # the message asks for a distillation round (latent-distill)
 SEND_OUTPUTS = "fedsim.send-outputs"  # distillation: reply with transfer-set outputs
 DP_ADAPTIVE = "fedsim.dp-adaptive"  # client-side adaptive clipping instead of fixed clipping
@@ -64,7 +63,7 @@ ENGINE_LABELS = {
     3: "sequential: no other client of its architecture and recipe on its worker this round",
     4: "sequential: a hook opts out of lockstep (vectorizable = False)",
     5: "sequential: its lockstep chunk raised (see the worker's log)",
-    6: "sequential: its lockstep chunk exceeded simulation.client_timeout x its size",
+    6: "sequential: its lockstep chunk exceeded executor.client_timeout x its size",
 }
 """What ``clients.csv``'s ``engine`` column says for each code: the engine, or why a client of a
 vectorized run fell back to the sequential engine."""

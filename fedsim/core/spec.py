@@ -2,7 +2,7 @@
 
 The experiment runner writes two files into the run directory before the simulation
 starts: ``spec.json`` (what a worker needs: dataset cache folder, normalisation, model,
-the training recipe, seed) and ``partition.npz`` (each client's train/validation indices, flattened with
+the training recipe, seed, the behaviour configured per client) and ``partition.npz`` (each client's train/validation indices, flattened with
 offsets). Worker processes read both once and cache them (:mod:`fedsim.clients.worker`);
 messages then only carry the run directory's path.
 """
@@ -47,6 +47,7 @@ class RunSpec:
     lockstep_clients: int = 0  # vectorized: chunk cap (0 = memory decides)
     lockstep_memory: float = 0.5  # vectorized: fraction of free device memory a chunk may use
     compile: bool = False  # vectorized: torch.compile the lockstep step
+    behaviours: tuple[dict, ...] = ()  # per-client behaviour: [{"name", "clients", "params"}] (fedsim.clients.behaviours)
 
     def architecture_of(self, client_id: int) -> str:
         """The architecture client ``client_id`` trains (``model`` unless architectures are given)."""
@@ -65,6 +66,7 @@ class RunSpec:
         raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
         raw["architectures"] = tuple(raw.get("architectures", ()))
         raw["hooks"] = tuple(raw.get("hooks", ()))
+        raw["behaviours"] = tuple(raw.get("behaviours", ()))
         raw["recipe"] = SGDRecipe(**raw["recipe"])
         if raw.get("distill") is not None:
             distill = dict(raw["distill"])
@@ -78,8 +80,8 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(
-            f"simulation.device = {device!r} but this process sees no CUDA device; use 'auto' "
-            "or 'cpu', or give clients GPUs with simulation.num_gpus_per_client > 0"
+            f"runtime.device = {device!r} but this process sees no CUDA device; use 'auto' "
+            "or 'cpu', or give clients GPUs with runtime.num_gpus_per_client > 0"
         )
     return torch.device(device)
 

@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--strategies", required=True,
                       help="comma-separated specs name[:key=value[:key=value]], e.g. "
                            "fedavg,uniform,ema:beta=0.5,fedprox:proximal_mu=0.01,centralized; a key with a dot "
-                           "is a config key for that entry only, e.g. fedavg:time.deadline=3")
+                           "is a config key for that entry only, e.g. fedavg:time.policy.deadline=3")
     comp.add_argument("--seeds", default="", help="comma-separated seeds (default: the config's seed)")
     comp.add_argument("--grid", action="append", default=[], metavar="KEY=LIST",
                       help="sweep a config key over a TOML list, e.g. --grid 'partition.alpha=[0.05,0.1,0.5,1.0]'; "

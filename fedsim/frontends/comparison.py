@@ -17,9 +17,9 @@ accuracy vs round, accuracy vs cumulative MB communicated and -- when the runs s
 accuracy vs simulated hours (mean with a min-max band over seeds) and every entry's client round
 times (first seed), and the final confusion matrices side by side.
 
-An entry may carry config settings of its own: in ``fedavg:time.deadline=600`` a key with a dot
+An entry may carry config settings of its own: in ``fedavg:time.policy.deadline=600`` a key with a dot
 is a config key set for that entry only (a strategy's keyword arguments have no dots), so
-``--strategies fedavg,fedavg:time.deadline=600,fedbuff:buffer_size=10`` compares synchronous
+``--strategies fedavg,fedavg:time.policy.deadline=600,fedbuff:buffer_size=10`` compares synchronous
 FedAvg with and without a deadline and FedBuff on the same devices and data.
 
 A **grid** sweeps any config keys: ``grid={"partition.alpha": [0.05, 0.1, 0.5, 1.0]}`` (the command
@@ -49,9 +49,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fedsim.config import ConfigError, ExperimentConfig, parse_override, set_value
+from fedsim.config import ConfigError, ExperimentConfig, current_name, parse_override, set_value
 from fedsim.config.validation import validate
-from fedsim.methods import method_for
+from fedsim.methods.registry import method_for
 from fedsim.outputs import rundir
 from fedsim.ops.interrupt import RunInterrupted
 from fedsim.strategies import STRATEGY_NAMES, StrategyError, parse_strategy_spec
@@ -65,7 +65,7 @@ TIDY_METRICS = ("test_accuracy", "test_loss", "test_f1", "train_loss", "train_ac
 @dataclass(frozen=True)
 class StrategySpec:
     """One compared entry: a label for tables and figures, a strategy name, its kwargs, and
-    config settings of its own (``fedavg:time.deadline=600``: a key with a dot is a config key)."""
+    config settings of its own (``fedavg:time.policy.deadline=600``: a key with a dot is a config key)."""
 
     label: str
     name: str
@@ -101,7 +101,7 @@ def parse_strategies(specs: str | list[str]) -> list[StrategySpec]:
     for item in items:
         name, arguments = parse_strategy_spec(item)
         kwargs = {k: v for k, v in arguments.items() if "." not in k}
-        overrides = {k: v for k, v in arguments.items() if "." in k}
+        overrides = {current_name(k, v): v for k, v in arguments.items() if "." in k}
         for key in overrides:
             if key.split(".")[0] in ("strategy", "output") or key == "seed":
                 raise StrategyError(f"{item!r}: {key} cannot differ between compared entries (the entry names the "
@@ -157,6 +157,7 @@ def parse_grid(specs: str | list[str] | dict[str, list] | None) -> dict[str, lis
             raise ConfigError(f"--grid {text!r}: {key} cannot be swept (the --strategies entries name the strategy "
                               "and its arguments, e.g. fedprox:proximal_mu=0.01,fedprox:proximal_mu=0.1; output "
                               "belongs to the comparison); any other config key can")
+        key = current_name(key, values[0] if isinstance(values, list) and values else None)
         if key in grid:
             raise ConfigError(f"--grid {text!r}: {key} is swept twice; give all its values in one list")
         if not isinstance(values, list):

@@ -6,7 +6,7 @@ config, relative to the project that ``flwr run`` shipped) and ``overrides``
 (``"section.key=value"`` pairs separated by ``;``, as ``fedsim run --set``), both changeable
 with ``flwr run . --run-config``, prepares the run exactly like ``fedsim run`` (validation,
 dataset cache, partition, run directory) and drives the same round loop, so a run gives the
-numbers ``fedsim run`` gives for the same config. With ``simulation.executor = "cohort"`` (the
+numbers ``fedsim run`` gives for the same config. With ``executor.kind = "cohort"`` (the
 default) every node of the federation is a worker: on Flower's simulation engine, or on
 SuperNodes that read the run directory, each runs a share of the round's clients, whatever
 their number; SuperNodes with their own data (``--node-config "partition-id=K
@@ -63,29 +63,29 @@ def main(grid: Grid, context: Context) -> None:
 
     config = config_from_run_config(dict(context.run_config))
     nodes = len(list(grid.get_node_ids()))  # the one-client-per-node check; the cohort executor waits for them
-    if config.simulation.executor == "flower" and nodes and nodes != config.partition.num_clients:
+    if config.executor.kind == "flower" and nodes and nodes != config.partition.num_clients:
         raise ValueError(
             f"the federation runs {nodes} nodes but partition.num_clients = "
-            f"{config.partition.num_clients} and simulation.executor = 'flower' needs one node per "
-            "client; use simulation.executor = 'cohort' (every node hosts a share of the clients)"
+            f"{config.partition.num_clients} and executor.kind = 'flower' needs one node per "
+            "client; use executor.kind = 'cohort' (every node hosts a share of the clients)"
         )
-    if config.simulation.executor == "in-process":
-        raise ValueError("simulation.executor = 'in-process' runs no Flower nodes; under flwr run use "
+    if config.executor.kind == "in-process":
+        raise ValueError("executor.kind = 'in-process' runs no Flower nodes; under flwr run use "
                          "'cohort' or 'flower'")
-    prepared = prepare(config)
-    state = run_state(prepared)
+    plan = prepare(config)
+    state = run_state(plan)
     try:
-        execute(prepared, state, flower_executor(grid, prepared, workers=0), progress=False)
+        execute(plan, state, flower_executor(grid, plan, workers=0), progress=False)
         if state.error is not None:
             raise state.error
-        final = finalize(prepared, state.final_arrays, state.recorder.confusion, state.recorder.extras)
+        final = finalize(plan, state.final_arrays, state.recorder.confusion, state.recorder.extras)
     except (RunInterrupted, KeyboardInterrupt):
-        kept = rundir.mark_interrupted(prepared.staging, prepared.final)
+        kept = rundir.mark_interrupted(plan.staging, plan.final)
         print(f"fedsim: interrupted; resume with: fedsim run --resume {kept}")
         raise
     except BaseException as error:
-        if prepared.staging.exists():
-            rundir.mark_failed(prepared.staging, prepared.final, error)
+        if plan.staging.exists():
+            rundir.mark_failed(plan.staging, plan.final, error)
         raise
     print(f"fedsim run directory: {final.resolve()}")
 

@@ -30,10 +30,10 @@ def partition(config: ExperimentConfig, output_dir: str | Path | None = None) ->
     """Partition the configured dataset; with ``output_dir``, save counts CSV and heat-map PNG."""
     from fedsim.runs.prepare import make_partition
 
-    validate(config)
+    plan = validate(config)
     dataset = materialize(config.data)
-    validate_against_dataset(config, dataset.num_train, dataset.num_classes)
-    _, counts, _ = make_partition(config, dataset)
+    validate_against_dataset(plan, dataset.num_train, dataset.num_classes)
+    _, counts, _ = make_partition(plan, dataset)
     report = PartitionReport(counts_frame(counts, dataset.class_names), summary(np.asarray(counts)))
     if output_dir is not None:
         folder = Path(output_dir)

@@ -1,21 +1,8 @@
-"""Methods: the engine's support for a strategy family beyond the round loop (see :mod:`.base`).
+"""Methods: what a family of strategies needs beyond the round loop.
 
-:data:`METHODS` maps a strategy name to its :class:`Method`; every strategy not listed
-exchanges model weights and gets the default.
+Most strategies exchange model weights (:class:`~fedsim.methods.base.Method`, the default);
+a method whose strategy exchanges something else, or needs more around the rounds, subclasses
+it next to its own settings (``latent_distill/``) and registers in
+:data:`fedsim.methods.registry.METHODS`. Run modes (:mod:`.modes`), server-side evaluation
+(:mod:`.evaluation`) and the DP strategies' privacy accounting (``privacy/``) live here too.
 """
-
-from __future__ import annotations
-
-from .base import Method, ServerSetup
-from .latent_distill import DistillationViews, LatentDistillMethod
-
-METHODS: dict[str, Method] = {"latent-distill": LatentDistillMethod()}
-WEIGHTS = Method()
-
-
-def method_for(strategy_name: str) -> Method:
-    """The engine support for strategy ``strategy_name`` (weight exchange unless registered)."""
-    return METHODS.get(strategy_name, WEIGHTS)
-
-
-__all__ = ["METHODS", "DistillationViews", "LatentDistillMethod", "Method", "ServerSetup", "method_for"]

@@ -1,45 +1,46 @@
-"""What a family of strategies needs from the engine beyond the round loop.
+"""What a family of strategies needs from fedsim's server side beyond the round loop.
 
 Most strategies exchange model weights: the server starts from seeded initial weights,
 evaluates the global model on the test set and saves the final one. That is the default
 :class:`Method`. A method whose strategy exchanges something else (e.g. federated
-distillation's transfer-set outputs) subclasses it next to its own code and registers under
-its strategy's name in :data:`fedsim.methods.METHODS`: its rules on the config, the inputs it
-prepares before the run, how the server starts, and the round extensions it needs.
+distillation's transfer-set outputs) subclasses it next to its own settings and registers under
+its strategy's name in :data:`fedsim.methods.registry.METHODS`: its rules on the config, the
+inputs it prepares before the run, how the server starts, and the round extensions it needs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-from fedsim.config import ExperimentConfig
+from fedsim.core.extension import RoundExtension
+from fedsim.core.recipe import DistillRecipe
 from fedsim.datasets import CachedDataset
 from fedsim.methods.evaluation import CentralEvaluation, CentralEvaluator, ClientModelEvaluation
-from fedsim.core.extension import RoundExtension
 from fedsim.models import FedsimNet
-from fedsim.methods.modes import evaluates_client_models
-from fedsim.core.recipe import DistillRecipe, SGDRecipe
 from fedsim.outputs.recorder import RunRecorder
+
+if TYPE_CHECKING:  # type-only: the config and the plan are resolved above this package
+    from pathlib import Path
+
+    from fedsim.config import ExperimentConfig
+    from fedsim.runs.plan import RunPlan
 
 
 @dataclass
 class ServerSetup:
-    """What a method's server side may use when a run starts."""
+    """What a method's server side may use when a run starts: the prepared plan and the server's tools."""
 
-    config: ExperimentConfig
-    dataset: CachedDataset
-    folder: Path  # the (staging) run directory with the inputs the method wrote
+    plan: RunPlan  # config, dataset, staging folder (with the inputs the method wrote), recipe
     evaluator: CentralEvaluator
     recorder: RunRecorder
-    device: torch.device
-    recipe: SGDRecipe  # the run's local-training recipe (from its spec)
+    device: torch.device  # the server's device
     build_model: Callable[[], FedsimNet]  # the run's initial model (seeded by the config's seed)
 
 
@@ -89,7 +90,8 @@ class Method:
 
     def start(self, strategy: Strategy, setup: ServerSetup) -> tuple[ArrayRecord, list[RoundExtension]]:
         """The round loop's initial arrays and this method's round extensions."""
-        extensions: list[RoundExtension] = [CentralEvaluation(setup.evaluator, setup.config.evaluation.centralized_every)]
-        if evaluates_client_models(setup.config):
+        every = setup.plan.config.evaluation.centralized_every
+        extensions: list[RoundExtension] = [CentralEvaluation(setup.evaluator, every)]
+        if setup.plan.evaluates_client_models:
             extensions.append(ClientModelEvaluation(setup.evaluator))
         return ArrayRecord(setup.build_model().state_dict()), extensions

@@ -13,13 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from fedsim.config import ExperimentConfig, problem
+from fedsim.settings import problem
+
+if TYPE_CHECKING:  # type-only: the config is parsed above this package
+    from fedsim.config import ExperimentConfig
 
 
 @dataclass(frozen=True)
 class RunMode:
-    """What a mode means for the engine."""
+    """What a mode means for a run."""
 
     summary: str
     federated: bool = True  # clients train in rounds (False: the centralized runner, no clients)
@@ -59,12 +63,3 @@ def check_mode(config: ExperimentConfig) -> list[str]:
     if mode is None:
         return [problem("train.mode", config.train.mode, f"allowed: {', '.join(RUN_MODES)}")]
     return mode.rule(config)
-
-
-def evaluates_client_models(config: ExperimentConfig) -> bool:
-    """Whether every client's uploaded model is evaluated on the test set (mode or ``evaluation.client_models``)."""
-    return config.evaluation.client_models or MODES[config.train.mode].evaluates_client_models
-
-
-def is_federated(config: ExperimentConfig) -> bool:
-    return MODES[config.train.mode].federated

@@ -28,19 +28,18 @@ from fedsim.runs.executors import ON_FLOWER, InProcessExecutor
 from fedsim.core.extension import RoundExtension
 from fedsim.ops.interrupt import RunInterrupted, handling_interrupts, stop_requested
 from fedsim.ops.logs import quiet_flower
-from fedsim.methods import method_for
-from fedsim.methods.modes import is_federated
-from fedsim.runs.prepare import PreparedRun, prepare, prepare_resume
-from fedsim.outputs.results import RunResult, load_run
-from fedsim.runs.simulate import node_count, run_simulation
-from fedsim.timing import DROPPED
+from fedsim.runs.plan import RunPlan
 from fedsim.config.validation import validate
+from fedsim.runs.prepare import prepare_resume, stage
+from fedsim.outputs.results import RunResult, load_run
+from fedsim.runs.simulate import run_simulation
+from fedsim.timing import DROPPED
 
 
-def finalize(prepared: PreparedRun, final_arrays: ArrayRecord | None, confusion: np.ndarray | None,
+def finalize(plan: RunPlan, final_arrays: ArrayRecord | None, confusion: np.ndarray | None,
              extras: dict | None = None) -> Path:
     """Write tables in the chosen format, summary, confusion matrix and figures; publish."""
-    folder, config = prepared.staging, prepared.config
+    folder, config = plan.staging, plan.config
     rounds = pd.read_csv(folder / "rounds.csv")
     clients = pd.read_csv(folder / "clients.csv")
     if config.output.format == "parquet":
@@ -48,23 +47,23 @@ def finalize(prepared: PreparedRun, final_arrays: ArrayRecord | None, confusion:
         clients.to_parquet(folder / "clients.parquet", index=False)
         (folder / "rounds.csv").unlink()
         (folder / "clients.csv").unlink()
-    names = list(prepared.dataset.class_names)
+    names = list(plan.dataset.class_names)
     if confusion is not None:
         frame = pd.DataFrame(confusion, index=pd.Index(names, name="true"), columns=names)
         frame.to_csv(folder / "confusion_matrix.csv")
-    if final_arrays is not None and method_for(config.strategy.name).global_model:
+    if final_arrays is not None and plan.method.global_model:
         torch.save(final_arrays.to_torch_state_dict(), folder / "final_model.pt")
-    (folder / "summary.json").write_text(json.dumps(summarize(rounds, clients, prepared, extras), indent=2))
+    (folder / "summary.json").write_text(json.dumps(summarize(rounds, clients, plan, extras), indent=2))
     if config.output.figures:
         figures = folder / "figures"
         figures.mkdir(exist_ok=True)
         title = f"{config.strategy.name} / {config.model.name} / {config.partition.scheme}"
         plots.plot_accuracy(rounds, figures / "accuracy.png", title)
         plots.plot_loss(rounds, figures / "loss.png", title)
-        plot_heatmap(prepared.counts, names, figures / "label_distribution.png")
-        plots.plot_time_figures(rounds, clients, figures, config.time.deadline, title)
+        plot_heatmap(plan.counts, names, figures / "label_distribution.png")
+        plots.plot_time_figures(rounds, clients, figures, config.time.policy.deadline, title)
         plots.plot_privacy_figure(rounds, figures, title)
-    return rundir.publish(folder, prepared.final)
+    return rundir.publish(folder, plan.final)
 
 
 def trained_by_engine(clients: pd.DataFrame) -> dict[str, int]:
@@ -75,10 +74,10 @@ def trained_by_engine(clients: pd.DataFrame) -> dict[str, int]:
     return {str(k): int(v) for k, v in engines[engines != ""].value_counts().items()}
 
 
-def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, prepared: PreparedRun,
+def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, plan: RunPlan,
               extras: dict | None = None) -> dict:
     """The headline numbers of a run, for ``summary.json``."""
-    config = prepared.config
+    config = plan.config
     extras = dict(extras or {})
     tested = rounds.dropna(subset=["test_accuracy"]) if "test_accuracy" in rounds else rounds.iloc[:0]
     trained = rounds[rounds["round"] > 0]
@@ -107,10 +106,10 @@ def summarize(rounds: pd.DataFrame, clients: pd.DataFrame, prepared: PreparedRun
         else None,
         "clients_dropped": ({status: int((clients["status"] == status).sum()) for status in DROPPED}
                             if len(clients) else {}),
-        "engine": config.simulation.engine,
+        "engine": config.engine.kind,
         "trained_by_engine": trained_by_engine(clients),
         "compile_seconds": float(trained["compile_seconds"].sum()) if "compile_seconds" in trained else 0.0,
-        "partition_summary": partition_summary(prepared.counts),
+        "partition_summary": partition_summary(plan.counts),
         **extras,
     }
 
@@ -124,7 +123,7 @@ def run(
 ) -> RunResult:
     """Run one experiment and return its results.
 
-    Clients run where ``simulation.executor`` says (Flower's simulation runtime by default).
+    Clients run where ``executor.kind`` says (Flower's simulation runtime by default).
     ``extensions`` are round extensions (:mod:`fedsim.core.extension`) that take part in every round
     after the run's own; ``on_round`` is called with every ``rounds.csv`` row as it is written.
     Raises an :class:`~fedsim.errors.InputError` for bad input (nothing written), a
@@ -153,9 +152,9 @@ def resume(
     ends as the uninterrupted run would have -- bit for bit on CPU -- published under its final
     name. ``extensions`` must be the same kinds as the interrupted run had.
     """
-    prepared, checkpoint = prepare_resume(path)
-    state = run_state(prepared, list(extensions or []), checkpoint)
-    (outcome,) = _run_jobs([(0, prepared, state)], [None], progress, verbose, on_round, None)
+    plan, checkpoint = prepare_resume(path)
+    state = run_state(plan, list(extensions or []), checkpoint)
+    (outcome,) = _run_jobs([(0, plan, state)], [None], progress, verbose, on_round, None)
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
@@ -173,7 +172,7 @@ def run_many(
 
     Starting Ray and its actors costs seconds per run; runs that share the client count and
     per-client resources (a strategy comparison) therefore share one runtime, executed one
-    after another by the same ServerApp. Runs with ``simulation.executor = "in-process"`` and
+    after another by the same ServerApp. Runs with ``executor.kind = "in-process"`` and
     the centralized baseline run in this process first. ``extensions``, if given, makes the
     user's round extensions for each federated run (a new set per run: extensions keep
     state). Each run keeps its own run directory, and a run that fails is returned as its
@@ -181,26 +180,25 @@ def run_many(
     errors of any config are raised before anything is written. After Ctrl-C the run in
     progress and those not started are returned as :class:`~fedsim.ops.interrupt.RunInterrupted`.
     """
-    for config in configs:
-        validate(config)
+    plans = [validate(config) for config in configs]  # every config's input errors before anything is written
     outcomes: list[RunResult | BaseException | None] = [None] * len(configs)
-    jobs: list[tuple[int, PreparedRun, RunState]] = []
+    jobs: list[tuple[int, RunPlan, RunState]] = []
     try:
-        for index, config in enumerate(configs):
+        for index, (config, plan) in enumerate(zip(configs, plans)):
             try:
-                prepared = prepare(config)
+                plan = stage(plan)
             except Exception as error:  # noqa: BLE001 - reported per run
                 outcomes[index] = error
                 continue
-            jobs.append((index, prepared, run_state(prepared, extensions(config) if extensions else None)))
+            jobs.append((index, plan, run_state(plan, extensions(config) if extensions else None)))
     except BaseException:  # e.g. Ctrl-C while preparing: no staging folder stays behind
-        for _, prepared, _ in jobs:
-            shutil.rmtree(prepared.staging, ignore_errors=True)
+        for _, plan, _ in jobs:
+            shutil.rmtree(plan.staging, ignore_errors=True)
         raise
     return _run_jobs(jobs, outcomes, progress, verbose, on_round, on_start)
 
 
-def _run_jobs(jobs: list[tuple[int, PreparedRun, RunState]], outcomes: list, progress: bool, verbose: bool,
+def _run_jobs(jobs: list[tuple[int, RunPlan, RunState]], outcomes: list, progress: bool, verbose: bool,
               on_round: Callable[[dict], None] | None, on_start: Callable[[int], None] | None,
               ) -> list[RunResult | BaseException]:
     """Execute prepared jobs, then publish, fail or keep (interrupted) each run directory.
@@ -211,23 +209,23 @@ def _run_jobs(jobs: list[tuple[int, PreparedRun, RunState]], outcomes: list, pro
     try:
         with handling_interrupts():
             _execute(jobs, progress, verbose, on_round, on_start)
-            for index, prepared, state in jobs:
-                outcomes[index] = _conclude(prepared, state)
+            for index, plan, state in jobs:
+                outcomes[index] = _conclude(plan, state)
     finally:  # an exception of our own, or a second Ctrl-C: keep what is there, resumable
-        for index, prepared, state in jobs:
-            if prepared.staging.exists():
-                kept = rundir.mark_interrupted(prepared.staging, prepared.final)
+        for index, plan, state in jobs:
+            if plan.staging.exists():
+                kept = rundir.mark_interrupted(plan.staging, plan.final)
                 if outcomes[index] is None:
                     outcomes[index] = RunInterrupted(f"stopped; kept in {kept}")
     return [o if o is not None else RuntimeError("run did not execute") for o in outcomes]
 
 
-def _execute(jobs: list[tuple[int, PreparedRun, RunState]], progress: bool, verbose: bool,
+def _execute(jobs: list[tuple[int, RunPlan, RunState]], progress: bool, verbose: bool,
              on_round: Callable[[dict], None] | None, on_start: Callable[[int], None] | None) -> None:
     """Run every job: centralized and in-process ones here, the others on Flower's runtime."""
-    on_flower = [(i, p, s) for i, p, s in jobs if is_federated(p.config) and p.config.simulation.executor in ON_FLOWER]
+    on_flower = [(i, p, s) for i, p, s in jobs if p.federated and p.config.executor.kind in ON_FLOWER]
     flower_indices = {i for i, _, _ in on_flower}
-    for index, prepared, state in jobs:
+    for index, plan, state in jobs:
         if index in flower_indices:
             continue
         if stop_requested():
@@ -235,13 +233,12 @@ def _execute(jobs: list[tuple[int, PreparedRun, RunState]], progress: bool, verb
             continue
         if on_start:
             on_start(index)
-        if not is_federated(prepared.config):
-            execute_centralized(prepared, state, progress=progress, on_round=on_round)
+        if not plan.federated:
+            execute_centralized(plan, state, progress=progress, on_round=on_round)
         else:
-            executor = InProcessExecutor(client_app, prepared.config.partition.num_clients,
-                                         int(prepared.config.simulation.num_cpus_per_client))
+            executor = InProcessExecutor(client_app, plan.num_clients, int(plan.config.runtime.num_cpus_per_client))
             with quiet_flower(verbose):
-                execute(prepared, state, executor, progress=progress, on_round=on_round)
+                execute(plan, state, executor, progress=progress, on_round=on_round)
     for group in _simulation_groups(on_flower):
         if stop_requested():
             for _, _, state in group:
@@ -251,27 +248,27 @@ def _execute(jobs: list[tuple[int, PreparedRun, RunState]], progress: bool, verb
                                       on_round=on_round,
                                       on_start=(lambda k, g=group: on_start(g[k][0])) if on_start else None)
         try:
-            run_simulation(server_app, group[0][1].config, verbose=verbose)
+            run_simulation(server_app, group[0][1], verbose=verbose)
         except Exception as error:  # noqa: BLE001 - the runtime itself failed: every run in it
             for _, _, state in group:
                 if state.error is None and state.final_arrays is None:
                     state.error = error
 
 
-def _conclude(prepared: PreparedRun, state: RunState) -> RunResult | BaseException:
+def _conclude(plan: RunPlan, state: RunState) -> RunResult | BaseException:
     """Publish a finished run; keep a failed one as ``.failed``, an interrupted one as ``.interrupted``."""
     if isinstance(state.error, (RunInterrupted, KeyboardInterrupt)):
-        kept = rundir.mark_interrupted(prepared.staging, prepared.final)
+        kept = rundir.mark_interrupted(plan.staging, plan.final)
         return RunInterrupted(f"interrupted; the run is kept in {kept} (resume with: fedsim run --resume {kept})")
     try:
         if state.error is not None:
             raise state.error
         if state.final_arrays is None:
             raise RuntimeError("the simulation ended before the server finished its rounds")
-        return load_run(finalize(prepared, state.final_arrays, state.recorder.confusion, state.recorder.extras))
+        return load_run(finalize(plan, state.final_arrays, state.recorder.confusion, state.recorder.extras))
     except Exception as error:  # noqa: BLE001 - reported per run
-        if prepared.staging.exists():
-            failed = rundir.mark_failed(prepared.staging, prepared.final, error)
+        if plan.staging.exists():
+            failed = rundir.mark_failed(plan.staging, plan.final, error)
             error.add_note(f"partial output kept in {failed}")
         return error
 
@@ -280,9 +277,10 @@ def _simulation_groups(jobs: list) -> list[list]:
     """Consecutive federated jobs that can share one runtime (same nodes and resources)."""
     groups: list[list] = []
     for job in jobs:
-        config = job[1].config
-        sim = config.simulation
-        key = (node_count(config), sim.executor, sim.num_cpus_per_client, sim.num_gpus_per_client, sim.ray_num_cpus)
+        plan = job[1]
+        runtime = plan.config.runtime
+        key = (plan.nodes, plan.config.executor.kind, runtime.num_cpus_per_client, runtime.num_gpus_per_client,
+               runtime.ray_num_cpus)
         if groups and groups[-1][0] == key:
             groups[-1][1].append(job)
         else:

@@ -205,7 +205,7 @@ def read_trace(path: Path, period: float = 0.0) -> pd.DataFrame:
     if not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
         raise TraceError(f"trace file {str(path)!r}: client_id must be integers >= 0")
     if period > 0 and (times[:, 1] > period).any():
-        raise TraceError(f"trace file {str(path)!r}: intervals end after time.trace_period = {period:g} s; "
+        raise TraceError(f"trace file {str(path)!r}: intervals end after time.availability.period = {period:g} s; "
                          "a repeating trace must fit in one period")
     return frame[["client_id", "start", "end"]].sort_values(["client_id", "start"]).reset_index(drop=True)
 

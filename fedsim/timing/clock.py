@@ -13,7 +13,7 @@ client's training samples; a method adds its own work, e.g. latent-distill's dig
 the transfer set), known before the client trains -- which is what lets a deadline drop a
 straggler without computing it. Client hooks that change the number of local samples (a
 selection subset, augmented copies) do not change it. ``jitter`` is 1, or with
-``time.round_jitter = sigma > 0`` a lognormal factor drawn per (seed, round, client).
+``time.devices.round_jitter = sigma > 0`` a lognormal factor drawn per (seed, round, client).
 ``bytes_down`` is the size of the arrays in the client's task message (peer models included),
 ``bytes_up`` the size of what it will send back (the method's
 :meth:`~fedsim.methods.Method.upload_bytes`: for weight exchange the model itself).

@@ -121,7 +121,7 @@ def _draw_types(rng: np.random.Generator, names: list[str], weights: list[float]
 def lognormal_profiles(n: int, seed: int, seconds_per_sample: float, download_mbps: float,
                        upload_mbps: float, latency: float, compute_sigma: float,
                        network_sigma: float) -> DeviceProfiles:
-    """``n`` clients' profiles drawn around the medians (``time.devices = "lognormal"``)."""
+    """``n`` clients' profiles drawn around the medians (``time.devices.kind = "lognormal"``)."""
     base = pd.DataFrame([{"seconds_per_sample": seconds_per_sample, "download_mbps": download_mbps,
                           "upload_mbps": upload_mbps, "latency": latency}], index=["lognormal"])
     rng = np.random.default_rng([seed, _STREAM])
@@ -130,7 +130,7 @@ def lognormal_profiles(n: int, seed: int, seconds_per_sample: float, download_mb
 
 def tier_profiles(n: int, seed: int, tiers: list[str], weights: list[float], compute_sigma: float,
                   network_sigma: float) -> DeviceProfiles:
-    """Each client draws a tier of :data:`TIERS` (``time.devices = "tiers"``)."""
+    """Each client draws a tier of :data:`TIERS` (``time.devices.kind = "tiers"``)."""
     base = pd.DataFrame([vars(TIERS[t]) for t in tiers], index=tiers)
     rng = np.random.default_rng([seed, _STREAM])
     return _around(rng, _draw_types(rng, tiers, weights, n), base, compute_sigma, network_sigma)
@@ -164,7 +164,7 @@ def read_device_file(path: Path) -> pd.DataFrame:
 
 def file_profiles(frame: pd.DataFrame, n: int, seed: int, compute_sigma: float, network_sigma: float,
                   source: str = "device file") -> DeviceProfiles:
-    """Profiles from a checked device table (``time.devices = "file"``)."""
+    """Profiles from a checked device table (``time.devices.kind = "file"``)."""
     if "client_id" in frame:
         ids = frame["client_id"].to_numpy()
         if sorted(ids.tolist()) != list(range(n)):

@@ -15,7 +15,7 @@ dropped out, and the simulated-time columns of the round and of every client.
   (Bonawitz et al., "Towards Federated Learning at Scale: System Design", MLSys 2019: sample
   ``ceil((1 + x) K)`` and keep the first ``K`` to finish). A client whose availability ends
   before it finishes drops out (offline). Dropped clients are not trained at all unless
-  ``time.train_dropped`` (then trained and discarded), which also saves simulation time.
+  ``time.policy.train_dropped`` (then trained and discarded), which also saves simulation time.
 * :class:`AsynchronousScheduler` -- no rounds on the clients' side: up to ``concurrency``
   clients train at once, each from the model version it downloaded; as soon as one finishes
   (in simulated time) another starts from the current model. A server round ends when the
@@ -77,7 +77,7 @@ class Dropped:
     client_id: int
     status: str  # straggler | offline | surplus
     reason: str
-    reply: ClientReply | None = None  # its reply when it was trained anyway (time.train_dropped)
+    reply: ClientReply | None = None  # its reply when it was trained anyway (time.policy.train_dropped)
     times: dict[str, float] = field(default_factory=dict)  # its clients.csv time columns
 
 
@@ -151,7 +151,7 @@ class SynchronousScheduler(Scheduler):
                 raise NoClientAvailable(
                     f"round {server_round}: no client is online at simulated time {self.now:.1f} s and none "
                     "will come online again (time.availability; a trace that does not repeat has ended: set "
-                    "time.trace_period to repeat it)")
+                    "time.availability.period to repeat it)")
             online = self.availability.online(start, server_round)
         candidates = np.flatnonzero(online)
         size = min(math.ceil((1 + self.over_selection) * self.per_round), len(candidates))
@@ -334,7 +334,7 @@ class AsynchronousScheduler(Scheduler):
             raise NoClientAvailable(
                 f"round {server_round}: no client is online at simulated time {self.now:.1f} s, none is training "
                 "and none will come online again (time.availability; a trace that does not repeat has ended: set "
-                "time.trace_period to repeat it)")
+                "time.availability.period to repeat it)")
         staleness = [server_round - f.dispatch_round for f in arrived if f.reply.ok]
         times = {f.client_id: {**f.times, "staleness": float(server_round - f.dispatch_round)} for f in arrived}
         drops = []

@@ -1,102 +1,80 @@
-"""Building a run's simulated time from its config: the inputs it records, the scheduler it uses.
+"""Building a run's simulated time from its plan: the inputs it records, the scheduler it uses.
 
 :func:`write_time_inputs` runs when a run is prepared: it draws (or reads) the device profiles
-and computes each client's model cost, and writes them to the run directory as
-``devices.csv``; with a trace, it copies the trace there as ``availability.csv``.
-:func:`build_scheduler` builds the round loop's scheduler from those files, so a resumed run
-uses exactly the devices and trace it started with.
+(the ``[time.devices]`` kind's :meth:`draw`) and computes each client's model cost, and writes
+them to the run directory as ``devices.csv``; with a trace, it copies the trace there as
+``availability.csv``. :func:`build_scheduler` builds the round loop's scheduler from those files,
+so a resumed run uses exactly the devices and trace it started with.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from flwr.serverapp.strategy import Strategy
 
-from fedsim.config import ExperimentConfig
-from fedsim.methods import Method
-from fedsim.models import build_model
 from fedsim.core.protocol import ARRAYS, ClientTask
-from fedsim.core.sampling import sample_size
-from fedsim.strategies import AsynchronousStrategy
+from fedsim.models import build_model
 
-from .availability import TRACE_FILE, AlwaysOnline, Availability, Daily, PerRound, Trace, read_trace
+from .availability import TRACE_FILE
 from .clock import SimulatedClock
 from .cost import model_cost
-from .devices import DeviceProfiles, file_profiles, lognormal_profiles, read_device_file, tier_profiles
+from .devices import DeviceProfiles
 from .scheduler import AsynchronousScheduler, Scheduler, SynchronousScheduler
 
-
-def draw_profiles(config: ExperimentConfig) -> DeviceProfiles:
-    """The population's device profiles for ``config`` (``time.devices`` != ``"none"``)."""
-    t, n = config.time, config.partition.num_clients
-    if t.devices == "lognormal":
-        return lognormal_profiles(n, config.seed, t.seconds_per_sample, t.download_mbps, t.upload_mbps, t.latency,
-                                  t.compute_sigma, t.network_sigma)
-    if t.devices == "tiers":
-        return tier_profiles(n, config.seed, list(t.tiers), list(t.tier_weights), t.compute_sigma, t.network_sigma)
-    return file_profiles(read_device_file(Path(t.devices_file).expanduser()), n, config.seed, t.compute_sigma,
-                         t.network_sigma)
+if TYPE_CHECKING:  # type-only: the plan is resolved above this package
+    from fedsim.runs.plan import RunPlan
 
 
-def architectures(config: ExperimentConfig) -> list[str]:
+def architectures(plan: RunPlan) -> list[str]:
     """Each client's architecture (round-robin over ``model.architectures``, as the clients do)."""
-    names = [entry.partition("@")[0] for entry in config.model.architectures] or [config.model.name]
-    return [names[c % len(names)] for c in range(config.partition.num_clients)]
+    model = plan.config.model
+    names = [entry.partition("@")[0] for entry in model.architectures] or [model.name]
+    return [names[c % len(names)] for c in range(plan.num_clients)]
 
 
-def write_time_inputs(config: ExperimentConfig, folder: Path, num_classes: int, channels: int) -> None:
+def write_time_inputs(plan: RunPlan, channels: int) -> None:
     """``devices.csv`` (profiles and model cost per client) and the trace's copy, when time is simulated."""
-    if config.time.devices == "none":
+    time, folder = plan.config.time, plan.staging
+    if not time.clocked:
         return
-    arch = architectures(config)
-    costs = {name: model_cost(name, num_classes, config.model.representation_dim, channels) for name in set(arch)}
-    draw_profiles(config).save(folder, np.array([costs[a] for a in arch]))
-    if config.time.availability == "trace":
-        shutil.copyfile(Path(config.time.trace_file).expanduser(), Path(folder) / TRACE_FILE)
+    arch = architectures(plan)
+    r, num_classes = plan.config.model.representation_dim, plan.dataset.num_classes
+    costs = {name: model_cost(name, num_classes, r, channels) for name in set(arch)}
+    time.devices.draw(plan.num_clients, plan.config.seed).save(folder, np.array([costs[a] for a in arch]))
+    if time.availability.kind == "trace":
+        shutil.copyfile(Path(time.availability.path).expanduser(), Path(folder) / TRACE_FILE)
 
 
-def availability_for(config: ExperimentConfig, folder: Path) -> Availability:
-    """The availability model ``time.availability`` names (a trace read from the run's copy)."""
-    t, n = config.time, config.partition.num_clients
-    if t.availability == "bernoulli":
-        return PerRound(n, t.availability_p, config.seed)
-    if t.availability == "daily":
-        return Daily(n, t.daily_on_hours, t.daily_period_hours, config.seed)
-    if t.availability == "trace":
-        return Trace(n, read_trace(Path(folder) / TRACE_FILE, t.trace_period), t.trace_period)
-    return AlwaysOnline(n)
-
-
-def _output_widths(config: ExperimentConfig, num_classes: int) -> list[int]:
+def _output_widths(plan: RunPlan) -> list[int]:
     """Per client: the width of the representation its model outputs (r, or its feature width)."""
-    r = config.model.representation_dim
-    widths = {name: r or build_model(name, num_classes, 0).feature_dim for name in set(architectures(config))}
-    return [widths[a] for a in architectures(config)]
+    r, num_classes = plan.config.model.representation_dim, plan.dataset.num_classes
+    arch = architectures(plan)
+    widths = {name: r or build_model(name, num_classes, 0).feature_dim for name in set(arch)}
+    return [widths[a] for a in arch]
 
 
-def build_scheduler(config: ExperimentConfig, folder: Path, strategy: Strategy, method: Method,
-                    train_sizes: np.ndarray, num_classes: int) -> Scheduler:
+def build_scheduler(plan: RunPlan) -> Scheduler:
     """The round loop's scheduler for this run (plain synchronous rounds when time is off)."""
-    t, n = config.time, config.partition.num_clients
-    per_round = sample_size(n, config.train.fraction_train, config.train.clients_per_round)
-    availability = availability_for(config, folder)
-    if t.devices == "none":
-        return SynchronousScheduler(config.seed, n, per_round, availability)
-    profiles, cost = DeviceProfiles.load(folder)
-    widths = _output_widths(config, num_classes)
+    config, n, seed = plan.config, plan.num_clients, plan.config.seed
+    time = config.time
+    availability = time.availability.model(n, seed, plan.staging)
+    if not time.clocked:
+        return SynchronousScheduler(seed, n, plan.clients_per_round, availability)
+    profiles, cost = DeviceProfiles.load(plan.staging)
+    widths, num_classes, method = _output_widths(plan), plan.dataset.num_classes, plan.method
 
     def upload_of(task: ClientTask) -> int:
         content = task.message.content
         model_bytes = content[ARRAYS].count_bytes() if ARRAYS in content.array_records else 0
         return method.upload_bytes(config, model_bytes, widths[task.client_id], num_classes)
 
-    clock = SimulatedClock(profiles, cost, method.local_samples(config, train_sizes), config.seed, upload_of,
-                           t.round_jitter)
-    if isinstance(strategy, AsynchronousStrategy):
-        return AsynchronousScheduler(config.seed, n, t.concurrency or per_round, strategy.buffer_size,
-                                     availability, clock)
-    return SynchronousScheduler(config.seed, n, per_round, availability, clock, t.deadline, t.over_selection,
-                                t.train_dropped)
+    clock = SimulatedClock(profiles, cost, method.local_samples(config, plan.train_sizes), seed, upload_of,
+                           time.devices.round_jitter)
+    if plan.strategy.asynchronous:
+        return AsynchronousScheduler(seed, n, plan.concurrency, plan.strategy.buffer_size, availability, clock)
+    policy = time.policy
+    return SynchronousScheduler(seed, n, plan.clients_per_round, availability, clock, policy.deadline,
+                                policy.over_selection, policy.train_dropped)

@@ -1,10 +1,10 @@
 """Executors: where and how a round's client tasks run (see :mod:`fedsim.runs.executors.base`).
 
-``simulation.executor`` picks one by name:
+``executor.kind`` picks one by name:
 
 * ``flower`` -- Flower's runtime: the simulation engine (Ray backend) that ``fedsim run``
   starts, or the federation ``flwr run`` connects to; one SuperNode per client.
-* ``cohort`` -- Flower's runtime with ``simulation.workers`` SuperNodes as workers (under
+* ``cohort`` -- Flower's runtime with ``executor.workers`` SuperNodes as workers (under
   ``flwr run``: every node of the federation), each running a share of every round's clients
   from one message (:mod:`fedsim.runs.executors.cohort`); nodes with their own data run their shard
   (:mod:`fedsim.runs.executors.nodes`).

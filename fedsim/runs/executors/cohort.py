@@ -118,7 +118,7 @@ class CohortExecutor(Executor):
             shard_tasks = [tasks[i] for i in shard]
             answer = answers.get(node)
             if answer is None:
-                unpacked = [failed_reply(t, "no reply before simulation.round_timeout (its worker did not answer)",
+                unpacked = [failed_reply(t, "no reply before executor.round_timeout (its worker did not answer)",
                                          NO_REPLY) for t in shard_tasks]
                 busy.append(float("nan"))
             else:

@@ -5,7 +5,7 @@ partition query that maps partition ids to nodes (one ``QUERY`` message per node
 run) and the ``Grid``. Tasks are addressed by client id; this executor rewrites each task's
 destination to the node hosting that client, sends all tasks (:func:`send_and_collect`) and
 maps the replies back. A client that does not answer within ``timeout`` seconds gets an error
-reply ("no reply before simulation.round_timeout").
+reply ("no reply before executor.round_timeout").
 """
 
 from __future__ import annotations
@@ -48,14 +48,14 @@ def send_and_collect(grid: Grid, messages: list[Message], timeout: float) -> lis
 
 def wait_for_nodes(grid: Grid, count: int, wait: float) -> list[int]:
     """The grid's node ids once ``count`` nodes are up (at most ``wait`` seconds,
-    ``simulation.node_wait``; starting Ray and its workers is not a round)."""
+    ``runtime.node_wait``; starting Ray and its workers is not a round)."""
     deadline = time.monotonic() + wait
     while len(node_ids := sorted(grid.get_node_ids())) < count:
         check_stop()
         if time.monotonic() > deadline:
             raise RuntimeError(
-                f"only {len(node_ids)} of {count} nodes came up within simulation.node_wait = {wait:g} s: "
-                "Ray could not start them (check simulation.num_cpus_per_client, num_gpus_per_client and "
+                f"only {len(node_ids)} of {count} nodes came up within runtime.node_wait = {wait:g} s: "
+                "Ray could not start them (check runtime.num_cpus_per_client, num_gpus_per_client and "
                 "ray_num_cpus against this machine, and run with --verbose to see Ray's log)")
         time.sleep(0.05)
     return node_ids
@@ -102,4 +102,4 @@ class GridExecutor(Executor):
         for reply in send_and_collect(self.grid, [t.message for t in tasks], self.timeout):
             answers[client_of[reply.metadata.src_node_id]] = reply
         return [ClientReply(t.client_id, answers[t.client_id]) if t.client_id in answers
-                else failed_reply(t, "no reply before simulation.round_timeout", NO_REPLY) for t in tasks]
+                else failed_reply(t, "no reply before executor.round_timeout", NO_REPLY) for t in tasks]

@@ -2,10 +2,10 @@
 
 Each client gets a Flower ``Context`` of its own and the ClientApp (with its mods) is called on
 the task's message in this thread (:class:`fedsim.clients.runner.ClientRunner`), with as many
-torch threads as a Ray worker of ``simulation.num_cpus_per_client`` CPUs gets, so that results
+torch threads as a Ray worker of ``runtime.num_cpus_per_client`` CPUs gets, so that results
 match the Flower executors' bit for bit on CPU. An exception becomes an error reply, as
 Flower's runtime would report it. There is no timeout: a client that hangs blocks the round.
-Used by the fast tests, for debugging and for small runs (``simulation.executor =
+Used by the fast tests, for debugging and for small runs (``executor.kind =
 "in-process"``).
 """
 

@@ -79,10 +79,10 @@ class NodePool:
         if self.answers:
             missing = sorted(set(range(self.shards or 0)) - set(self.hosted()))
             warnings.warn(f"starting without a node for shard(s) {missing} of {self.shards} after "
-                          f"simulation.node_wait = {self.wait:g} s: their clients fail until their node joins",
+                          f"runtime.node_wait = {self.wait:g} s: their clients fail until their node joins",
                           stacklevel=2)
             return
-        raise NodeError(f"no node came up within simulation.node_wait = {self.wait:g} s: check that the "
+        raise NodeError(f"no node came up within runtime.node_wait = {self.wait:g} s: check that the "
                         "SuperNodes reach the SuperLink")
 
     # ------------------------------------------------------------------ joining and leaving

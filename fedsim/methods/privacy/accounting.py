@@ -7,7 +7,7 @@ of standard deviation ``z * C / M`` to the mean of the updates (``M`` =
 extension that does: every round that releases a new global model is one step of the sampled
 Gaussian mechanism with sampling rate ``q = clients sampled / partition.num_clients`` and the
 noise multiplier the round actually had, composed with Opacus's accountant (``privacy.accountant``:
-``rdp`` by default, or ``prv``). This is *client-level* DP of the whole training: neighbouring
+``rdp`` by default, or ``prv``; :mod:`.settings`). This is *client-level* DP of the whole training: neighbouring
 datasets differ in all the data of one client. ``docs/privacy.md`` gives the formulas and the
 assumptions (Poisson vs fixed-size sampling, equal client weights).
 
@@ -31,17 +31,18 @@ import math
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 from flwr.serverapp.strategy.dp_adaptive_clipping import DifferentialPrivacyAdaptiveBase
 from flwr.serverapp.strategy.dp_fixed_clipping import DifferentialPrivacyFixedClippingBase
 
-from fedsim.config import ExperimentConfig, problem
 from fedsim.core.extension import RoundExtension, RoundRecord, RunContext
-from fedsim.core.sampling import sample_size
 from fedsim.strategies.averaging import UniformAvg
+
+if TYPE_CHECKING:  # type-only: the plan is resolved above this package
+    from fedsim.runs.plan import RunPlan
 
 ACCOUNTANTS = ("rdp", "prv")
 DEFAULT_DELTA_CAP = 1e-5
@@ -58,22 +59,6 @@ def is_dp_strategy(strategy: Strategy) -> bool:
 def resolve_delta(delta: float, num_clients: int) -> float:
     """``privacy.delta``, or for 0 (auto) ``min(1e-5, N ** -1.1)``: always below 1/N."""
     return float(delta) if delta > 0 else min(DEFAULT_DELTA_CAP, float(num_clients) ** -1.1)
-
-
-def check_privacy(config: ExperimentConfig) -> list[str]:
-    """Problems with the ``[privacy]`` section (checked whatever the strategy, so typos show)."""
-    p, n = config.privacy, config.partition.num_clients
-    e: list[str] = []
-    if p.accountant not in ACCOUNTANTS:
-        e.append(problem("privacy.accountant", p.accountant, f"allowed: {', '.join(ACCOUNTANTS)}"))
-    if not 0 <= p.delta < 1:
-        e.append(problem("privacy.delta", p.delta, "must be in [0, 1) (0 = auto: min(1e-5, N^-1.1), "
-                                                   "N = partition.num_clients)"))
-    elif p.delta > 0 and n > 0 and p.delta >= 1 / n:
-        e.append(problem("privacy.delta", p.delta, f"must be < 1 / partition.num_clients = {1 / n:g}: a delta of "
-                                                   "1/N or more allows revealing a whole client's data "
-                                                   "(0 = auto: min(1e-5, N^-1.1))"))
-    return e
 
 
 def adaptive_noise_multiplier(update_noise: float, count_stddev: float) -> float:
@@ -196,12 +181,11 @@ def _clipping(strategy: Strategy) -> str:
     return "adaptive" if isinstance(strategy, DifferentialPrivacyAdaptiveBase) else "fixed"
 
 
-def privacy_extensions(config: ExperimentConfig, strategy: Strategy) -> list[RoundExtension]:
+def privacy_extensions(plan: RunPlan, strategy: Strategy) -> list[RoundExtension]:
     """``[PrivacyAccounting]`` when ``strategy`` is a DP wrapper, else ``[]``."""
     if not is_dp_strategy(strategy):
         return []
-    n = config.partition.num_clients
-    k = sample_size(n, config.train.fraction_train, config.train.clients_per_round)
+    config, n, k = plan.config, plan.num_clients, plan.clients_per_round
     m = int(strategy.num_sampled_clients)
     notes = []
     if not isinstance(getattr(strategy, "strategy", None), UniformAvg):

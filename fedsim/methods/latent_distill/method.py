@@ -2,13 +2,14 @@
 
 The strategy (:class:`fedsim.strategies.LatentDistillation`) exchanges outputs on a shared
 transfer set instead of weights, and the clients' side lives in :mod:`fedsim.clients.distill`.
-What the engine has to do around them lives here, in one place:
+What the server side has to do around them lives here, in one place:
 
-* **rules** -- the ``[distill]`` settings and how they combine with the rest of the config;
+* **rules** -- how the ``[latent_distill]`` settings (:mod:`.settings`) combine with the rest of
+  the config;
 * **inputs** -- the transfer set (held out of the training set before partitioning, or drawn
   from another cached dataset) and each client's T_priv, a test subset with the client's
   class mix (``transfer.npz``);
-* **start** -- with ``distill.teacher = "server"`` a teacher of the run's architecture trained
+* **start** -- with ``latent_distill.teacher = "server"`` a teacher of the run's architecture trained
   on the labelled transfer set with the one training loop; its transfer-set outputs become
   every round's targets and its test accuracy goes to ``summary.json``;
 * **views** (:class:`DistillationViews`) -- there is no global model, so the round's test
@@ -22,7 +23,7 @@ from __future__ import annotations
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,9 +32,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.clients.distill import transfer_outputs
 from fedsim.clients.training import seeded_generator, to_tensor, train
-from fedsim.config import ExperimentConfig, problem
 from fedsim.datasets import (
-    DATASET_NAMES,
     CachedDataset,
     DatasetError,
     holdout_transfer,
@@ -47,7 +46,12 @@ from fedsim.outputs.recorder import RunRecorder
 from fedsim.core.spec import PartitionIndex, TransferIndex
 from fedsim.strategies import LatentDistillation
 
-from .base import Method, ServerSetup
+from fedsim.settings import problem
+
+from ..base import Method, ServerSetup
+
+if TYPE_CHECKING:  # type-only: the config is parsed above this package
+    from fedsim.config import ExperimentConfig
 
 TEACHER_STREAM = 0x7EAC  # the server teacher's generator salt (a stream no client uses)
 
@@ -102,55 +106,31 @@ class LatentDistillMethod(Method):
     evaluates_without_validation_split = True  # clients evaluate on T_priv / T_uni
 
     def check(self, c: ExperimentConfig) -> list[str]:
-        d, m = c.distill, c.model
+        """How ``[latent_distill]`` combines with the rest (its own values are checked by its settings)."""
+        d = c.latent_distill
         rules: list[tuple[bool, str, object, str]] = [
             (c.train.mode == "federated", "train.mode", c.train.mode, "latent-distill runs in federated mode"),
-            (d.transfer_size >= 1, "distill.transfer_size", d.transfer_size, "must be >= 1"),
-            (d.teacher in ("consensus", "server"), "distill.teacher", d.teacher, "allowed: consensus, server"),
-            (d.teacher_epochs >= 1, "distill.teacher_epochs", d.teacher_epochs, "must be >= 1"),
-            *[(getattr(d, k) >= 0, f"distill.{k}", getattr(d, k), "must be >= 0")
-              for k in ("lambda_ce", "lambda_kd", "lambda_rep")],
-            (d.temperature > 0, "distill.temperature", d.temperature, "must be > 0"),
-            (d.tau > 0, "distill.tau", d.tau, "must be > 0"),
-            (d.digest_epochs >= 0, "distill.digest_epochs", d.digest_epochs, "must be >= 0"),
-            (d.digest_batch_size >= 1, "distill.digest_batch_size", d.digest_batch_size, "must be >= 1"),
-            (d.digest_lr >= 0, "distill.digest_lr", d.digest_lr, "must be >= 0 (0 = train.lr)"),
-            (d.tpriv_size >= 1, "distill.tpriv_size", d.tpriv_size, "must be >= 1"),
-            (d.lambda_rep == 0 or m.representation_dim > 0, "distill.lambda_rep", d.lambda_rep,
+            (d.lambda_rep == 0 or c.model.representation_dim > 0, "latent_distill.lambda_rep", d.lambda_rep,
              "the representation loss needs model.representation_dim > 0"),
             (c.evaluation.client_models is False, "evaluation.client_models", True,
              "latent-distill evaluates every client's own model already (T_priv, T_uni)"),
         ]
-        if d.transfer_dataset:
-            rules[2:2] = [
-                (d.transfer_dataset in DATASET_NAMES, "distill.transfer_dataset", d.transfer_dataset,
-                 f"allowed: '' (hold out from the training set), {', '.join(DATASET_NAMES)}"),
-                (d.transfer_dataset != "npz" or bool(d.transfer_path), "distill.transfer_path", d.transfer_path,
-                 "transfer_dataset 'npz' needs the .npz file"),
-                (d.teacher == "consensus", "distill.teacher", d.teacher,
-                 "a server teacher trains on labels; another dataset's labels are not the clients' classes: "
-                 "use teacher = 'consensus' or hold the transfer set out of the training set"),
-                (d.lambda_ce == 0, "distill.lambda_ce", d.lambda_ce,
-                 "another dataset's labels are not the clients' classes: set lambda_ce = 0"),
-                (not d.transfer_classes, "distill.transfer_classes", d.transfer_classes,
-                 "class subsets apply to a hold-out of the training set only"),
-            ]
         return [problem(key, value, allowed) for ok, key, value, allowed in rules if not ok]
 
     def check_for_dataset(self, config: ExperimentConfig, num_train: int, num_classes: int) -> list[str]:
-        d = config.distill
+        d = config.latent_distill
         if d.transfer_dataset:
             return []
         errors = []
         if d.transfer_size >= num_train:
-            errors.append(problem("distill.transfer_size", d.transfer_size,
+            errors.append(problem("latent_distill.transfer_size", d.transfer_size,
                                   f"must leave private data: the training set has {num_train} samples"))
         if not all(k < num_classes for k in d.transfer_classes):
-            errors.append(problem("distill.transfer_classes", d.transfer_classes, f"class ids must be < {num_classes}"))
+            errors.append(problem("latent_distill.transfer_classes", d.transfer_classes, f"class ids must be < {num_classes}"))
         return errors
 
     def holdout(self, config: ExperimentConfig, labels: np.ndarray) -> np.ndarray | None:
-        d = config.distill
+        d = config.latent_distill
         if d.transfer_dataset:
             return None
         return holdout_transfer(labels, d.transfer_size, config.seed, list(d.transfer_classes))
@@ -163,53 +143,53 @@ class LatentDistillMethod(Method):
         y_train = np.asarray(dataset.load()["y_train"])
         y_test = np.asarray(dataset.load()["y_test"])
         tpriv = [tpriv_indices(y_test, np.bincount(y_train[split.train_of(c)], minlength=dataset.num_classes),
-                               config.distill.tpriv_size, config.seed, c)
+                               config.latent_distill.tpriv_size, config.seed, c)
                  for c in range(split.num_clients)]
         TransferIndex.from_lists(transfer, tpriv, str(source.folder.resolve()) if source else "").save(folder)
 
     def client_distill_recipe(self, config: ExperimentConfig) -> DistillRecipe:
-        d, t = config.distill, config.train
+        d, t = config.latent_distill, config.train
         digest = SGDRecipe(d.digest_epochs, d.digest_batch_size, d.digest_lr or t.lr, t.momentum, t.weight_decay)
         return DistillRecipe(digest, d.lambda_ce, d.lambda_kd, d.lambda_rep, d.temperature, d.tau)
 
     def local_samples(self, config: ExperimentConfig, train_sizes: np.ndarray) -> np.ndarray:
         """The revisit (local epochs on private data) plus the digest epochs on the transfer set."""
-        d = config.distill
+        d = config.latent_distill
         digest = d.digest_epochs * d.transfer_size if (d.lambda_ce or d.lambda_kd or d.lambda_rep) else 0
         return super().local_samples(config, train_sizes) + digest
 
     def upload_bytes(self, config: ExperimentConfig, model_bytes: int, output_width: int, num_classes: int) -> int:
         """Float32 logits and representations on the transfer set; nothing with a server teacher."""
-        if config.distill.teacher == "server":
+        if config.latent_distill.teacher == "server":
             return 0
-        return _outputs_bytes(config.distill.transfer_size, num_classes, output_width)
+        return _outputs_bytes(config.latent_distill.transfer_size, num_classes, output_width)
 
     def start(self, strategy: Strategy, setup: ServerSetup) -> tuple[ArrayRecord, list[RoundExtension]]:
         assert isinstance(strategy, LatentDistillation), "latent-distill's method drives LatentDistillation"
         labels = self._transfer_labels(setup)
-        if labels is not None and setup.config.distill.teacher == "server":
+        if labels is not None and setup.plan.config.latent_distill.teacher == "server":
             strategy.set_teacher(self._train_teacher(setup, labels))
         return strategy.initial_arrays(), [DistillationViews(labels)]
 
     @staticmethod
     def _transfer_labels(setup: ServerSetup) -> np.ndarray | None:
         """The transfer set's labels (None when it comes from another dataset: not the clients' classes)."""
-        index = TransferIndex.load(setup.folder)
+        index = TransferIndex.load(setup.plan.staging)
         if index.source:
             return None
-        return np.asarray(setup.dataset.load()["y_train"][index.transfer], dtype=np.int64)
+        return np.asarray(setup.plan.dataset.load()["y_train"][index.transfer], dtype=np.int64)
 
     @staticmethod
     def _train_teacher(setup: ServerSetup, labels: np.ndarray) -> ArrayRecord:
         """A server teacher trained with cross-entropy on the labelled transfer set; its outputs."""
-        config, dataset = setup.config, setup.dataset
-        transfer = TransferIndex.load(setup.folder).transfer
+        config, dataset = setup.plan.config, setup.plan.dataset
+        transfer = TransferIndex.load(setup.plan.staging).transfer
         x = to_tensor(np.asarray(dataset.load()["x_train"][transfer]), dataset.mean, dataset.std, setup.device)
         y = torch.from_numpy(labels.copy()).to(setup.device)
         teacher = setup.build_model().to(setup.device)
         generator = seeded_generator(config.seed, 0, config.partition.num_clients, TEACHER_STREAM)
         torch.manual_seed(generator.initial_seed())
-        train(teacher, x, y, setup.recipe.with_epochs(config.distill.teacher_epochs), generator)
+        train(teacher, x, y, setup.plan.recipe.with_epochs(config.latent_distill.teacher_epochs), generator)
         metrics, _ = setup.evaluator(ArrayRecord(teacher.state_dict()))
         setup.recorder.extras["teacher_test_accuracy"] = metrics["test_accuracy"]
         logits, reps = transfer_outputs(teacher, x)
@@ -224,20 +204,20 @@ def _outputs_bytes(transfer_size: int, num_classes: int, width: int) -> int:
 
 
 def external_transfer(config: ExperimentConfig, dataset: CachedDataset) -> tuple[CachedDataset, np.ndarray]:
-    """``distill.transfer_dataset``: ``transfer_size`` of another cached dataset's training images.
+    """``latent_distill.transfer_dataset``: ``transfer_size`` of another cached dataset's training images.
 
     The images must have the clients' shape; their labels are not used (they are not the
     clients' classes). The draw is seeded by the config's seed.
     """
-    d, data = config.distill, config.data
+    d, data = config.latent_distill, config.data
     other = materialize(replace(data, dataset=d.transfer_dataset, path=d.transfer_path, classes=[]))
     shape = np.load(other.folder / "x_train.npy", mmap_mode="r").shape
     own = np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape
     if shape[1:] != own[1:]:
-        raise DatasetError(f"distill.transfer_dataset = {d.transfer_dataset!r} has images of shape {shape[1:]}, "
+        raise DatasetError(f"latent_distill.transfer_dataset = {d.transfer_dataset!r} has images of shape {shape[1:]}, "
                            f"the clients' are {own[1:]}")
     if d.transfer_size > shape[0]:
-        raise DatasetError(f"distill.transfer_size = {d.transfer_size}: {d.transfer_dataset!r} has only "
+        raise DatasetError(f"latent_distill.transfer_size = {d.transfer_size}: {d.transfer_dataset!r} has only "
                            f"{shape[0]} training images")
     rng = np.random.default_rng([config.seed, 0x7D])
     return other, np.sort(rng.choice(shape[0], size=d.transfer_size, replace=False)).astype(np.int64)
