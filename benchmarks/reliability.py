@@ -30,7 +30,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from fedsim.runs.experiment import run
-from fedsim.core.loop import screen_updates
+from fedsim.core.screening import screen_updates
 from fedsim.models import build_model
 from fedsim.core.protocol import ClientReply, ClientTask, reply
 from fedsim.config.validation import load_config

@@ -27,22 +27,27 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 
 from fedsim.clients.runner import ensure_task_identity
 from fedsim.core.protocol import ARRAYS, NUM_EXAMPLES, ClientReply, ClientTask, reply
-from fedsim.timing import AlwaysOnline, AsynchronousScheduler, Daily, Dispatch, SimulatedClock, SynchronousScheduler
+from fedsim.core.schedule import Scheduler, SampledRounds, drive
+from fedsim.timing import AlwaysOnline, AsynchronousScheduler, Daily, SimulatedClock, SynchronousScheduler
 from fedsim.timing.devices import tier_profiles
 
 MODEL = ArrayRecord({"w": Array(np.zeros(62006, dtype=np.float32))})  # LeNet-5's size
 
 
-def dispatch() -> Dispatch:
-    content = RecordDict({ARRAYS: MODEL, "config": ConfigRecord({"server-round": 1})})
+CONTENT = RecordDict({ARRAYS: MODEL, "config": ConfigRecord({"server-round": 1})})
 
-    def configure(server_round: int, ids: list[int]) -> list[ClientTask]:
-        return [ClientTask(c, Message(content, dst_node_id=c, message_type=MessageType.TRAIN)) for c in ids]
 
-    def run(tasks: list[ClientTask]) -> list[ClientReply]:
-        return [ClientReply(t.client_id, reply(t.message, t.client_id, {NUM_EXAMPLES: 50}, MODEL)) for t in tasks]
+def configure(ids: list[int]) -> list[ClientTask]:
+    return [ClientTask(c, Message(CONTENT, dst_node_id=c, message_type=MessageType.TRAIN)) for c in ids]
 
-    return Dispatch(configure, run)
+
+def train(tasks: list[ClientTask]) -> list[ClientReply]:
+    return [ClientReply(t.client_id, reply(t.message, t.client_id, {NUM_EXAMPLES: 50}, MODEL)) for t in tasks]
+
+
+def one_round(scheduler: Scheduler, server_round: int) -> None:
+    """Answer the scheduler's requests for a round with ready-made tasks and replies (no training)."""
+    drive(scheduler.train_round(server_round), configure, train)
 
 
 def clock(n: int, seed: int) -> SimulatedClock:
@@ -52,7 +57,7 @@ def clock(n: int, seed: int) -> SimulatedClock:
 
 def schedulers(n: int, k: int, seed: int) -> dict[str, object]:
     return {
-        "plain": SynchronousScheduler(seed, n, k),
+        "plain": SampledRounds(seed, n, k),
         "deadline": SynchronousScheduler(seed, n, k, Daily(n, 16, 24, seed), clock(n, seed), deadline=2.0,
                                          over_selection=0.3),
         "fedbuff": AsynchronousScheduler(seed, n, 2 * k, k, AlwaysOnline(n), clock(n, seed)),
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         for server_round in range(1, args.rounds + 1):
             for name, scheduler in runs.items():  # interleaved: the machine's noise hits all alike
                 started = time.perf_counter()
-                scheduler.train_round(server_round, dispatch())
+                one_round(scheduler, server_round)
                 timed[name].append(time.perf_counter() - started)
         median = {name: 1e3 * statistics.median(values) for name, values in timed.items()}
         print(f"{n:>9} | {median['plain']:>8.2f} | {median['deadline']:>9.2f} | {median['fedbuff']:>8.2f} | "

@@ -10,7 +10,7 @@ import pytest
 
 from fedsim.runs.experiment import run
 from fedsim.core.sampling import TRAIN, sample_clients
-from fedsim.core.loop import TooFewClientsError
+from fedsim.core.screening import TooFewClientsError
 
 
 @pytest.mark.ray

@@ -13,7 +13,8 @@ from fedsim.clients.hooks import PeerCommittee
 from fedsim.runs.executors import Executor, InProcessExecutor
 from fedsim.runs.experiment import run
 from fedsim.core.extension import PHASE_EVALUATE, PHASE_TRAIN, ExtensionChain, RoundExtension, RoundRecord
-from fedsim.core.loop import ClientGrid, TooFewClientsError
+from fedsim.core.loop import ClientGrid
+from fedsim.core.screening import TooFewClientsError
 from fedsim.models import build_model
 from fedsim.runs.prepare import initial_model, prepare
 from fedsim.core.protocol import ClientReply, ClientTask, array_bytes, read_peers, reply

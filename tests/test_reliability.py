@@ -32,7 +32,7 @@ from fedsim.errors import InputError, RunError
 from fedsim.runs.experiment import resume, run
 from fedsim.core.extension import RoundExtension
 from fedsim.ops.interrupt import RunInterrupted, request_stop
-from fedsim.core.loop import DivergenceError
+from fedsim.core.screening import DivergenceError
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ["wall_seconds"]  # timings differ between any two runs

@@ -19,13 +19,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, Rec
 
 from fedsim.config import ConfigError
 from fedsim.core.protocol import ARRAYS, NUM_EXAMPLES, ClientReply, ClientTask, failed_reply, reply
+from fedsim.core.schedule import TrainingRound, drive
 from fedsim.strategies import FedAsync, FedBuff, build_strategy, staleness_weight
 from fedsim.timing import (
     AlwaysOnline,
     AsynchronousScheduler,
     Daily,
     DeviceProfiles,
-    Dispatch,
     PerRound,
     SimulatedClock,
     SynchronousScheduler,
@@ -182,8 +182,9 @@ class FakeLoop:
                                                ArrayRecord({"w": Array(np.full(250, t.client_id, dtype=np.float32))})))
                 for t in tasks]
 
-    def dispatch(self) -> Dispatch:
-        return Dispatch(self.configure, self.run)
+    def drive(self, scheduler, server_round: int) -> TrainingRound:  # noqa: ANN001 - a Scheduler
+        """Answer the scheduler's requests for one round, as the round loop does."""
+        return drive(scheduler.train_round(server_round), lambda ids: self.configure(server_round, ids), self.run)
 
 
 def clock_with_compute(seconds: list[float]) -> SimulatedClock:
@@ -198,7 +199,7 @@ def test_without_a_clock_the_scheduler_samples_like_the_plain_loop() -> None:
     from fedsim.core.sampling import TRAIN, sample_clients
 
     loop = FakeLoop()
-    training = SynchronousScheduler(5, 20, 4).train_round(3, loop.dispatch())
+    training = loop.drive(SynchronousScheduler(5, 20, 4), 3)
     assert loop.configured == [sample_clients(5, 3, TRAIN, 20, 4)] == loop.ran
     assert training.row == {} and not training.dropped
 
@@ -207,14 +208,14 @@ def test_the_deadline_drops_exactly_the_clients_slower_than_it_without_training_
     seconds = [5.0, 12.0, 8.0, 30.0, 10.0, 10.5]
     loop = FakeLoop()
     scheduler = SynchronousScheduler(0, 6, 6, clock=clock_with_compute(seconds), deadline=10.0)
-    training = scheduler.train_round(1, loop.dispatch())
+    training = loop.drive(scheduler, 1)
     assert sorted(d.client_id for d in training.dropped) == [1, 3, 5]  # 12, 30, 10.5 > 10; 10 makes it
     assert {d.status for d in training.dropped} == {"straggler"}
     assert loop.ran == [[0, 2, 4]]  # stragglers are not computed
     assert [r.client_id for r in training.arrived] == [0, 2, 4]
     assert training.row["sim_round_seconds"] == 10.0 and scheduler.now == 10.0  # the round waits for the deadline
     assert "more than the deadline of 10 s" in training.dropped[0].reason
-    second = scheduler.train_round(2, loop.dispatch())
+    second = loop.drive(scheduler, 2)
     assert training.times[0]["sim_finish"] == 5.0 and second.times[0]["sim_start"] == 10.0
 
 
@@ -222,7 +223,7 @@ def test_dropped_clients_can_be_trained_and_discarded() -> None:
     loop = FakeLoop()
     scheduler = SynchronousScheduler(0, 3, 3, clock=clock_with_compute([1.0, 9.0, 2.0]), deadline=5.0,
                                      train_dropped=True)
-    training = scheduler.train_round(1, loop.dispatch())
+    training = loop.drive(scheduler, 1)
     assert loop.ran == [[0, 1, 2]]
     assert [r.client_id for r in training.arrived] == [0, 2]
     (straggler,) = training.dropped
@@ -233,7 +234,7 @@ def test_over_selection_keeps_the_k_earliest_finishers() -> None:
     seconds = [7.0, 3.0, 9.0, 1.0, 5.0, 2.0, 8.0, 4.0, 6.0, 10.0]
     loop = FakeLoop()
     scheduler = SynchronousScheduler(0, 10, 3, clock=clock_with_compute(seconds), over_selection=0.5)
-    training = scheduler.train_round(1, loop.dispatch())
+    training = loop.drive(scheduler, 1)
     (sampled,) = loop.configured
     assert len(sampled) == math.ceil(1.5 * 3)  # 5 of 10
     expected = sorted(sorted(sampled, key=lambda c: seconds[c])[:3])
@@ -253,7 +254,7 @@ def test_sampling_picks_only_online_clients_and_offline_clients_drop_out() -> No
     loop = FakeLoop()
     scheduler = SynchronousScheduler(0, 10, 4, availability=Half(10), clock=clock_with_compute([3.0] * 10))
     for server_round in range(1, 6):
-        training = scheduler.train_round(server_round, loop.dispatch())
+        training = loop.drive(scheduler, server_round)
         assert all(c % 2 == 0 for c in loop.configured[-1]) and len(loop.configured[-1]) == 4
         assert all(d.client_id == 4 and d.status == "offline" for d in training.dropped)
         assert 4 not in loop.ran[-1]
@@ -264,7 +265,7 @@ def test_a_round_waits_until_some_client_comes_online() -> None:
     model.phase = np.array([22 * 3600.0, 20 * 3600.0])  # online from 2 h and from 4 h on
     loop = FakeLoop()
     scheduler = SynchronousScheduler(0, 2, 2, availability=model, clock=clock_with_compute([60.0, 60.0]))
-    training = scheduler.train_round(1, loop.dispatch())
+    training = loop.drive(scheduler, 1)
     assert loop.configured == [[0]]  # only client 0 is online at 2 h
     assert training.times[0]["sim_start"] == pytest.approx(2 * 3600.0, abs=1e-3)
     assert training.row["sim_round_seconds"] == pytest.approx(2 * 3600.0 + 60.0, abs=1e-3)
@@ -277,14 +278,14 @@ def test_async_rounds_keep_the_concurrency_and_one_update_per_client() -> None:
     loop = FakeLoop()
     scheduler = AsynchronousScheduler(0, 4, concurrency=2, buffer_size=2, availability=AlwaysOnline(4),
                                       clock=clock_with_compute([1.0, 4.0, 2.0, 3.0]))
-    first = scheduler.train_round(1, loop.dispatch())
+    first = loop.drive(scheduler, 1)
     start = loop.configured[0]
     assert len(start) == 2 and len(scheduler.in_flight) == 2  # never more than 2 in flight
     # each arrival frees a slot that a not-yet-used client fills at once
     assert len(first.arrived) == 2 and all(t["staleness"] == 0.0 for t in first.times.values())
     finishes = sorted(t["sim_finish"] for t in first.times.values())
     assert first.row["sim_time"] == finishes[-1] == scheduler.now
-    second = scheduler.train_round(2, loop.dispatch())
+    second = loop.drive(scheduler, 2)
     assert {c for r in (first, second) for c in (x.client_id for x in r.arrived)} <= {0, 1, 2, 3}
     staleness = [t["staleness"] for t in second.times.values()]
     assert max(staleness) >= 1.0  # a client from round 1's model arrives in round 2
@@ -304,7 +305,7 @@ def test_async_event_sequence_exactly() -> None:
     loop = FakeLoop()
     scheduler = AsynchronousScheduler(0, 2, concurrency=2, buffer_size=1, availability=AlwaysOnline(2),
                                       clock=clock_with_compute([1.0, 3.0]))
-    rounds = [scheduler.train_round(r, loop.dispatch()) for r in (1, 2, 3, 4)]
+    rounds = [loop.drive(scheduler, r) for r in (1, 2, 3, 4)]
     arrivals = [[(x.client_id, r.times[x.client_id]["sim_start"], r.times[x.client_id]["sim_finish"],
                   r.times[x.client_id]["staleness"]) for x in r.arrived] for r in rounds]
     assert arrivals == [[(0, 0.0, 1.0, 0.0)], [(0, 1.0, 2.0, 0.0)], [(0, 2.0, 3.0, 0.0)], [(1, 0.0, 3.0, 3.0)]]
@@ -317,7 +318,7 @@ def test_failed_async_arrivals_do_not_fill_the_buffer() -> None:
     loop = FakeLoop(fail=(0,))
     scheduler = AsynchronousScheduler(0, 4, concurrency=4, buffer_size=2, availability=AlwaysOnline(4),
                                       clock=clock_with_compute([1.0, 2.0, 3.0, 4.0]))
-    training = scheduler.train_round(1, loop.dispatch())
+    training = loop.drive(scheduler, 1)
     assert [r.client_id for r in training.arrived] == [0, 1, 2]  # 0 failed, so the round waits for 2
     assert sum(r.ok for r in training.arrived) == 2 and training.row["sim_time"] == 3.0
 
@@ -578,11 +579,11 @@ def test_a_trace_that_ends_stops_the_run_with_a_clear_error(tmp_path: Path) -> N
     for scheduler in (SynchronousScheduler(0, 2, 2, Trace(2, read_trace(path)), clock_with_compute([2.0, 2.0])),
                       AsynchronousScheduler(0, 2, 2, 2, Trace(2, read_trace(path)), clock_with_compute([2.0, 2.0]))):
         loop = FakeLoop()
-        assert len(scheduler.train_round(1, loop.dispatch()).arrived) == 2  # both finish at 2 s
-        scheduler.train_round(2, loop.dispatch())  # from 2 s to 4 s
+        assert len(loop.drive(scheduler, 1).arrived) == 2  # both finish at 2 s
+        loop.drive(scheduler, 2)  # from 2 s to 4 s
         with pytest.raises(NoClientAvailable, match="none will come online again.*time.availability.period"):
             for server_round in (3, 4):
-                scheduler.train_round(server_round, loop.dispatch())
+                loop.drive(scheduler, server_round)
 
 
 def test_a_round_in_which_nobody_drew_online_has_no_clients() -> None:
@@ -592,9 +593,9 @@ def test_a_round_in_which_nobody_drew_online_has_no_clients() -> None:
 
     loop = FakeLoop()
     scheduler = SynchronousScheduler(0, 5, 2, Nobody(5, 1.0, 0), clock_with_compute([1.0] * 5))
-    empty = scheduler.train_round(1, loop.dispatch())
+    empty = loop.drive(scheduler, 1)
     assert empty.dispatched == [] and empty.arrived == [] and scheduler.now == 0.0
-    assert len(scheduler.train_round(2, loop.dispatch()).arrived) == 2
+    assert len(loop.drive(scheduler, 2).arrived) == 2
 
 
 @pytest.mark.parametrize("name", ["stragglers.toml", "cifar10_stragglers.toml"])

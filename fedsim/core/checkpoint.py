@@ -3,9 +3,10 @@
 A checkpoint is the folder ``<run dir>/checkpoint/``:
 
 - ``state.json`` -- plain JSON: the round it was taken after, the strategy's attributes, the
-  round extensions' :meth:`~fedsim.core.extension.RoundExtension.state`, the recorder's position
-  (the byte length of every table, its run-level extras) and the RNG states of ``random``,
-  NumPy and torch;
+  round extensions' :meth:`~fedsim.core.extension.RoundExtension.state`, the scheduler's
+  :meth:`~fedsim.core.schedule.Scheduler.state` (a simulated clock's time, clients still
+  training), the recorder's position (the byte length of every table, its run-level extras) and
+  the RNG states of ``random``, NumPy and torch;
 - ``arrays.npz`` -- every array those refer to (the global model, FedAdam's moments, FedAvgM's
   momentum, a committee's peer models, ...), written with NumPy and read back with
   ``allow_pickle=False``: loading a checkpoint never unpickles an object;
@@ -38,7 +39,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.errors import InputError
 
-FORMAT = 1
+FORMAT = 2  # 1: the scheduler's state was the last round extension's (read too)
 FOLDER = "checkpoint"
 _TMP = ".checkpoint.tmp"
 _OLD = ".checkpoint.old"
@@ -152,17 +153,19 @@ class Checkpoint:
     extensions: dict[str, Any]
     recorder: dict[str, Any]
     rng: dict[str, Any]
+    scheduler: dict[str, Any] | None = None  # None: a run without a scheduler (the centralized baseline)
 
     @classmethod
     def capture(cls, server_round: int, arrays: ArrayRecord, strategy: Strategy | None, extension: Any,
-                recorder: Any) -> Checkpoint:
-        """The run's state now: ``extension`` has ``state()``, ``recorder`` has ``position()``."""
+                recorder: Any, scheduler: Any = None) -> Checkpoint:
+        """The run's state now: ``extension`` and ``scheduler`` have ``state()``, ``recorder`` has ``position()``."""
         return cls(server_round, arrays, strategy_state(strategy) if strategy is not None else {},
-                   extension.state(), recorder.position(), rng_state())
+                   extension.state(), recorder.position(), rng_state(),
+                   scheduler.state() if scheduler is not None else None)
 
-    def restore(self, strategy: Strategy | None, extension: Any, recorder: Any) -> ArrayRecord:
-        """Put the state back into the strategy, the extension(s), the tables, the client-state
-        store and the RNGs; return the global arrays to continue from."""
+    def restore(self, strategy: Strategy | None, extension: Any, recorder: Any, scheduler: Any = None) -> ArrayRecord:
+        """Put the state back into the strategy, the extension(s), the scheduler, the tables, the
+        client-state store and the RNGs; return the global arrays to continue from."""
         if strategy is not None:
             load_strategy_state(strategy, self.strategy)
         try:
@@ -170,6 +173,8 @@ class Checkpoint:
         except (ValueError, KeyError) as error:
             raise CheckpointError(f"{error}: resume with the same round extensions the run had "
                                   "(fedsim.resume(..., extensions=[...]))") from error
+        if scheduler is not None:
+            scheduler.load_state(self.scheduler or {})
         recorder.restore(self.recorder)
         self.restore_client_state(recorder.folder)
         set_rng_state(self.rng)
@@ -189,6 +194,7 @@ class Checkpoint:
             "extensions": encode(self.extensions, arrays, "extensions"),
             "recorder": encode(self.recorder, arrays, "recorder"),
             "rng": encode(self.rng, arrays, "rng"),
+            "scheduler": encode(self.scheduler, arrays, "scheduler"),
         }
         text = json.dumps(state)
         with (tmp / ARRAYS_FILE).open("wb") as handle:
@@ -222,11 +228,12 @@ class Checkpoint:
             state = json.loads((folder / STATE_FILE).read_text())
             with np.load(folder / ARRAYS_FILE, allow_pickle=False) as data:
                 arrays = {key: data[key] for key in data.files}
-            if state.get("format") != FORMAT:
-                raise CheckpointError(f"checkpoint format {state.get('format')!r}; this fedsim reads {FORMAT}")
+            if state.get("format") not in (1, FORMAT):
+                raise CheckpointError(f"checkpoint format {state.get('format')!r}; this fedsim reads 1 and {FORMAT}")
+            extensions = decode(state["extensions"], arrays)
+            scheduler = decode(state["scheduler"], arrays) if "scheduler" in state else _scheduler_of(extensions)
             return cls(int(state["round"]), decode(state["arrays"], arrays), decode(state["strategy"], arrays),
-                       decode(state["extensions"], arrays), decode(state["recorder"], arrays),
-                       decode(state["rng"], arrays))
+                       extensions, decode(state["recorder"], arrays), decode(state["rng"], arrays), scheduler)
         except CheckpointError:
             raise
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -239,6 +246,12 @@ class Checkpoint:
         folder = run_dir / FOLDER if (run_dir / FOLDER).is_dir() else run_dir / _OLD
         shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)
         _snapshot(folder / CLIENT_STATE, run_dir / CLIENT_STATE)
+
+
+def _scheduler_of(extensions: dict[str, Any]) -> dict[str, Any] | None:
+    """A format-1 checkpoint kept the scheduler's state as its last round extension's: take it out."""
+    keys = [key for key in extensions if key.endswith("Scheduler")]
+    return extensions.pop(keys[-1]) if keys else None
 
 
 def _snapshot(source: Path, target: Path) -> None:

@@ -19,7 +19,7 @@ from fedsim.clients.training import seeded_generator, train
 from fedsim.methods.evaluation import CentralEvaluation
 from fedsim.core.extension import RoundExtension, RoundRecord, RunContext
 from fedsim.ops.interrupt import check_stop
-from fedsim.core.loop import check_finite
+from fedsim.core.screening import check_finite
 from fedsim.models import FedsimNet
 from fedsim.core.recipe import SGDRecipe
 from fedsim.outputs.recorder import RunRecorder
@@ -33,7 +33,7 @@ def run_centralized(model: FedsimNet, x: torch.Tensor, y: torch.Tensor, recipe: 
 
     ``stream`` is the generator's client-id slot (one no client uses), so the shuffling is
     determined by (seed, round, stream). Checkpoints and ``resume`` work as in
-    :func:`fedsim.core.loop.run_rounds` (each round starts a fresh optimizer, so the weights are
+    :class:`fedsim.core.loop.RoundLoop` (each round starts a fresh optimizer, so the weights are
     the whole training state).
     """
     def finish(row: dict) -> None:

@@ -2,8 +2,8 @@
 
 :func:`execute` assembles a prepared run's plan (:mod:`fedsim.runs.prepare`) -- the strategy
 it builds, the method's start (initial arrays and its round extensions), the privacy
-accounting, the hooks' extensions, the scheduler -- and drives :func:`fedsim.core.loop.run_rounds`
-through the executor it is given. :func:`build_server_app` wraps it in a Flower ``ServerApp``
+accounting, the hooks' extensions, the scheduler -- into a :class:`fedsim.core.loop.RoundLoop`
+and runs it through the executor it is given. :func:`build_server_app` wraps it in a Flower ``ServerApp``
 whose executor talks to Flower's runtime; the in-process executor calls it directly
 (:func:`fedsim.runs.experiment.run_many`).
 """
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import Strategy
 from tqdm.auto import tqdm
 
 from fedsim.clients.hooks import build_hooks, round_extensions
@@ -24,7 +25,8 @@ from fedsim.clients.node import run_files
 from fedsim.clients.training import to_tensor
 from fedsim.core.checkpoint import Checkpoint
 from fedsim.core.extension import ExtensionChain, RoundExtension
-from fedsim.core.loop import LoopSettings, run_rounds
+from fedsim.core.schedule import EvaluationSchedule
+from fedsim.core.loop import RoundLoop
 from fedsim.core.protocol import CLIENT_TIMEOUT, RUN_DIR
 from fedsim.core.spec import resolve_device
 from fedsim.datasets import dataset_digest
@@ -59,17 +61,19 @@ def run_state(plan: RunPlan, extensions: list[RoundExtension] | None = None,
                     extensions=list(extensions or []), resume=resume)
 
 
-def loop_settings(plan: RunPlan, run_dir: str) -> LoopSettings:
-    """The round loop's parameters for ``plan`` (clients find the run's files in ``run_dir``)."""
+def round_loop(plan: RunPlan, strategy: Strategy, executor: Executor, extensions: list[RoundExtension],
+               recorder: RunRecorder, on_round: Callable[[dict], None] | None = None) -> RoundLoop:
+    """The plan's round loop: its scheduler, its evaluation schedule, and what every task carries."""
     config = plan.config
-    executor = config.executor
-    base_config: dict = {RUN_DIR: run_dir, CLIENT_TIMEOUT: float(executor.client_timeout or executor.round_timeout)}
-    return LoopSettings(
-        seed=config.seed, rounds=config.train.rounds, num_clients=plan.num_clients,
-        clients_per_round=plan.clients_per_round, clients_per_eval=plan.clients_per_eval,
-        federated_every=config.evaluation.federated_every, min_success_fraction=config.train.min_success_fraction,
-        base_config=base_config, checkpoint_every=config.output.checkpoint_every, lr=config.train.lr,
-    )
+    limit = config.executor.client_timeout or config.executor.round_timeout
+    return RoundLoop(
+        strategy, executor, build_scheduler(plan),
+        EvaluationSchedule(config.seed, plan.num_clients, plan.clients_per_eval, config.evaluation.federated_every,
+                           config.train.rounds),
+        recorder, rounds=config.train.rounds, seed=config.seed, num_clients=plan.num_clients, extensions=extensions,
+        task_config={RUN_DIR: str(plan.staging.resolve()), CLIENT_TIMEOUT: float(limit)},
+        min_success_fraction=config.train.min_success_fraction, checkpoint_every=config.output.checkpoint_every,
+        lr=config.train.lr, on_round=on_round)
 
 
 def server_setup(plan: RunPlan, recorder: RunRecorder) -> ServerSetup:
@@ -114,9 +118,8 @@ def execute(plan: RunPlan, state: RunState, executor: Executor, progress: bool =
         extensions += privacy_extensions(plan, strategy)  # DP strategies: (epsilon, delta) per round
         extensions += round_extensions(build_hooks(list(config.hooks))) + executor.round_extensions()
         extensions += state.extensions + ([board] if board else [])  # last: it logs the rows the others filled
-        state.final_arrays = run_rounds(strategy, executor, initial, loop_settings(plan, str(plan.staging.resolve())),
-                                        state.recorder, extensions, report, resume=state.resume,
-                                        scheduler=build_scheduler(plan))
+        loop = round_loop(plan, strategy, executor, extensions, state.recorder, report)
+        state.final_arrays = loop.run(initial, resume=state.resume)
     except BaseException as error:  # surfaced by the caller with the run directory marked failed
         state.error = error
     finally:

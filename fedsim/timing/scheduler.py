@@ -1,10 +1,11 @@
-"""Schedulers: which clients train in a round, when each finishes, and what reaches the strategy.
+"""Schedulers on a simulated clock: which clients train, when each finishes, what reaches the strategy.
 
-The round loop (:mod:`fedsim.core.loop`) asks its scheduler for a round's training: the scheduler
-picks client ids, has the loop configure them (the strategy's ``configure_train`` and the
-extensions' ``on_configure``) and run them (the executor), and returns a
-:class:`TrainingRound`: the tasks sent, the replies the server received, the clients that
-dropped out, and the simulated-time columns of the round and of every client.
+The round loop (:mod:`fedsim.core.loop`) asks its scheduler for a round's training
+(:mod:`fedsim.core.schedule`): the scheduler picks client ids, requests their tasks
+(:class:`~fedsim.core.schedule.Configure`) and their training
+(:class:`~fedsim.core.schedule.Train`), and returns a :class:`TrainingRound`: the tasks sent,
+the replies the server received, the clients that dropped out, and the simulated-time columns
+of the round and of every client.
 
 * :class:`SynchronousScheduler` -- rounds as in Flower: sample ``K`` clients (only among those
   online), wait for them, aggregate. Without a clock this is fedsim's plain round (sampling by
@@ -21,9 +22,11 @@ dropped out, and the simulated-time columns of the round and of every client.
   (in simulated time) another starts from the current model. A server round ends when the
   strategy's buffer holds ``buffer_size`` successful updates (FedBuff: Nguyen et al.,
   "Federated Learning with Buffered Asynchronous Aggregation", AISTATS 2022; FedAsync: buffer
-  of 1). Clients that start from the same model version are executed together, normally in one
-  batch per round, so a cohort worker trains them in one message. A client trains at most once per server round
-  and contributes at most one update to a buffer.
+  of 1). It is an event simulation over an explicit queue of the clients in flight
+  (:class:`EventQueue`), ordered by when each arrives or drops out. Clients that start from the
+  same model version are executed together, normally in one batch per round, so a cohort
+  worker trains them in one message. A client trains at most once per server round and
+  contributes at most one update to a buffer.
 
 All choices depend on (seed, round) and the simulated clock alone, never on which worker ran a
 client, so results are the same for any executor and worker count.
@@ -31,18 +34,18 @@ client, so results are the same for any executor and worker count.
 
 from __future__ import annotations
 
+import heapq
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MessageType, RecordDict
 
-from fedsim.errors import RunError
-from fedsim.core.extension import RoundExtension
 from fedsim.core.protocol import INVALID_UPDATE, ClientReply, ClientTask, failed_reply, reply
 from fedsim.core.sampling import TRAIN, sample_clients, sample_from
+from fedsim.core.schedule import Configure, Dropped, RoundSchedule, Scheduler, Train, TrainingRound
+from fedsim.errors import RunError
 
 from .availability import AlwaysOnline, Availability
 from .clock import ClientTimes, SimulatedClock
@@ -58,51 +61,12 @@ class NoClientAvailable(RunError):
     """No client is online to train, and none will be: the run cannot go on."""
 
 
-@dataclass
-class Dispatch:
-    """What a scheduler may ask of the loop in a round.
-
-    ``configure(round, ids)``: the strategy's tasks for these client ids (extensions applied),
-    in client-id order. ``run(tasks)``: one screened reply per task, in task order.
-    """
-
-    configure: Callable[[int, list[int]], list[ClientTask]]
-    run: Callable[[list[ClientTask]], list[ClientReply]]
-
-
-@dataclass
-class Dropped:
-    """A sampled client whose update does not reach the strategy (it is not a failure)."""
-
-    client_id: int
-    status: str  # straggler | offline | surplus
-    reason: str
-    reply: ClientReply | None = None  # its reply when it was trained anyway (time.policy.train_dropped)
-    times: dict[str, float] = field(default_factory=dict)  # its clients.csv time columns
-
-
-@dataclass
-class TrainingRound:
-    """A round's training as the scheduler ran it."""
-
-    dispatched: list[ClientTask]  # tasks sent this round (their arrays count as bytes down)
-    arrived: list[ClientReply]  # replies received this round (ok and failed), for rows and aggregation
-    dropped: list[Dropped] = field(default_factory=list)
-    times: dict[int, dict[str, float]] = field(default_factory=dict)  # arrived client id -> time columns
-    row: dict[str, float] = field(default_factory=dict)  # the round's rounds.csv time columns
-    notices: list[ClientReply] = field(default_factory=list)  # dropped clients' error replies for the strategy
-
-    @property
-    def to_strategy(self) -> list[ClientReply]:
-        """What the strategy's ``aggregate_train`` receives: arrivals, then drop notices."""
-        return self.arrived + self.notices
-
-
-class Scheduler(RoundExtension):
-    """Base class: a round extension (for its checkpointed state) that runs rounds' training."""
-
-    def train_round(self, server_round: int, dispatch: Dispatch) -> TrainingRound:
-        raise NotImplementedError
+def _no_client_error(server_round: int, now: float, training: bool = False) -> NoClientAvailable:
+    busy = ", none is training" if training else ""
+    return NoClientAvailable(
+        f"round {server_round}: no client is online at simulated time {now:.1f} s{busy} and none will come online "
+        "again (time.availability; a trace that does not repeat has ended: set time.availability.period to "
+        "repeat it)")
 
 
 def _dropped_reason(status: str, times: ClientTimes, i: int, start: float, until: float,
@@ -148,23 +112,21 @@ class SynchronousScheduler(Scheduler):
                 return [], start  # nobody drew "online" this round: a round without clients
             start = self.availability.next_online(start, server_round)
             if not math.isfinite(start):
-                raise NoClientAvailable(
-                    f"round {server_round}: no client is online at simulated time {self.now:.1f} s and none "
-                    "will come online again (time.availability; a trace that does not repeat has ended: set "
-                    "time.availability.period to repeat it)")
+                raise _no_client_error(server_round, self.now)
             online = self.availability.online(start, server_round)
         candidates = np.flatnonzero(online)
         size = min(math.ceil((1 + self.over_selection) * self.per_round), len(candidates))
         return sample_from(self.seed, server_round, TRAIN, candidates, size), start
 
-    def train_round(self, server_round: int, dispatch: Dispatch) -> TrainingRound:
+    def train_round(self, server_round: int) -> RoundSchedule:
         ids, start = self._sample(server_round, self.now)
-        tasks = dispatch.configure(server_round, ids) if ids else []
-        if self.clock is None:
-            return TrainingRound(tasks, dispatch.run(tasks) if tasks else [])
+        tasks = (yield Configure(ids)) if ids else []
+        if self.clock is None:  # no clock: every sampled client is waited for
+            return TrainingRound(tasks, (yield Train(tasks)) if tasks else [])
         waited = start - self.now
         if not tasks:
             return TrainingRound([], [], row=self._advance(start, 0.0, waited, 0))
+        # on the clock: each client's finish time decides whether it is kept, late or offline
         times = self.clock.task_times(server_round, tasks)
         total = times.total
         until = self.availability.online_until(times.client_ids, start, server_round)
@@ -174,12 +136,13 @@ class SynchronousScheduler(Scheduler):
         status[(status == OK) & (total > limit)] = STRAGGLER
         kept = np.flatnonzero(status == OK)
         target = min(self.per_round, len(ids))
-        if self.over_selection and len(kept) > target:
+        if self.over_selection and len(kept) > target:  # keep the first K to finish
             order = kept[np.lexsort((times.client_ids[kept], total[kept]))]
             status[order[target:]] = SURPLUS
             kept = np.sort(order[:target])
+        # only the kept clients are trained, unless the dropped ones are trained too (and discarded)
         run = [i for i in range(len(tasks)) if status[i] == OK or self.train_dropped]
-        replies = dict(zip(run, dispatch.run([tasks[i] for i in run]))) if run else {}
+        replies = dict(zip(run, (yield Train([tasks[i] for i in run])))) if run else {}
         columns = {int(times.client_ids[i]): times.columns(i, start) for i in range(len(tasks))}
         dropped = []
         for i in np.flatnonzero(status != OK):
@@ -189,6 +152,7 @@ class SynchronousScheduler(Scheduler):
             dropped.append(Dropped(cid, str(status[i]), _dropped_reason(str(status[i]), times, int(i), start,
                                                                         float(until[i]), self.deadline, target),
                                    replies.get(int(i)), columns[cid]))
+        # the round lasts until its last kept client (or the K-th finisher, or the deadline)
         if self.over_selection and len(kept) == target and target:
             duration = float(total[kept].max())
         elif self.deadline > 0 and dropped and any(d.status != SURPLUS for d in dropped):
@@ -227,6 +191,45 @@ class _Flight:
         return self.drop_at if self.drop_at is not None else self.times["sim_finish"]
 
 
+class EventQueue:
+    """The clients in flight, ordered by their next event: arriving, or dropping out (ties: client id)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Flight]] = []
+
+    def push(self, flight: _Flight) -> None:
+        heapq.heappush(self._heap, (flight.event_time, flight.client_id, flight))
+
+    def pop(self) -> _Flight:
+        return heapq.heappop(self._heap)[2]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    @property
+    def client_ids(self) -> list[int]:
+        return [entry[1] for entry in self._heap]
+
+    def flights(self) -> list[_Flight]:
+        """Every flight, in event order."""
+        return [entry[2] for entry in sorted(self._heap, key=lambda e: e[:2])]
+
+
+@dataclass
+class _AsyncRound:
+    """What happened so far in one server round of the asynchronous scheduler."""
+
+    rng: np.random.Generator
+    touched: np.ndarray  # clients dispatched, arrived or dropped this round (each trains at most once)
+    dispatched: list[ClientTask] = field(default_factory=list)
+    waiting: list[_Flight] = field(default_factory=list)  # dispatched this round, not computed yet
+    arrived: list[_Flight] = field(default_factory=list)
+    dropped: list[_Flight] = field(default_factory=list)
+    unknown: list[_Flight] = field(default_factory=list)  # arrived, not computed yet: counted as successes
+    ok: int = 0
+    failed: int = 0
+
+
 class AsynchronousScheduler(Scheduler):
     """Buffered asynchronous training on the simulated clock (FedBuff; FedAsync with a buffer of 1).
 
@@ -235,6 +238,10 @@ class AsynchronousScheduler(Scheduler):
     or after ``buffer_size`` failed arrivals, for the loop's failure check). The staleness of
     an update is the number of server rounds between the one whose model it started from and
     the one that aggregates it.
+
+    The order of events does not depend on the outcomes (a failure frees its slot like a
+    success); only where the round stops does. So training is requested once, in one batch,
+    when the round would stop if every pending arrival succeeded.
     """
 
     def __init__(self, seed: int, num_clients: int, concurrency: int, buffer_size: int,
@@ -245,101 +252,93 @@ class AsynchronousScheduler(Scheduler):
         self.availability = availability
         self.clock = clock
         self.now = 0.0
-        self.in_flight: dict[int, _Flight] = {}
+        self.in_flight = EventQueue()
 
-    def train_round(self, server_round: int, dispatch: Dispatch) -> TrainingRound:
-        rng = np.random.default_rng([self.seed, server_round, TRAIN, _ASYNC_STREAM])
+    def train_round(self, server_round: int) -> RoundSchedule:
         started = self.now
-        touched = np.zeros(self.num_clients, dtype=bool)  # dispatched, arrived or dropped this round
-        dispatched: list[ClientTask] = []
-        waiting: list[_Flight] = []  # dispatched this round, not computed yet
-
-        def fill(t: float) -> None:
-            free = self.concurrency - len(self.in_flight)
-            if free <= 0:
-                return
-            eligible = self.availability.online(t, server_round) & ~touched
-            eligible[list(self.in_flight)] = False
-            candidates = np.flatnonzero(eligible)
-            if not len(candidates):
-                return
-            picked = sorted(candidates[rng.choice(len(candidates), size=min(free, len(candidates)),
-                                                  replace=False)].tolist())
-            tasks = dispatch.configure(server_round, picked)
-            times = self.clock.task_times(server_round, tasks)
-            until = self.availability.online_until(times.client_ids, t, server_round)
-            for i, task in enumerate(tasks):
-                columns = times.columns(i, t)
-                drop_at = float(until[i]) if until[i] < columns["sim_finish"] else None
-                flight = _Flight(task.client_id, server_round, columns, drop_at, task=task)
-                self.in_flight[task.client_id] = flight
-                touched[task.client_id] = True
-                if drop_at is None:
-                    waiting.append(flight)
-            dispatched.extend(tasks)
-
-        def compute() -> None:
-            if waiting:
-                for flight, result in zip(waiting, dispatch.run([f.task for f in waiting])):
-                    flight.reply = result
-                waiting.clear()
-
-        arrived: list[_Flight] = []
-        dropped: list[_Flight] = []
-        unknown: list[_Flight] = []  # arrived, but not computed yet: counted as successes until they are
-        ok = failed = 0
-
-        def resolve() -> tuple[int, int]:
-            compute()
-            outcomes = [f.reply.ok for f in unknown]
-            unknown.clear()
-            return sum(outcomes), len(outcomes) - sum(outcomes)
-
-        fill(self.now)
-        while ok < self.buffer_size and failed < self.buffer_size:
-            if not self.in_flight:
+        state = _AsyncRound(np.random.default_rng([self.seed, server_round, TRAIN, _ASYNC_STREAM]),
+                            np.zeros(self.num_clients, dtype=bool))
+        yield from self._fill(state, server_round)
+        while state.ok < self.buffer_size and state.failed < self.buffer_size:
+            if not len(self.in_flight):  # nobody training: wait until a client comes online
                 t = self.availability.next_online(self.now, server_round)
                 if not math.isfinite(t) or (t == self.now and not (self.availability.online(t, server_round)
-                                                                   & ~touched).any()):
+                                                                   & ~state.touched).any()):
                     break  # nobody can train on this model version any more: flush what arrived
                 self.now = max(self.now, t)
-                fill(self.now)
-                if not self.in_flight:
+                yield from self._fill(state, server_round)
+                if not len(self.in_flight):
                     break
                 continue
-            flight = min(self.in_flight.values(), key=lambda f: (f.event_time, f.client_id))
-            del self.in_flight[flight.client_id]
-            self.now = max(self.now, flight.event_time)
-            touched[flight.client_id] = True
-            if flight.drop_at is not None:
-                dropped.append(flight)
-            else:
-                arrived.append(flight)
-                if flight.reply is None:
-                    unknown.append(flight)
-                else:
-                    ok, failed = ok + flight.reply.ok, failed + (not flight.reply.ok)
-            fill(self.now)
-            # The order of events does not depend on the outcomes (a failure frees its slot like a
-            # success), only where the round stops does: so training is computed once, in one
-            # batch, when the round would stop if every pending arrival succeeded.
-            if unknown and (ok + len(unknown) >= self.buffer_size or not self.in_flight):
-                good, bad = resolve()
-                ok, failed = ok + good, failed + bad
-        if unknown:
-            good, bad = resolve()
-            ok, failed = ok + good, failed + bad
-        compute()  # the clients still training from this round's model: computed while it exists
-        if not arrived and not dropped and not dispatched and self.availability.time_based:
-            raise NoClientAvailable(
-                f"round {server_round}: no client is online at simulated time {self.now:.1f} s, none is training "
-                "and none will come online again (time.availability; a trace that does not repeat has ended: set "
-                "time.availability.period to repeat it)")
-        staleness = [server_round - f.dispatch_round for f in arrived if f.reply.ok]
-        times = {f.client_id: {**f.times, "staleness": float(server_round - f.dispatch_round)} for f in arrived}
-        drops = []
-        notices = []
-        for f in dropped:
+            self._next_event(state)
+            yield from self._fill(state, server_round)
+            if state.unknown and (state.ok + len(state.unknown) >= self.buffer_size or not len(self.in_flight)):
+                yield from self._resolve(state)
+        if state.unknown:
+            yield from self._resolve(state)
+        yield from self._compute(state)  # the clients still training from this round's model
+        if not state.arrived and not state.dropped and not state.dispatched and self.availability.time_based:
+            raise _no_client_error(server_round, self.now, training=True)
+        return self._training_round(state, server_round, started)
+
+    def _next_event(self, state: _AsyncRound) -> None:
+        """Advance the clock to the next arrival or drop-out and book it."""
+        flight = self.in_flight.pop()
+        self.now = max(self.now, flight.event_time)
+        state.touched[flight.client_id] = True
+        if flight.drop_at is not None:
+            state.dropped.append(flight)
+            return
+        state.arrived.append(flight)
+        if flight.reply is None:
+            state.unknown.append(flight)
+        else:
+            state.ok, state.failed = state.ok + flight.reply.ok, state.failed + (not flight.reply.ok)
+
+    def _fill(self, state: _AsyncRound, server_round: int) -> RoundSchedule:
+        """Start clients on free slots: online, not yet touched this round, not training."""
+        free = self.concurrency - len(self.in_flight)
+        if free <= 0:
+            return
+        eligible = self.availability.online(self.now, server_round) & ~state.touched
+        eligible[self.in_flight.client_ids] = False
+        candidates = np.flatnonzero(eligible)
+        if not len(candidates):
+            return
+        picked = sorted(candidates[state.rng.choice(len(candidates), size=min(free, len(candidates)),
+                                                    replace=False)].tolist())
+        tasks = yield Configure(picked)
+        times = self.clock.task_times(server_round, tasks)
+        until = self.availability.online_until(times.client_ids, self.now, server_round)
+        for i, task in enumerate(tasks):
+            columns = times.columns(i, self.now)
+            drop_at = float(until[i]) if until[i] < columns["sim_finish"] else None
+            flight = _Flight(task.client_id, server_round, columns, drop_at, task=task)
+            self.in_flight.push(flight)
+            state.touched[task.client_id] = True
+            if drop_at is None:
+                state.waiting.append(flight)
+        state.dispatched.extend(tasks)
+
+    def _compute(self, state: _AsyncRound) -> RoundSchedule:
+        """Train the clients dispatched this round that will arrive (in one request)."""
+        if state.waiting:
+            for flight, result in zip(state.waiting, (yield Train([f.task for f in state.waiting]))):
+                flight.reply = result
+            state.waiting.clear()
+
+    def _resolve(self, state: _AsyncRound) -> RoundSchedule:
+        """Compute the pending arrivals and count their outcomes."""
+        yield from self._compute(state)
+        outcomes = [f.reply.ok for f in state.unknown]
+        state.unknown.clear()
+        state.ok, state.failed = state.ok + sum(outcomes), state.failed + len(outcomes) - sum(outcomes)
+
+    def _training_round(self, state: _AsyncRound, server_round: int, started: float) -> TrainingRound:
+        staleness = [server_round - f.dispatch_round for f in state.arrived if f.reply.ok]
+        times = {f.client_id: {**f.times, "staleness": float(server_round - f.dispatch_round)} for f in state.arrived}
+        drops, notices = [], []
+        for f in state.dropped:
             reason = (f"offline: its availability ended at {f.drop_at:.1f} s, before it would finish at "
                       f"{f.times['sim_finish']:.1f} s (simulated)")
             drops.append(Dropped(f.client_id, OFFLINE, reason, None, {**f.times, "sim_finish": f.drop_at}))
@@ -347,19 +346,18 @@ class AsynchronousScheduler(Scheduler):
         row = {"sim_round_seconds": self.now - started, "sim_time": self.now, "clients_dropped": len(drops),
                "staleness_mean": float(np.mean(staleness)) if staleness else float("nan"),
                "staleness_max": float(max(staleness)) if staleness else float("nan")}
-        return TrainingRound(dispatched, [f.reply for f in arrived], drops, times, row, notices)
+        return TrainingRound(state.dispatched, [f.reply for f in state.arrived], drops, times, row, notices)
 
     # ------------------------------------------------------------------ checkpoints
 
     def state(self) -> dict[str, Any]:
-        return {"now": self.now, "in_flight": [_flight_state(f) for f in self.in_flight.values()]}
+        return {"now": self.now, "in_flight": [_flight_state(f) for f in self.in_flight.flights()]}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.now = float(state["now"])
-        self.in_flight = {}
+        self.in_flight = EventQueue()
         for entry in state["in_flight"]:
-            flight = _flight_from_state(entry)
-            self.in_flight[flight.client_id] = flight
+            self.in_flight.push(_flight_from_state(entry))
 
 
 def _task_for(client_id: int) -> ClientTask:

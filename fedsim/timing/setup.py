@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from fedsim.core.protocol import ARRAYS, ClientTask
+from fedsim.core.schedule import SampledRounds, Scheduler
 from fedsim.models import build_model
 
 from .availability import TRACE_FILE
 from .clock import SimulatedClock
 from .cost import model_cost
 from .devices import DeviceProfiles
-from .scheduler import AsynchronousScheduler, Scheduler, SynchronousScheduler
+from .scheduler import AsynchronousScheduler, SynchronousScheduler
 
 if TYPE_CHECKING:  # type-only: the plan is resolved above this package
     from fedsim.runs.plan import RunPlan
@@ -57,11 +58,13 @@ def _output_widths(plan: RunPlan) -> list[int]:
 
 
 def build_scheduler(plan: RunPlan) -> Scheduler:
-    """The round loop's scheduler for this run (plain synchronous rounds when time is off)."""
+    """The round loop's scheduler for this run (Flower's plain synchronous rounds when time is off)."""
     config, n, seed = plan.config, plan.num_clients, plan.config.seed
     time = config.time
+    if not time.clocked and time.availability.kind == "always":
+        return SampledRounds(seed, n, plan.clients_per_round)
     availability = time.availability.model(n, seed, plan.staging)
-    if not time.clocked:
+    if not time.clocked:  # availability per round without a clock (bernoulli)
         return SynchronousScheduler(seed, n, plan.clients_per_round, availability)
     profiles, cost = DeviceProfiles.load(plan.staging)
     widths, num_classes, method = _output_widths(plan), plan.dataset.num_classes, plan.method

@@ -1,4 +1,4 @@
-"""Executors: where and how a round's client tasks run (see :mod:`fedsim.runs.executors.base`).
+"""Executors: where and how a round's client tasks run (the interface is :mod:`fedsim.core.executor`).
 
 ``executor.kind`` picks one by name:
 
@@ -12,14 +12,15 @@
   another; no Ray, no timeout. For tests, debugging and small experiments.
 """
 
-from .base import Executor
+from fedsim.core.executor import Executor
+from fedsim.runs.settings import EXECUTOR_NAMES
+
 from .cohort import CohortExecutor, balance
 from .flower import GridExecutor, map_partitions_to_nodes
 from .inprocess import InProcessExecutor
 from .nodes import NodeError, NodePool
 
-EXECUTOR_NAMES = ("flower", "cohort", "in-process")
 ON_FLOWER = ("flower", "cohort")  # executors that need Flower's runtime (and its nodes)
 
-__all__ = ["EXECUTOR_NAMES", "ON_FLOWER", "CohortExecutor", "Executor", "balance", "GridExecutor", "InProcessExecutor", "map_partitions_to_nodes",
-           "NodeError", "NodePool"]
+__all__ = ["EXECUTOR_NAMES", "ON_FLOWER", "CohortExecutor", "Executor", "GridExecutor", "InProcessExecutor", "NodeError",
+           "NodePool", "balance", "map_partitions_to_nodes"]

@@ -39,7 +39,7 @@ from fedsim.core.protocol import (
     unpack_cohort_replies,
 )
 
-from .base import Executor
+from fedsim.core.executor import Executor
 from .flower import send_and_collect
 from .nodes import NodePool
 

@@ -18,7 +18,7 @@ from flwr.serverapp import Grid
 from fedsim.ops.interrupt import check_stop
 from fedsim.core.protocol import CLIENT, NO_REPLY, PARTITION_ID, ClientReply, ClientTask, failed_reply
 
-from .base import Executor
+from fedsim.core.executor import Executor
 
 
 REPLY_POLL_SECONDS = 0.01  # how often to look for replies (Flower's grid: every 0.1 s)

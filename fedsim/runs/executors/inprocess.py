@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from fedsim.clients.runner import ClientRunner, ensure_task_identity
 from fedsim.core.protocol import ClientReply, ClientTask
 
-from .base import Executor
+from fedsim.core.executor import Executor
 
 class InProcessExecutor(Executor):
     """Runs every task by calling ``client_app(message, context)`` in this process."""
