@@ -27,6 +27,8 @@ from . import training
 from .client import LocalClient
 from .losses import distillation_loss
 
+STATE = "latent_distill"  # the namespace of the clients' own models in the client-state store
+
 
 @torch.no_grad()
 def transfer_outputs(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +68,7 @@ def distill_round(client: LocalClient, targets: ArrayRecord, server_round: int,
                   send_outputs: bool) -> tuple[dict[str, float], ArrayRecord]:
     """One round for one client: digest (when there are targets), revisit, report outputs."""
     d = client.run.spec.distill
-    model = client.run.client_model(client.client_id)
+    model = client.run.client_model(client.client_id, STATE)
     digested = None
     if len(targets.keys()) and d is not None and d.digests:
         digested = digest(client, model, targets, server_round)
@@ -76,7 +78,7 @@ def distill_round(client: LocalClient, targets: ArrayRecord, server_round: int,
         x, _ = client.run.transfer_set()
         logits, reps = transfer_outputs(model, x)
         outputs = ArrayRecord({"logits": Array(logits.astype(np.float32)), "reps": Array(reps.astype(np.float32))})
-    client.run.store.save(client.client_id, model.state_dict())
+    client.run.state_store(STATE).save(client.client_id, model.state_dict())
     metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy,
                DIGEST_LOSS: digested.loss if digested else float("nan")}
     return metrics, outputs
@@ -84,7 +86,7 @@ def distill_round(client: LocalClient, targets: ArrayRecord, server_round: int,
 
 def evaluate_views(client: LocalClient) -> dict[str, float]:
     """The client's own model on T_priv (its class mix) and T_uni (the whole test set)."""
-    model = client.run.client_model(client.client_id)
+    model = client.run.client_model(client.client_id, STATE)
     x, y = client.run.test_set()
     uni = training.evaluate(model, x, y, client.run.spec.eval_batch_size)
     tpriv = client.run.transfer.tpriv_of(client.client_id)

@@ -32,6 +32,7 @@ class WorkerRun:
     """One run's resources inside one worker process."""
 
     spec: RunSpec
+    run_dir: Path  # this process's copy of the run directory (a node with its own data has its own)
     x_train: np.ndarray  # memory-mapped uint8 (N, H, W, C)
     y_train: np.ndarray
     partition: PartitionIndex
@@ -39,7 +40,7 @@ class WorkerRun:
     models: dict[tuple[str, int, int], FedsimNet] = field(default_factory=dict)
     tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     transfer: TransferIndex | None = None
-    store: ClientStateStore | None = None
+    stores: dict[str, ClientStateStore] = field(default_factory=dict)  # per-client state, one store per method
     hooks: list = field(default_factory=list)  # the run's client hooks, built once per worker
     behaviours: ClientBehaviours = field(default_factory=ClientBehaviours)  # configured per-client behaviour
 
@@ -88,13 +89,19 @@ class WorkerRun:
         return build_model(name, self.spec.num_classes, self.spec.representation_dim,
                            int(self.x_train.shape[-1])).to(self.device)
 
-    def client_model(self, client_id: int) -> FedsimNet:
-        """Client ``client_id``'s own persistent model (latent-distill), loaded from the store.
+    def state_store(self, namespace: str) -> ClientStateStore:
+        """The clients' persistent state of one method (``client_state/<namespace>/``), opened once."""
+        if namespace not in self.stores:
+            self.stores[namespace] = ClientStateStore(self.run_dir, namespace)
+        return self.stores[namespace]
+
+    def client_model(self, client_id: int, namespace: str) -> FedsimNet:
+        """Client ``client_id``'s own persistent model, loaded from the method's store.
 
         A client seen for the first time starts from weights seeded by (seed, client id).
         """
         model = self.model(self.spec.architecture_of(client_id))
-        state = self.store.load(client_id)
+        state = self.state_store(namespace).load(client_id)
         if state is None:
             torch.manual_seed(seeded_generator(self.spec.seed, 0, client_id).initial_seed())
             fresh = build_model(self.spec.architecture_of(client_id), self.spec.num_classes,
@@ -126,7 +133,7 @@ def worker_run(run_dir: str) -> WorkerRun:
         partition=PartitionIndex.load(run_dir),
         device=resolve_device(spec.device),
         transfer=TransferIndex.load(run_dir) if (Path(run_dir) / TRANSFER_FILE).is_file() else None,
-        store=ClientStateStore(Path(run_dir) / "client_state"),
+        run_dir=Path(run_dir),
         hooks=build_hooks(list(spec.hooks)),
         behaviours=ClientBehaviours(BehaviourSpec.from_json(raw) for raw in spec.behaviours),
     )

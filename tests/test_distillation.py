@@ -14,7 +14,7 @@ from flwr.app import Array, ArrayRecord
 from fedsim.clients.client import LocalClient
 from fedsim.clients.distill import distill_round
 from fedsim.clients.losses import distillation_loss, kd_loss, representation_loss
-from fedsim.clients.state import ClientStateStore
+from fedsim.clients.state import ClientStateStore, adopt_unnamespaced
 from fedsim.clients.worker import worker_run
 from fedsim.config import ConfigError
 from fedsim.config.validation import load_config
@@ -68,13 +68,25 @@ def test_consensus_is_the_unweighted_mean() -> None:
     np.testing.assert_allclose(mean["reps"].numpy(), [[1.0]])
 
 
-def test_client_state_store_round_trip(tmp_path: Path) -> None:
-    store = ClientStateStore(tmp_path / "state")
+def test_client_state_store_round_trip_with_a_namespace_per_method(tmp_path: Path) -> None:
+    store = ClientStateStore(tmp_path, "method_a")
     assert store.load(3) is None and store.loads == 0
     store.save(3, {"w": torch.ones(2)})
     torch.testing.assert_close(store.load(3)["w"], torch.ones(2))
     assert store.loads == 1 and store.stored_clients() == [3]
-    assert not list((tmp_path / "state").glob("*.tmp")), "writes are atomic"
+    assert store.path(3) == tmp_path / "client_state" / "method_a" / "3.pt"
+    assert not list(store.folder.glob("*.tmp")), "writes are atomic"
+    other = ClientStateStore(tmp_path, "method_b")
+    assert other.load(3) is None and other.stored_clients() == [], "methods never see each other's state"
+
+
+def test_state_written_before_namespaces_is_adopted_by_its_method(tmp_path: Path) -> None:
+    folder = tmp_path / "client_state"
+    folder.mkdir()
+    torch.save({"w": torch.zeros(1)}, folder / "4.pt")  # a run started by an earlier fedsim
+    assert adopt_unnamespaced(folder, "latent_distill") == 1
+    assert ClientStateStore(tmp_path, "latent_distill").stored_clients() == [4]
+    assert adopt_unnamespaced(folder, "latent_distill") == 0, "nothing left to move"
 
 
 def test_transfer_holdout_and_tpriv() -> None:
@@ -124,14 +136,15 @@ def test_client_state_persists_and_only_sampled_clients_load(small_config) -> No
     assert worker.spec.architecture_of(0) == "lenet5" and worker.spec.architecture_of(1) == "niid_cnn"
     _, outputs = distill_round(LocalClient(1, worker), ArrayRecord(), 1, True)
     assert outputs["logits"].numpy().shape == (120, 10) and outputs["reps"].numpy().shape == (120, 16)
-    assert worker.store.stored_clients() == [1] and worker.store.loads == 0
-    saved = worker.store.load(1)
-    model = worker.client_model(1)  # loads client 1's state, not a fresh model
+    store = worker.state_store("latent_distill")
+    assert store.stored_clients() == [1] and store.loads == 0
+    saved = store.load(1)
+    model = worker.client_model(1, "latent_distill")  # loads client 1's state, not a fresh model
     for key, value in model.state_dict().items():
         torch.testing.assert_close(value.cpu(), saved[key])  # the store keeps CPU tensors; the model may be on CUDA
-    loads = worker.store.loads
+    loads = store.loads
     distill_round(LocalClient(1, worker), outputs, 2, True)
-    assert worker.store.loads == loads + 1 and worker.store.stored_clients() == [1]
+    assert store.loads == loads + 1 and store.stored_clients() == [1]
 
 
 @pytest.mark.slow  # keeps the fast set under a minute
@@ -148,7 +161,7 @@ def test_two_architectures_end_to_end_with_consensus_and_teacher(small_config) -
     evaluated = result.clients[result.clients["phase"] == "evaluate"]
     assert len(evaluated) == 20 and evaluated["tpriv_accuracy"].between(0, 1).all()
     trained = set(result.clients.loc[result.clients["phase"] == "train", "client_id"])
-    stored = sorted(int(p.stem) for p in (result.path / "client_state").glob("*.pt"))
+    stored = sorted(int(p.stem) for p in (result.path / "client_state" / "latent_distill").glob("*.pt"))
     assert stored == sorted(trained), "only sampled clients' models are stored"
     assert pd.read_csv(result.path / "partition_counts.csv", index_col=0).to_numpy().sum() == 600 - 120
 

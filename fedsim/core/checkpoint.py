@@ -39,13 +39,14 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.errors import InputError
 
+from .spec import CLIENT_STATE
+
 FORMAT = 2  # 1: the scheduler's state was the last round extension's (read too)
 FOLDER = "checkpoint"
 _TMP = ".checkpoint.tmp"
 _OLD = ".checkpoint.old"
 STATE_FILE = "state.json"
 ARRAYS_FILE = "arrays.npz"
-CLIENT_STATE = "client_state"
 
 
 class CheckpointError(InputError):
@@ -255,12 +256,17 @@ def _scheduler_of(extensions: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _snapshot(source: Path, target: Path) -> None:
-    """Hard-link (or, across filesystems, copy) the files of ``source`` into ``target``."""
+    """Hard-link (or, across filesystems, copy) the files of ``source`` into ``target``, folders included
+    (the store has one folder per method); files being written (dot-files) are left out."""
     if not source.is_dir():
         return
     target.mkdir(parents=True, exist_ok=True)
     for path in source.iterdir():
-        if path.is_file() and not path.name.startswith("."):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            _snapshot(path, target / path.name)
+        elif path.is_file():
             try:
                 os.link(path, target / path.name)
             except OSError:

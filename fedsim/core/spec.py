@@ -22,6 +22,7 @@ SPEC_FILE = "spec.json"
 PARTITION_FILE = "partition.npz"
 TRANSFER_FILE = "transfer.npz"  # latent-distill: transfer-set indices (train) and T_priv (test)
 CONFIG_FILE = "config.toml"  # the resolved experiment config (fedsim.outputs.rundir.write_config)
+CLIENT_STATE = "client_state"  # per-client state, one folder per method (fedsim.clients.state)
 NODE_RUN_FILES = (SPEC_FILE, CONFIG_FILE, PARTITION_FILE, TRANSFER_FILE)  # what a node with its own data is sent
 
 

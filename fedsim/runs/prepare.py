@@ -20,8 +20,11 @@ import torch
 
 from fedsim.config import ExperimentConfig
 from fedsim.config.validation import validate, validate_against_dataset
+from fedsim.clients.distill import STATE as LATENT_DISTILL_STATE
+from fedsim.clients.state import adopt_unnamespaced
+from fedsim.core.checkpoint import FOLDER as CHECKPOINT
 from fedsim.core.checkpoint import Checkpoint, discard_partial
-from fedsim.core.spec import CONFIG_FILE, PartitionIndex, RunSpec
+from fedsim.core.spec import CLIENT_STATE, CONFIG_FILE, PartitionIndex, RunSpec
 from fedsim.datasets import CachedDataset, build_partition, check_disjoint, counts_frame, materialize, split_train_val
 from fedsim.errors import InputError
 from fedsim.models import FedsimNet, build_model, parse_architecture
@@ -131,6 +134,8 @@ def prepare_resume(path: str | Path) -> tuple[RunPlan, Checkpoint]:
     rundir.check_replaceable(final, config.output.overwrite)
     staging = rundir.claim(folder, final)
     discard_partial(staging)
+    for state in (staging / CLIENT_STATE, staging / CHECKPOINT / CLIENT_STATE):  # a run started before namespaces:
+        adopt_unnamespaced(state, LATENT_DISTILL_STATE)  # only latent-distill kept client state then
     plan = replace(plan, inputs=RunInputs(dataset, partition, counts, staging, final))
     run_spec(plan).save(staging)
     return plan, checkpoint
