@@ -52,7 +52,8 @@ from fedsim.datasets import CachedDataset
 from fedsim.runs.experiment import run
 from fedsim.ops.logs import quiet_flower
 from fedsim.models import build_model
-from fedsim.runs.prepare import initial_model, prepare
+from fedsim.runs.plan import initial_model
+from fedsim.runs.prepare import prepare
 from fedsim.core.sampling import TRAIN, sample_clients
 from fedsim.runs.simulate import backend_config
 from fedsim.core.spec import PartitionIndex, RunSpec

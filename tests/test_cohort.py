@@ -10,7 +10,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from fedsim.runs.server import execute, flower_executor, run_state
+from fedsim.runs.server import execute, flower_executor
 from fedsim.clients.app import client_app
 from fedsim.datasets import dataset_digest
 from fedsim.clients.node import run_files
@@ -74,11 +74,10 @@ class LocalGrid(Grid):
 def run_on_cohort(config, workers: int):  # noqa: ANN001, ANN201 - rounds, clients, grid, executor, workers.csv
     config.executor.kind = "cohort"  # on a grid of local worker nodes
     prepared = prepare(config)
-    state = run_state(prepared)
     grid = LocalGrid(workers)
     executor = flower_executor(grid, prepared, workers)  # as the ServerApp builds it
     assert isinstance(executor, CohortExecutor)
-    execute(prepared, state, executor, progress=False)
+    state = execute(prepared, executor, progress=False)
     assert state.error is None, state.error
     return (pd.read_csv(prepared.staging / "rounds.csv"), pd.read_csv(prepared.staging / "clients.csv"),
             grid, executor, pd.read_csv(prepared.staging / "workers.csv"))
@@ -169,9 +168,8 @@ def test_a_failed_worker_fails_its_clients_only(small_config) -> None:
 
     prepared = prepare(small_config(**{"train.rounds": 1, "evaluation.federated_every": 0,
                                        "train.min_success_fraction": 0.1}))
-    state = run_state(prepared)
     sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
-    execute(prepared, state, CohortExecutor(node_pool(OneDeadWorker(2), prepared), sizes, timeout=0.5),
+    state = execute(prepared, CohortExecutor(node_pool(OneDeadWorker(2), prepared), sizes, timeout=0.5),
             progress=False)
     assert state.error is None
     clients = pd.read_csv(prepared.staging / "clients.csv")

@@ -27,7 +27,7 @@ from fedsim.config import ConfigError
 from fedsim.datasets import materialize
 from fedsim.runs.executors import InProcessExecutor
 from fedsim.runs.experiment import run
-from fedsim.runs.prepare import initial_model
+from fedsim.runs.plan import initial_model
 from fedsim.core.sampling import TRAIN, sample_clients
 from fedsim.core.spec import PartitionIndex
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
-from fedsim.runs.server import execute, run_state
+from fedsim.runs.server import execute
 from fedsim.clients.app import client_app
 from fedsim.clients.hooks import PeerCommittee
 from fedsim.runs.executors import Executor, InProcessExecutor
@@ -16,7 +16,8 @@ from fedsim.core.extension import PHASE_EVALUATE, PHASE_TRAIN, ExtensionChain, R
 from fedsim.core.loop import ClientGrid
 from fedsim.core.screening import TooFewClientsError
 from fedsim.models import build_model
-from fedsim.runs.prepare import initial_model, prepare
+from fedsim.runs.plan import initial_model
+from fedsim.runs.prepare import prepare
 from fedsim.core.protocol import ClientReply, ClientTask, array_bytes, read_peers, reply
 from fedsim.core.sampling import EVALUATE, TRAIN, sample_clients
 
@@ -132,8 +133,7 @@ def test_results_do_not_depend_on_execution_order(small_config) -> None:
     reference = run(config, progress=False)
     prepared = prepare(small_config(**{"train.fraction_train": 0.6, "output.name": "reversed",
                                        "hooks": [{"name": "crucial", "committee": "peers", "k": 3, "theta": 2}]}))
-    state = run_state(prepared)
-    execute(prepared, state, Reversed(InProcessExecutor(client_app, 10)), progress=False)
+    state = execute(prepared, Reversed(InProcessExecutor(client_app, 10)), progress=False)
     assert state.error is None
     rows = pd.read_csv(prepared.staging / "rounds.csv").drop(columns="wall_seconds")
     pd.testing.assert_frame_equal(rows, reference.rounds.drop(columns="wall_seconds"))

@@ -19,7 +19,7 @@ import pytest
 from flwr.app import Context, RecordDict
 from test_cohort import LocalGrid, node_pool
 
-from fedsim.runs.server import execute, run_state
+from fedsim.runs.server import execute
 from fedsim.clients.node import NodeConfigError, NodeHosting, mirror_folder
 from fedsim.config import ConfigError
 from fedsim.runs.executors import CohortExecutor, NodeError
@@ -46,9 +46,8 @@ def own_data(tmp_path: Path, shards: int, present: list[int] | None = None, **ex
 def run_on(config, grid, wait: float = 5.0):  # noqa: ANN001, ANN201 - (state, run folder)
     config.executor.kind = "cohort"
     prepared = prepare(config)
-    state = run_state(prepared)
     sizes = np.diff(PartitionIndex.load(prepared.staging).train_offsets)
-    execute(prepared, state, CohortExecutor(node_pool(grid, prepared, wait=wait), sizes, timeout=30), progress=False)
+    state = execute(prepared, CohortExecutor(node_pool(grid, prepared, wait=wait), sizes, timeout=30), progress=False)
     return state, prepared.staging
 
 

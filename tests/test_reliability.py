@@ -271,7 +271,7 @@ def test_wrong_shapes_are_a_recorded_failure(small_config) -> None:
     """R-SHAPES: a client whose update does not match the global model fails alone; the round goes on."""
     from flwr.app import Array, ArrayRecord, Message
 
-    from fedsim.runs.server import execute, run_state
+    from fedsim.runs.server import execute
     from fedsim.clients.app import client_app
     from fedsim.runs.executors import InProcessExecutor
     from fedsim.runs.prepare import prepare
@@ -288,8 +288,7 @@ def test_wrong_shapes_are_a_recorded_failure(small_config) -> None:
         return reply
 
     prepared = prepare(small_config(**{"train.rounds": 2, "evaluation.federated_every": 0}))
-    state = run_state(prepared)
-    execute(prepared, state, InProcessExecutor(misshapen, 10), progress=False)  # any ClientApp-like callable
+    state = execute(prepared, InProcessExecutor(misshapen, 10), progress=False)  # any ClientApp-like callable
     assert state.error is None, state.error
     clients = pd.read_csv(prepared.staging / "clients.csv")
     bad = clients[clients["client_id"] == 2]

@@ -56,7 +56,7 @@ def config_from_run_config(run_config: dict, app_dir: Path = APP_DIR) -> Experim
 def main(grid: Grid, context: Context) -> None:
     """Prepare the run, execute the rounds, publish the run directory."""
     from fedsim.outputs import rundir
-    from fedsim.runs.server import execute, flower_executor, run_state
+    from fedsim.runs.server import execute, flower_executor
     from fedsim.runs.experiment import finalize
     from fedsim.ops.interrupt import RunInterrupted
     from fedsim.runs.prepare import prepare
@@ -73,12 +73,11 @@ def main(grid: Grid, context: Context) -> None:
         raise ValueError("executor.kind = 'in-process' runs no Flower nodes; under flwr run use "
                          "'cohort' or 'flower'")
     plan = prepare(config)
-    state = run_state(plan)
     try:
-        execute(plan, state, flower_executor(grid, plan, workers=0), progress=False)
-        if state.error is not None:
-            raise state.error
-        final = finalize(plan, state.final_arrays, state.recorder.confusion, state.recorder.extras)
+        outcome = execute(plan, flower_executor(grid, plan, workers=0), progress=False)
+        if outcome.error is not None:
+            raise outcome.error
+        final = finalize(plan, outcome.final_arrays, outcome.recorder.confusion, outcome.recorder.extras)
     except (RunInterrupted, KeyboardInterrupt):
         kept = rundir.mark_interrupted(plan.staging, plan.final)
         print(f"fedsim: interrupted; resume with: fedsim run --resume {kept}")

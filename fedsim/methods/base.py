@@ -10,12 +10,9 @@ inputs it prepares before the run, how the server starts, and the round extensio
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
@@ -23,7 +20,6 @@ from fedsim.core.extension import RoundExtension
 from fedsim.core.recipe import DistillRecipe
 from fedsim.datasets import CachedDataset
 from fedsim.methods.evaluation import CentralEvaluation, CentralEvaluator, ClientModelEvaluation
-from fedsim.models import FedsimNet
 from fedsim.outputs.recorder import RunRecorder
 
 if TYPE_CHECKING:  # type-only: the config and the plan are resolved above this package
@@ -31,17 +27,6 @@ if TYPE_CHECKING:  # type-only: the config and the plan are resolved above this 
 
     from fedsim.config import ExperimentConfig
     from fedsim.runs.plan import RunPlan
-
-
-@dataclass
-class ServerSetup:
-    """What a method's server side may use when a run starts: the prepared plan and the server's tools."""
-
-    plan: RunPlan  # config, dataset, staging folder (with the inputs the method wrote), recipe
-    evaluator: CentralEvaluator
-    recorder: RunRecorder
-    device: torch.device  # the server's device
-    build_model: Callable[[], FedsimNet]  # the run's initial model (seeded by the config's seed)
 
 
 class Method:
@@ -88,10 +73,15 @@ class Method:
         """
         return model_bytes
 
-    def start(self, strategy: Strategy, setup: ServerSetup) -> tuple[ArrayRecord, list[RoundExtension]]:
-        """The round loop's initial arrays and this method's round extensions."""
-        every = setup.plan.config.evaluation.centralized_every
-        extensions: list[RoundExtension] = [CentralEvaluation(setup.evaluator, every)]
-        if setup.plan.evaluates_client_models:
-            extensions.append(ClientModelEvaluation(setup.evaluator))
-        return ArrayRecord(setup.build_model().state_dict()), extensions
+    def start(self, strategy: Strategy, plan: RunPlan, recorder: RunRecorder) -> tuple[ArrayRecord, list[RoundExtension]]:
+        """The round loop's initial arrays and this method's round extensions, for a prepared ``plan``.
+
+        Weight exchange: the seeded initial model, evaluated on the test set at round 0 and on
+        the schedule of ``evaluation.centralized_every``; every client's own model too when the
+        run evaluates client models.
+        """
+        evaluator = CentralEvaluator.of(plan)
+        extensions: list[RoundExtension] = [CentralEvaluation(evaluator, plan.config.evaluation.centralized_every)]
+        if plan.evaluates_client_models:
+            extensions.append(ClientModelEvaluation(evaluator))
+        return ArrayRecord(plan.initial_model().state_dict()), extensions

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -23,6 +24,9 @@ from fedsim.outputs.metrics import confusion_matrix, macro_scores
 from fedsim.models import FedsimNet
 from fedsim.core.protocol import ClientReply
 from fedsim.core.sampling import due
+
+if TYPE_CHECKING:  # type-only: the plan is resolved above this package
+    from fedsim.runs.plan import RunPlan
 
 
 @dataclass
@@ -43,6 +47,13 @@ class CentralEvaluator:
         x = to_tensor(np.array(images), mean, std, device)  # a writable copy of the memory map
         y = torch.from_numpy(np.array(labels, dtype=np.int64)).to(device)
         return cls(model, x, y, model.num_classes, batch_size)
+
+    @classmethod
+    def of(cls, plan: RunPlan) -> "CentralEvaluator":
+        """The evaluator of a prepared run: its test set and model, on the server's device."""
+        test = plan.dataset.load()
+        return cls.build(plan.initial_model(), np.asarray(test["x_test"]), np.asarray(test["y_test"]),
+                         plan.dataset.mean, plan.dataset.std, plan.server_device, plan.config.evaluation.batch_size)
 
     def __call__(self, arrays: ArrayRecord) -> tuple[dict[str, float], np.ndarray]:
         self.model.load_state_dict(arrays.to_torch_state_dict(), strict=True)

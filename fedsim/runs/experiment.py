@@ -19,7 +19,7 @@ import torch
 from flwr.app import ArrayRecord
 
 from fedsim.outputs import plots, rundir
-from fedsim.runs.server import RunState, build_server_app, execute, execute_centralized, run_state
+from fedsim.runs.server import Job, RunOutcome, build_server_app, execute, execute_centralized
 from fedsim.clients.app import client_app
 from fedsim.config import ExperimentConfig
 from fedsim.datasets import plot_heatmap
@@ -153,8 +153,8 @@ def resume(
     name. ``extensions`` must be the same kinds as the interrupted run had.
     """
     plan, checkpoint = prepare_resume(path)
-    state = run_state(plan, list(extensions or []), checkpoint)
-    (outcome,) = _run_jobs([(0, plan, state)], [None], progress, verbose, on_round, None)
+    (outcome,) = _run_jobs([Job(0, plan, list(extensions or []), checkpoint)], [None], progress, verbose, on_round,
+                           None)
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
@@ -182,7 +182,7 @@ def run_many(
     """
     plans = [validate(config) for config in configs]  # every config's input errors before anything is written
     outcomes: list[RunResult | BaseException | None] = [None] * len(configs)
-    jobs: list[tuple[int, RunPlan, RunState]] = []
+    jobs: list[Job] = []
     try:
         for index, (config, plan) in enumerate(zip(configs, plans)):
             try:
@@ -190,15 +190,15 @@ def run_many(
             except Exception as error:  # noqa: BLE001 - reported per run
                 outcomes[index] = error
                 continue
-            jobs.append((index, plan, run_state(plan, extensions(config) if extensions else None)))
+            jobs.append(Job(index, plan, extensions(config) if extensions else []))
     except BaseException:  # e.g. Ctrl-C while preparing: no staging folder stays behind
-        for _, plan, _ in jobs:
-            shutil.rmtree(plan.staging, ignore_errors=True)
+        for job in jobs:
+            shutil.rmtree(job.plan.staging, ignore_errors=True)
         raise
     return _run_jobs(jobs, outcomes, progress, verbose, on_round, on_start)
 
 
-def _run_jobs(jobs: list[tuple[int, RunPlan, RunState]], outcomes: list, progress: bool, verbose: bool,
+def _run_jobs(jobs: list[Job], outcomes: list, progress: bool, verbose: bool,
               on_round: Callable[[dict], None] | None, on_start: Callable[[int], None] | None,
               ) -> list[RunResult | BaseException]:
     """Execute prepared jobs, then publish, fail or keep (interrupted) each run directory.
@@ -208,64 +208,69 @@ def _run_jobs(jobs: list[tuple[int, RunPlan, RunState]], outcomes: list, progres
     """
     try:
         with handling_interrupts():
-            _execute(jobs, progress, verbose, on_round, on_start)
-            for index, plan, state in jobs:
-                outcomes[index] = _conclude(plan, state)
+            executed = _execute(jobs, progress, verbose, on_round, on_start)
+            for job in jobs:
+                outcomes[job.index] = _conclude(job.plan, executed.get(job.index))
     finally:  # an exception of our own, or a second Ctrl-C: keep what is there, resumable
-        for index, plan, state in jobs:
-            if plan.staging.exists():
-                kept = rundir.mark_interrupted(plan.staging, plan.final)
-                if outcomes[index] is None:
-                    outcomes[index] = RunInterrupted(f"stopped; kept in {kept}")
+        for job in jobs:
+            if job.plan.staging.exists():
+                kept = rundir.mark_interrupted(job.plan.staging, job.plan.final)
+                if outcomes[job.index] is None:
+                    outcomes[job.index] = RunInterrupted(f"stopped; kept in {kept}")
     return [o if o is not None else RuntimeError("run did not execute") for o in outcomes]
 
 
-def _execute(jobs: list[tuple[int, RunPlan, RunState]], progress: bool, verbose: bool,
-             on_round: Callable[[dict], None] | None, on_start: Callable[[int], None] | None) -> None:
-    """Run every job: centralized and in-process ones here, the others on Flower's runtime."""
-    on_flower = [(i, p, s) for i, p, s in jobs if p.federated and p.config.executor.kind in ON_FLOWER]
-    flower_indices = {i for i, _, _ in on_flower}
-    for index, plan, state in jobs:
-        if index in flower_indices:
-            continue
-        if stop_requested():
-            state.error = RunInterrupted("interrupted by the user (Ctrl-C) before it started")
+def _execute(jobs: list[Job], progress: bool, verbose: bool, on_round: Callable[[dict], None] | None,
+             on_start: Callable[[int], None] | None) -> dict[int, RunOutcome | BaseException]:
+    """Run every job: centralized and in-process ones here, the others on Flower's runtime.
+
+    Returns each job's outcome by index; a job that did not start (Ctrl-C first) has none, and
+    a job whose runtime failed as a whole has that error.
+    """
+    executed: dict[int, RunOutcome | BaseException] = {}
+    on_flower = [job for job in jobs if job.plan.federated and job.plan.config.executor.kind in ON_FLOWER]
+    for job in jobs:
+        if job in on_flower or stop_requested():  # after Ctrl-C the runs not started yet do not start
             continue
         if on_start:
-            on_start(index)
+            on_start(job.index)
+        plan = job.plan
         if not plan.federated:
-            execute_centralized(plan, state, progress=progress, on_round=on_round)
-        else:
-            executor = InProcessExecutor(client_app, plan.num_clients, int(plan.config.runtime.num_cpus_per_client))
-            with quiet_flower(verbose):
-                execute(plan, state, executor, progress=progress, on_round=on_round)
+            executed[job.index] = execute_centralized(plan, job.resume, progress=progress, on_round=on_round)
+            continue
+        executor = InProcessExecutor(client_app, plan.num_clients, int(plan.config.runtime.num_cpus_per_client))
+        with quiet_flower(verbose):
+            executed[job.index] = execute(plan, executor, job.extensions, job.resume, progress, on_round)
     for group in _simulation_groups(on_flower):
         if stop_requested():
-            for _, _, state in group:
-                state.error = RunInterrupted("interrupted by the user (Ctrl-C) before it started")
             continue
-        server_app = build_server_app([(p, s) for _, p, s in group], progress=progress,
-                                      on_round=on_round,
-                                      on_start=(lambda k, g=group: on_start(g[k][0])) if on_start else None)
+        outcomes: dict[int, RunOutcome] = {}
+        server_app = build_server_app(group, outcomes, progress=progress, on_round=on_round, on_start=on_start)
         try:
-            run_simulation(server_app, group[0][1], verbose=verbose)
+            run_simulation(server_app, group[0].plan, verbose=verbose)
         except Exception as error:  # noqa: BLE001 - the runtime itself failed: every run in it
-            for _, _, state in group:
-                if state.error is None and state.final_arrays is None:
-                    state.error = error
+            for job in group:
+                if job.index not in outcomes or outcomes[job.index].final_arrays is None and \
+                        outcomes[job.index].error is None:
+                    outcomes[job.index] = RunOutcome(None, error=error)  # type: ignore[arg-type]
+        executed.update(outcomes)
+    return executed
 
 
-def _conclude(plan: RunPlan, state: RunState) -> RunResult | BaseException:
+def _conclude(plan: RunPlan, outcome: RunOutcome | None) -> RunResult | BaseException:
     """Publish a finished run; keep a failed one as ``.failed``, an interrupted one as ``.interrupted``."""
-    if isinstance(state.error, (RunInterrupted, KeyboardInterrupt)):
+    if outcome is None or isinstance(outcome.error, (RunInterrupted, KeyboardInterrupt)):
         kept = rundir.mark_interrupted(plan.staging, plan.final)
-        return RunInterrupted(f"interrupted; the run is kept in {kept} (resume with: fedsim run --resume {kept})")
+        started = "" if outcome is not None else " before it started"
+        return RunInterrupted(f"interrupted{started}; the run is kept in {kept} (resume with: fedsim run --resume "
+                              f"{kept})")
     try:
-        if state.error is not None:
-            raise state.error
-        if state.final_arrays is None:
+        if outcome.error is not None:
+            raise outcome.error
+        if outcome.final_arrays is None:
             raise RuntimeError("the simulation ended before the server finished its rounds")
-        return load_run(finalize(plan, state.final_arrays, state.recorder.confusion, state.recorder.extras))
+        recorder = outcome.recorder
+        return load_run(finalize(plan, outcome.final_arrays, recorder.confusion, recorder.extras))
     except Exception as error:  # noqa: BLE001 - reported per run
         if plan.staging.exists():
             failed = rundir.mark_failed(plan.staging, plan.final, error)
@@ -273,11 +278,11 @@ def _conclude(plan: RunPlan, state: RunState) -> RunResult | BaseException:
         return error
 
 
-def _simulation_groups(jobs: list) -> list[list]:
+def _simulation_groups(jobs: list[Job]) -> list[list[Job]]:
     """Consecutive federated jobs that can share one runtime (same nodes and resources)."""
     groups: list[list] = []
     for job in jobs:
-        plan = job[1]
+        plan = job.plan
         runtime = plan.config.runtime
         key = (plan.nodes, plan.config.executor.kind, runtime.num_cpus_per_client, runtime.num_gpus_per_client,
                runtime.ray_num_cpus)

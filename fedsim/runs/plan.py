@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.clients.behaviours import BehaviourSpec
@@ -28,11 +29,12 @@ from fedsim.clients.hooks import HookError, build_hooks
 from fedsim.config import ExperimentConfig
 from fedsim.core.recipe import DistillRecipe, SGDRecipe
 from fedsim.core.sampling import sample_size
-from fedsim.core.spec import PartitionIndex
+from fedsim.core.spec import PartitionIndex, resolve_device
 from fedsim.datasets import CachedDataset
 from fedsim.methods.base import Method
 from fedsim.methods.modes import MODES, RunMode
 from fedsim.methods.registry import method_for
+from fedsim.models import FedsimNet, build_model
 from fedsim.strategies import STRATEGIES, AsynchronousStrategy, StrategyError, build_strategy, stream_weight_key
 
 
@@ -151,6 +153,22 @@ class RunPlan:
     def train_sizes(self) -> np.ndarray:
         """Every client's number of training samples."""
         return np.diff(self.partition.train_offsets)
+
+    @property
+    def server_device(self) -> torch.device:
+        """Where the server evaluates (``runtime.device``; ``auto``: a GPU when this process sees one)."""
+        return resolve_device(self.config.runtime.device)
+
+    def initial_model(self) -> FedsimNet:
+        """The global model's initial weights, determined by the seed alone."""
+        return initial_model(self.config, self.dataset)
+
+
+def initial_model(config: ExperimentConfig, dataset: CachedDataset) -> FedsimNet:
+    """The global model of ``config`` for ``dataset``, its weights determined by the seed alone."""
+    torch.manual_seed(config.seed)
+    channels = int(np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape[-1])
+    return build_model(config.model.name, dataset.num_classes, config.model.representation_dim, channels)
 
 
 def client_device(config: ExperimentConfig) -> str:

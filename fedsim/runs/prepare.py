@@ -27,7 +27,7 @@ from fedsim.core.checkpoint import Checkpoint, discard_partial
 from fedsim.core.spec import CLIENT_STATE, CONFIG_FILE, PartitionIndex, RunSpec
 from fedsim.datasets import CachedDataset, build_partition, check_disjoint, counts_frame, materialize, split_train_val
 from fedsim.errors import InputError
-from fedsim.models import FedsimNet, build_model, parse_architecture
+from fedsim.models import build_model, parse_architecture
 from fedsim.outputs import rundir
 from fedsim.timing.setup import write_time_inputs
 
@@ -164,10 +164,3 @@ def write_inputs(plan: RunPlan) -> None:
     counts_frame(plan.counts, plan.dataset.class_names).to_csv(folder / "partition_counts.csv")
     run_spec(plan).save(folder)
     write_time_inputs(plan, image_shape(plan.dataset)[-1])
-
-
-def initial_model(config: ExperimentConfig, dataset: CachedDataset) -> FedsimNet:
-    """The global model's initial weights, determined by the seed alone."""
-    torch.manual_seed(config.seed)
-    return build_model(config.model.name, dataset.num_classes, config.model.representation_dim,
-                       image_shape(dataset)[-1])

@@ -28,12 +28,10 @@ from fedsim.core.extension import ExtensionChain, RoundExtension
 from fedsim.core.schedule import EvaluationSchedule
 from fedsim.core.loop import RoundLoop
 from fedsim.core.protocol import CLIENT_TIMEOUT, RUN_DIR
-from fedsim.core.spec import resolve_device
 from fedsim.datasets import dataset_digest
-from fedsim.methods.base import ServerSetup
 from fedsim.methods.evaluation import CentralEvaluation, CentralEvaluator
 from fedsim.methods.privacy.accounting import privacy_extensions
-from fedsim.ops.interrupt import RunInterrupted, stop_requested
+from fedsim.ops.interrupt import stop_requested
 from fedsim.outputs.recorder import RunRecorder
 from fedsim.outputs.tensorboard import tensorboard_log
 from fedsim.timing.setup import build_scheduler
@@ -41,24 +39,15 @@ from fedsim.timing.setup import build_scheduler
 from .centralized import run_centralized
 from .executors import CohortExecutor, Executor, GridExecutor, NodePool
 from .plan import RunPlan
-from .prepare import initial_model
 
 
 @dataclass
-class RunState:
-    """What the server side hands back to the caller of the simulation."""
+class RunOutcome:
+    """What executing a run produced: the final arrays and the recorder, or the error that stopped it."""
 
     recorder: RunRecorder
-    extensions: list[RoundExtension] = field(default_factory=list)  # the user's, after the run's own
-    resume: Checkpoint | None = None  # continue after this checkpoint's round
     final_arrays: ArrayRecord | None = None
     error: BaseException | None = None
-
-
-def run_state(plan: RunPlan, extensions: list[RoundExtension] | None = None,
-              resume: Checkpoint | None = None) -> RunState:
-    return RunState(recorder=RunRecorder(plan.staging, resume=resume is not None),
-                    extensions=list(extensions or []), resume=resume)
 
 
 def round_loop(plan: RunPlan, strategy: Strategy, executor: Executor, extensions: list[RoundExtension],
@@ -74,18 +63,6 @@ def round_loop(plan: RunPlan, strategy: Strategy, executor: Executor, extensions
         task_config={RUN_DIR: str(plan.staging.resolve()), CLIENT_TIMEOUT: float(limit)},
         min_success_fraction=config.train.min_success_fraction, checkpoint_every=config.output.checkpoint_every,
         lr=config.train.lr, on_round=on_round)
-
-
-def server_setup(plan: RunPlan, recorder: RunRecorder) -> ServerSetup:
-    """What a method's server side may use: the plan, an evaluator (its own model), the recorder."""
-    config, dataset = plan.config, plan.dataset
-    device = resolve_device(config.runtime.device)
-    test = dataset.load()
-    evaluator = CentralEvaluator.build(
-        initial_model(config, dataset), np.asarray(test["x_test"]), np.asarray(test["y_test"]),
-        dataset.mean, dataset.std, device, config.evaluation.batch_size,
-    )
-    return ServerSetup(plan, evaluator, recorder, device, lambda: initial_model(config, dataset))
 
 
 def _progress(rounds: int, progress: bool, on_round: Callable[[dict], None] | None, done: int = 0):
@@ -105,52 +82,61 @@ def _progress(rounds: int, progress: bool, on_round: Callable[[dict], None] | No
     return bar, report
 
 
-def execute(plan: RunPlan, state: RunState, executor: Executor, progress: bool = True,
-            on_round: Callable[[dict], None] | None = None) -> None:
-    """The server's work for one federated run; an exception is kept in ``state.error``."""
+def execute(plan: RunPlan, executor: Executor, extensions: list[RoundExtension] | None = None,
+            resume: Checkpoint | None = None, progress: bool = True,
+            on_round: Callable[[dict], None] | None = None) -> RunOutcome:
+    """The server's work for one prepared federated run; never raises for the run's own failure.
+
+    ``extensions`` are the caller's round extensions (after the run's own); with ``resume``
+    the run continues after that checkpoint. An exception that stops the run is the outcome's
+    ``error``, for the caller to publish the run directory as failed or interrupted.
+    """
     config = plan.config
-    bar, report = _progress(config.train.rounds, progress, on_round, state.resume.server_round if state.resume else 0)
+    outcome = RunOutcome(RunRecorder(plan.staging, resume=resume is not None))
+    bar, report = _progress(config.train.rounds, progress, on_round, resume.server_round if resume else 0)
     board = tensorboard_log(config.output.tensorboard, plan.counts, plan.dataset.class_names)
     try:
         strategy = plan.strategy.build()
-        setup = server_setup(plan, state.recorder)
-        initial, extensions = plan.method.start(strategy, setup)
-        extensions += privacy_extensions(plan, strategy)  # DP strategies: (epsilon, delta) per round
-        extensions += round_extensions(build_hooks(list(config.hooks))) + executor.round_extensions()
-        extensions += state.extensions + ([board] if board else [])  # last: it logs the rows the others filled
-        loop = round_loop(plan, strategy, executor, extensions, state.recorder, report)
-        state.final_arrays = loop.run(initial, resume=state.resume)
+        initial, own = plan.method.start(strategy, plan, outcome.recorder)
+        own += privacy_extensions(plan, strategy)  # DP strategies: (epsilon, delta) per round
+        own += round_extensions(build_hooks(list(config.hooks))) + executor.round_extensions()
+        own += list(extensions or []) + ([board] if board else [])  # last: it logs the rows the others filled
+        loop = round_loop(plan, strategy, executor, own, outcome.recorder, report)
+        outcome.final_arrays = loop.run(initial, resume=resume)
     except BaseException as error:  # surfaced by the caller with the run directory marked failed
-        state.error = error
+        outcome.error = error
     finally:
         bar.close()
         if board:  # every exit path: the event files are complete before the run directory is renamed
             board.close()
+    return outcome
 
 
-def execute_centralized(plan: RunPlan, state: RunState, progress: bool = True,
-                        on_round: Callable[[dict], None] | None = None) -> None:
+def execute_centralized(plan: RunPlan, resume: Checkpoint | None = None, progress: bool = True,
+                        on_round: Callable[[dict], None] | None = None) -> RunOutcome:
     """The centralized baseline in this process: the union of the clients' training splits."""
     config = plan.config
-    bar, report = _progress(config.train.rounds, progress, on_round, state.resume.server_round if state.resume else 0)
+    outcome = RunOutcome(RunRecorder(plan.staging, resume=resume is not None))
+    bar, report = _progress(config.train.rounds, progress, on_round, resume.server_round if resume else 0)
     board = tensorboard_log(config.output.tensorboard, plan.counts, plan.dataset.class_names)
     try:
-        setup = server_setup(plan, state.recorder)
+        device = plan.server_device
         union = np.sort(plan.partition.train_indices)
         train_set = plan.dataset.load()
-        x = to_tensor(np.asarray(train_set["x_train"][union]), plan.dataset.mean, plan.dataset.std, setup.device)
-        y = torch.from_numpy(np.asarray(train_set["y_train"][union], dtype=np.int64)).to(setup.device)
-        evaluation = CentralEvaluation(setup.evaluator, config.evaluation.centralized_every)
-        state.final_arrays = run_centralized(
-            setup.build_model().to(setup.device), x, y, plan.recipe, config.seed, config.train.rounds,
+        x = to_tensor(np.asarray(train_set["x_train"][union]), plan.dataset.mean, plan.dataset.std, device)
+        y = torch.from_numpy(np.asarray(train_set["y_train"][union], dtype=np.int64)).to(device)
+        evaluation = CentralEvaluation(CentralEvaluator.of(plan), config.evaluation.centralized_every)
+        outcome.final_arrays = run_centralized(
+            plan.initial_model().to(device), x, y, plan.recipe, config.seed, config.train.rounds,
             plan.num_clients, ExtensionChain([evaluation, board]) if board else evaluation,
-            state.recorder, report, checkpoint_every=config.output.checkpoint_every, resume=state.resume)
+            outcome.recorder, report, checkpoint_every=config.output.checkpoint_every, resume=resume)
     except BaseException as error:
-        state.error = error
+        outcome.error = error
     finally:
         bar.close()
         if board:
             board.close()
+    return outcome
 
 
 def flower_executor(grid: Grid, plan: RunPlan, workers: int | None = None) -> Executor:
@@ -173,22 +159,34 @@ def flower_executor(grid: Grid, plan: RunPlan, workers: int | None = None) -> Ex
 
 
 def build_server_app(
-    jobs: list[tuple[RunPlan, RunState]],
+    jobs: list[Job],
+    outcomes: dict[int, RunOutcome],
     progress: bool = True,
     on_round: Callable[[dict], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> ServerApp:
-    """A ``ServerApp`` that executes each prepared run in turn through Flower's runtime."""
+    """A ``ServerApp`` that executes each job in turn through Flower's runtime, into ``outcomes``."""
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:  # noqa: ARG001 - Flower's signature
-        for index, (plan, state) in enumerate(jobs):
+        for job in jobs:
             if stop_requested():  # Ctrl-C: the runs not started yet do not start
-                state.error = RunInterrupted("interrupted by the user (Ctrl-C) before it started")
                 continue
             if on_start:
-                on_start(index)
-            execute(plan, state, flower_executor(grid, plan), progress, on_round)
+                on_start(job.index)
+            outcomes[job.index] = execute(job.plan, flower_executor(grid, job.plan), job.extensions, job.resume,
+                                          progress, on_round)
 
     return app
+
+
+@dataclass
+class Job:
+    """A prepared run waiting to execute: its position among the caller's runs, its plan, the
+    caller's round extensions and, for a resumed run, the checkpoint it continues from."""
+
+    index: int
+    plan: RunPlan
+    extensions: list[RoundExtension] = field(default_factory=list)
+    resume: Checkpoint | None = None

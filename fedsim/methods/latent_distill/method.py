@@ -48,10 +48,12 @@ from fedsim.strategies import LatentDistillation
 
 from fedsim.settings import problem
 
-from ..base import Method, ServerSetup
+from ..base import Method
+from ..evaluation import CentralEvaluator
 
-if TYPE_CHECKING:  # type-only: the config is parsed above this package
+if TYPE_CHECKING:  # type-only: the config and the plan are resolved above this package
     from fedsim.config import ExperimentConfig
+    from fedsim.runs.plan import RunPlan
 
 TEACHER_STREAM = 0x7EAC  # the server teacher's generator salt (a stream no client uses)
 
@@ -164,34 +166,35 @@ class LatentDistillMethod(Method):
             return 0
         return _outputs_bytes(config.latent_distill.transfer_size, num_classes, output_width)
 
-    def start(self, strategy: Strategy, setup: ServerSetup) -> tuple[ArrayRecord, list[RoundExtension]]:
+    def start(self, strategy: Strategy, plan: RunPlan, recorder: RunRecorder) -> tuple[ArrayRecord, list[RoundExtension]]:
         assert isinstance(strategy, LatentDistillation), "latent-distill's method drives LatentDistillation"
-        labels = self._transfer_labels(setup)
-        if labels is not None and setup.plan.config.latent_distill.teacher == "server":
-            strategy.set_teacher(self._train_teacher(setup, labels))
+        labels = self._transfer_labels(plan)
+        if labels is not None and plan.config.latent_distill.teacher == "server":
+            strategy.set_teacher(self._train_teacher(plan, recorder, labels))
         return strategy.initial_arrays(), [DistillationViews(labels)]
 
     @staticmethod
-    def _transfer_labels(setup: ServerSetup) -> np.ndarray | None:
+    def _transfer_labels(plan: RunPlan) -> np.ndarray | None:
         """The transfer set's labels (None when it comes from another dataset: not the clients' classes)."""
-        index = TransferIndex.load(setup.plan.staging)
+        index = TransferIndex.load(plan.staging)
         if index.source:
             return None
-        return np.asarray(setup.plan.dataset.load()["y_train"][index.transfer], dtype=np.int64)
+        return np.asarray(plan.dataset.load()["y_train"][index.transfer], dtype=np.int64)
 
     @staticmethod
-    def _train_teacher(setup: ServerSetup, labels: np.ndarray) -> ArrayRecord:
+    def _train_teacher(plan: RunPlan, recorder: RunRecorder, labels: np.ndarray) -> ArrayRecord:
         """A server teacher trained with cross-entropy on the labelled transfer set; its outputs."""
-        config, dataset = setup.plan.config, setup.plan.dataset
-        transfer = TransferIndex.load(setup.plan.staging).transfer
-        x = to_tensor(np.asarray(dataset.load()["x_train"][transfer]), dataset.mean, dataset.std, setup.device)
-        y = torch.from_numpy(labels.copy()).to(setup.device)
-        teacher = setup.build_model().to(setup.device)
+        config, dataset, device = plan.config, plan.dataset, plan.server_device
+        evaluator = CentralEvaluator.of(plan)
+        transfer = TransferIndex.load(plan.staging).transfer
+        x = to_tensor(np.asarray(dataset.load()["x_train"][transfer]), dataset.mean, dataset.std, device)
+        y = torch.from_numpy(labels.copy()).to(device)
+        teacher = plan.initial_model().to(device)
         generator = seeded_generator(config.seed, 0, config.partition.num_clients, TEACHER_STREAM)
         torch.manual_seed(generator.initial_seed())
-        train(teacher, x, y, setup.plan.recipe.with_epochs(config.latent_distill.teacher_epochs), generator)
-        metrics, _ = setup.evaluator(ArrayRecord(teacher.state_dict()))
-        setup.recorder.extras["teacher_test_accuracy"] = metrics["test_accuracy"]
+        train(teacher, x, y, plan.recipe.with_epochs(config.latent_distill.teacher_epochs), generator)
+        metrics, _ = evaluator(ArrayRecord(teacher.state_dict()))
+        recorder.extras["teacher_test_accuracy"] = metrics["test_accuracy"]
         logits, reps = transfer_outputs(teacher, x)
         return ArrayRecord({"logits": Array(logits.astype(np.float32)), "reps": Array(reps.astype(np.float32))})
 
