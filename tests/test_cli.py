@@ -66,3 +66,13 @@ def test_console_script_exit_status(tmp_path: Path) -> None:
     assert completed.returncode == 2
     assert "train.lr = -0.1: must be > 0" in completed.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_an_old_config_key_is_one_warning_line_naming_the_new_key(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["partition", "--set", "simulation.executor=in-process", "--set", "time.deadline=0",
+                 "-o", str(tmp_path / "partitions")])
+    assert code == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "fedsim: warning: config key simulation.executor is deprecated: use executor.kind" in err
+    assert "fedsim: warning: config key time.deadline is deprecated: use time.policy.deadline" in err

@@ -25,7 +25,8 @@ class EngineSettings(Section):
                                     "as fit in `lockstep_memory`)")
     lockstep_memory: float = setting(0.5, "`vectorized`: fraction of the device's free memory a chunk may use")
     compile: bool = setting(False, "`vectorized`: `torch.compile` the whole lockstep step, once per "
-                            "architecture and chunk size per worker")
+                            "architecture and chunk size per worker; the compile time is in `rounds.csv` "
+                            "(`compile_seconds`)")
 
     def check(self, prefix: str = "engine") -> list[str]:
         return problems(prefix, [

@@ -64,19 +64,27 @@ def _section_label(prefix: str) -> str:
     return f"[{prefix}]" if prefix else "the top level"
 
 
-def _unknown(dotted: str, prefix: str, section: Section, name: str, tagged: bool = False) -> ConfigError:
-    """The error for ``name`` not being a key of ``section``: what it has, and where ``name`` is."""
+def _unknown(dotted: str, prefix: str, section: Section, name: str,
+             kinds: dict[str, type[Section]] | None = None) -> ConfigError:
+    """The error for ``name`` not being a key of ``section``: what it has, and where ``name`` is.
+
+    ``kinds``: the options of a tagged section (``section`` is one of them): a key of another
+    kind is named with the kind that has it.
+    """
     fields = _fields(section)
-    allowed = (["kind"] if tagged else []) + list(fields)
+    allowed = (["kind"] if kinds else []) + list(fields)
     where = [path for path in key_index().get(name, []) if path != dotted]
+    owners = [kind for kind, cls in (kinds or {}).items() if name in _fields(cls)]
     hint = ""
-    if where:
+    if owners:
+        hint = f"; {name} is a key of kind {' or '.join(repr(k) for k in owners)} (set {prefix}.kind)"
+    elif where:
         hint = f"; {name} belongs in {' or '.join(where[:4])}"
     else:
         close = difflib.get_close_matches(name, allowed, n=1)
         if close:
             hint = f"; did you mean {prefix + '.' if prefix else ''}{close[0]}?"
-    kind = f" (kind {section.kind!r})" if tagged else ""
+    kind = f" (kind {section.kind!r})" if kinds else ""
     return ConfigError(f"unknown config key {dotted!r}: {_section_label(prefix)}{kind} has the keys "
                        f"{', '.join(allowed)}{hint}")
 
@@ -149,10 +157,10 @@ def set_value(config: ExperimentConfig, dotted_key: str, value: Any) -> None:
         raise ConfigError(f"config key {dotted_key!r}: keys look like 'section.key'")
     section: Section = config
     prefix = ""
-    tagged = False  # whether ``section`` is one kind of a tagged table (its ``kind`` picks the dataclass)
+    kinds = None  # the options when ``section`` is one kind of a tagged table (its ``kind`` picks the dataclass)
     for i, name in enumerate(parts):
         here = f"{prefix}.{name}" if prefix else name
-        if name == "kind" and tagged and i == len(parts) - 1:
+        if name == "kind" and kinds and i == len(parts) - 1:
             _switch_kind(config, prefix, value)
             return
         fields = _fields(section)
@@ -166,14 +174,14 @@ def set_value(config: ExperimentConfig, dotted_key: str, value: Any) -> None:
                 hint = f"; did you mean {close[0]}?" if close else ""
                 raise ConfigError(f"unknown config section {name!r} (in {dotted_key!r}); keys look like 'section.key' "
                                   f"with section one of: {', '.join(fields)}{hint}")
-            raise _unknown(key, prefix, section, name, tagged)
+            raise _unknown(key, prefix, section, name, kinds)
         f = fields[name]
         last = i == len(parts) - 1
         if is_section(f):
             if last:
                 raise ConfigError(f"{key} is a table of settings ([{key}]); set one of its keys, e.g. "
                                   f"{key}.{next(iter(_fields(getattr(section, name))), 'kind')}")
-            section, prefix, tagged = getattr(section, name), here, kind_options(f) is not None
+            section, prefix, kinds = getattr(section, name), here, kind_options(f)
             continue
         annotation = _hints(type(section))[name]
         if last:

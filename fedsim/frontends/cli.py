@@ -18,14 +18,16 @@ import argparse
 import errno
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
-from fedsim.config import ConfigError, ExperimentConfig, parse_override
+from fedsim.config import ConfigError, ExperimentConfig, RenamedKeyWarning, parse_override
 from fedsim.errors import EXIT_FAILED, EXIT_INPUT, InputError
 from fedsim.ops.interrupt import EXIT_INTERRUPTED, RunInterrupted
 from fedsim.config.validation import load_config
 
 USER_ERROR = EXIT_INPUT
+_SHOW_WARNING = warnings.showwarning
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
@@ -112,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     try:
-        return _dispatch(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_renamed_key  # an old key name: one line, no source location
+            return _dispatch(args)
     except RunInterrupted as interrupted:
         print(f"fedsim: {interrupted}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -130,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         if not verbose and status == EXIT_FAILED:
             print("(run with --verbose for the traceback)", file=sys.stderr)
         return status
+
+
+def _show_renamed_key(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+    """Print a config key's new name as one line (other warnings as Python prints them)."""
+    if issubclass(category, RenamedKeyWarning):
+        print(f"fedsim: warning: {message}", file=sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
 def _is_input_error(error: BaseException) -> bool:

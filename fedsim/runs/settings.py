@@ -30,15 +30,20 @@ class RuntimeSettings(Section):
     """Flower's simulation runtime (Ray backend): resources per client, devices, start-up."""
 
     num_cpus_per_client: float = setting(1.0, "Ray CPUs per client (per worker with `executor.kind = "
-                                         "\"cohort\"`); also the torch threads a client trains with")
-    num_gpus_per_client: float = setting(0.0, "Ray GPUs per client or worker (fractions share one GPU)")
+                                         "\"cohort\"`), also the torch threads a client trains with; more than "
+                                         "this machine has is refused before Ray starts")
+    num_gpus_per_client: float = setting(0.0, "Ray GPUs per client or worker (fractions share one GPU, e.g. 0.25 "
+                                         "lets four workers share it)")
     device: str = setting("auto", "`auto` (CUDA when visible; on Ray workers only with a GPU share, "
                           "`num_gpus_per_client > 0`), `cpu`, `cuda` or `cuda:N`")
     ray_num_cpus: int = setting(0, "CPUs Ray may use (0 = all)")
     ray_address: str = setting("", "run on an existing Ray cluster (`host:port` of a head started with "
-                               "`ray start --head`) instead of starting Ray here; needs `executor.workers > 0`")
+                               "`ray start --head`; other machines join with `ray start --address ...`) instead of "
+                               "starting Ray here; needs `executor.workers > 0`, fedsim on every machine and the "
+                               "dataset cache and output folder on a shared path")
     node_wait: float = setting(300.0, "seconds to wait at the start for the federation's nodes (Ray's start-up; "
-                               "under `flwr run` every shard's SuperNode)")
+                               "under `flwr run` every shard's SuperNode); a node that joins later serves from "
+                               "the next round")
 
     def check(self, prefix: str = "runtime") -> list[str]:
         return problems(prefix, [
@@ -88,11 +93,15 @@ class ExecutorSettings(Section):
                         "`in-process` (the ClientApp called in fedsim's process; no Ray)")
     workers: int = setting(0, "`cohort`: worker nodes; 0 = as many as the resources allow (CPUs Ray may use / "
                            "`runtime.num_cpus_per_client`, and GPUs / `num_gpus_per_client` when > 0)")
-    round_timeout: float = setting(3600.0, "seconds to wait for one round's replies")
-    client_timeout: float = setting(0.0, "seconds one client may take on a worker; a client that takes longer "
-                                    "fails alone (0 = `round_timeout`)")
+    round_timeout: float = setting(3600.0, "seconds to wait for one round's replies (finite: fedsim never waits "
+                                   "without a limit)")
+    client_timeout: float = setting(0.0, "seconds one client may take on a worker; a client that takes longer is "
+                                    "interrupted and recorded as failed while the worker goes on (0 = "
+                                    "`round_timeout`)")
     streaming: bool = setting(False, "`cohort`: each worker replies with the weighted mean of its clients' "
-                              "models instead of every model (weighted-mean strategies only)")
+                              "models instead of every model; only for strategies whose aggregate is exactly a "
+                              "weighted mean (`fedavg`, `fedprox`, `fedavgm`, `fedadam`, `fedyogi`, `fedadagrad`) "
+                              "and runs that need no client's own model; equal up to float summation order")
 
     def check(self, prefix: str = "executor") -> list[str]:
         return problems(prefix, [

@@ -267,9 +267,9 @@ class PolicySettings(Section):
 class TimeSettings(Section):
     """Simulated time (``[time]``): off unless ``[time.devices]`` names a device model."""
 
-    devices: Section = kinds(DEVICE_KINDS, "none", "the device model: `none` (no simulated time), `lognormal`, "
+    devices: Section = kinds(DEVICE_KINDS, "none", "The device model: `none` (no simulated time), `lognormal`, "
                              "`tiers` or `file`")
-    availability: Section = kinds(AVAILABILITY_KINDS, "always", "who is online when: `always`, `bernoulli`, "
+    availability: Section = kinds(AVAILABILITY_KINDS, "always", "Who is online when: `always`, `bernoulli`, "
                                   "`daily` or `trace`")
     policy: PolicySettings = setting(help="deadlines, over-selection and asynchronous concurrency",
                                      factory=PolicySettings)
