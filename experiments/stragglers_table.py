@@ -81,7 +81,7 @@ def main() -> None:
         grid = {}
         for _, row in first.iterrows():
             run = load_run(args.comparison / summary.loc[(row["entry"], row["seed"]), "run_dir"])
-            grid[row["entry"]] = (run.clients, float(run.config["time"]["deadline"]))
+            grid[row["entry"]] = (run.clients, float(run.setting("time.policy.deadline", 0.0)))
         plots.plot_client_times_grid(grid, ROOT / "docs" / "figures" / f"{name}_client_times.png")
 
 

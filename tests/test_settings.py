@@ -261,6 +261,7 @@ def as_written_before_the_reshape(folder: Path) -> None:
     state_file.write_text(json.dumps(state))
 
 
+@pytest.mark.slow  # two runs; keeps the fast set under a minute
 def test_a_run_started_by_an_earlier_fedsim_resumes_to_the_same_results(small_config) -> None:  # noqa: ANN001
     from fedsim import resume, run
     from fedsim.ops.interrupt import RunInterrupted
@@ -281,3 +282,13 @@ def test_a_run_started_by_an_earlier_fedsim_resumes_to_the_same_results(small_co
     same_results(reference.path, result.path)
     failed = result.clients[result.clients["status"] == "failed"]
     assert set(failed["client_id"]) == {7}, "the old config's fault injection still reaches the client"
+
+
+def test_a_run_s_setting_is_read_under_its_name_or_an_old_one() -> None:
+    from fedsim.outputs.results import RunResult
+
+    empty = pd.DataFrame()
+    new = RunResult(Path("."), empty, empty, empty, {}, {"time": {"policy": {"deadline": 3.0}}})
+    old = RunResult(Path("."), empty, empty, empty, {}, {"time": {"deadline": 2.0, "devices": "tiers"}})
+    assert new.setting("time.policy.deadline") == 3.0 and old.setting("time.policy.deadline") == 2.0
+    assert old.setting("time.devices.kind") == "tiers" and new.setting("time.devices.kind", "none") == "none"

@@ -374,7 +374,7 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
         if result.confusion_matrix is not None and spec.label not in confusions:
             confusions[spec.label] = result.confusion_matrix
         if timed and spec.label not in times:
-            times[spec.label] = (result.clients, float(result.config.get("time", {}).get("deadline", 0.0)))
+            times[spec.label] = (result.clients, float(result.setting("time.policy.deadline", 0.0)))
 
     tidy = (pd.concat(tidy_parts, ignore_index=True) if tidy_parts
             else pd.DataFrame(columns=[*grid, "strategy", "seed", "round", "metric", "value"]))

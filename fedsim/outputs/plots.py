@@ -224,7 +224,7 @@ def plot_run(path: str | Path) -> list[Path]:
             (figures / name).unlink()
     title = f"{result.summary['strategy']} / {result.summary['model']} / {result.summary['partition']}"
     accuracy, loss, labels = (figures / name for name in RUN_FIGURES)
-    deadline = float(result.config.get("time", {}).get("deadline", 0.0))
+    deadline = float(result.setting("time.policy.deadline", 0.0))
     return [
         plot_accuracy(result.rounds, accuracy, title),
         plot_loss(result.rounds, loss, title),

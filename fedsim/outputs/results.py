@@ -6,6 +6,7 @@ import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -25,6 +26,25 @@ class RunResult:
     @property
     def final_accuracy(self) -> float | None:
         return self.summary.get("final_test_accuracy")
+
+    def setting(self, key: str, default: Any = None) -> Any:
+        """The run's config value of dotted ``key`` (``time.policy.deadline``), or ``default``.
+
+        A run directory written by an earlier fedsim keeps old key names in its ``config.toml``;
+        they are looked up too.
+        """
+        from fedsim.config.renamed import RENAMED
+
+        for name in [key, *(old for old, new in RENAMED.items() if new == key)]:
+            value: Any = self.config
+            for part in name.split("."):
+                value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
+            if value is not _MISSING and not isinstance(value, dict):
+                return value
+        return default
+
+
+_MISSING = object()
 
 
 def _table(folder: Path, name: str) -> pd.DataFrame:
