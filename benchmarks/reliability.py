@@ -5,7 +5,7 @@ measured in one invocation: ``output.checkpoint_every = 0`` (no checkpoints) and
 default: a checkpoint after every round: global model, strategy state, extension state, tables'
 positions, RNG states; npz + JSON, fsync'ed, renamed into place). The loop screens every
 update for NaN/Inf and shape mismatches on both sides; its cost is measured on its own as the
-time :func:`fedsim.core.loop.screen_updates` takes per reply.
+time :func:`fedsim.core.screening.screen_updates` takes per reply.
 
     python benchmarks/reliability.py                       # LeNet-5, fedadam, 3 repetitions
     python benchmarks/reliability.py --model resnet18 --rounds 3
@@ -26,7 +26,6 @@ from pathlib import Path
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
-import numpy as np
 from flwr.app import ArrayRecord, Message, RecordDict
 
 from fedsim.runs.experiment import run

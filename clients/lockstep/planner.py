@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 
 import torch
-from flwr.app import Message, MessageType
+from flwr.app import MessageType
 
 from fedsim.core.protocol import (
     ARRAYS,

@@ -52,7 +52,7 @@ def validate(config: ExperimentConfig) -> RunPlan:
     mode = MODES.get(config.train.mode)
     errors += [problem("train.mode", config.train.mode, f"allowed: {', '.join(RUN_MODES)}")] if mode is None \
         else mode.rule(config)
-    errors += method_problems(config)
+    errors += method_problems(config, plan.method)
     try:
         build_hooks(list(config.hooks))
     except HookError as err:

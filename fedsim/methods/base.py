@@ -18,13 +18,10 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.core.extension import RoundExtension
 from fedsim.core.recipe import DistillRecipe
-from fedsim.datasets import CachedDataset
 from fedsim.methods.evaluation import CentralEvaluation, CentralEvaluator, ClientModelEvaluation
 from fedsim.outputs.recorder import RunRecorder
 
 if TYPE_CHECKING:  # type-only: the config and the plan are resolved above this package
-    from pathlib import Path
-
     from fedsim.config import ExperimentConfig
     from fedsim.runs.plan import RunPlan
 
@@ -49,9 +46,11 @@ class Method:
         """Training samples kept out of the clients' partition (None: all are partitioned)."""
         return None
 
-    def write_inputs(self, config: ExperimentConfig, dataset: CachedDataset, folder: Path,
-                     holdout: np.ndarray | None) -> None:
-        """Write files the method's clients or server need into the staging run directory."""
+    def write_inputs(self, plan: RunPlan, holdout: np.ndarray | None) -> None:
+        """Write files the method's clients or server need into the prepared plan's staging folder.
+
+        ``holdout``: the training samples :meth:`holdout` kept out of the partition (None: none).
+        """
         return None
 
     def client_distill_recipe(self, config: ExperimentConfig) -> DistillRecipe | None:

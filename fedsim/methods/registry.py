@@ -22,9 +22,8 @@ def method_for(strategy_name: str) -> Method:
     return METHODS.get(strategy_name, WEIGHTS)
 
 
-def method_problems(config: ExperimentConfig) -> list[str]:
-    """The chosen method's own rules, and whether it takes the configured architectures and hooks."""
-    method = method_for(config.strategy.name)
+def method_problems(config: ExperimentConfig, method: Method) -> list[str]:
+    """The chosen ``method``'s own rules, and whether it takes the configured architectures and hooks."""
     model = config.model
     names = {entry.partition("@")[0] for entry in model.architectures}
     errors = method.check(config)

@@ -101,7 +101,7 @@ def stage(plan: RunPlan) -> RunPlan:
     plan = replace(plan, inputs=RunInputs(dataset, partition, counts, staging, final))
     try:
         write_inputs(plan)
-        plan.method.write_inputs(config, dataset, staging, holdout)
+        plan.method.write_inputs(plan, holdout)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

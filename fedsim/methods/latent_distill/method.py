@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,7 +42,7 @@ from fedsim.core.extension import PHASE_EVALUATE, RoundExtension, RoundRecord, R
 from fedsim.core.protocol import TPRIV_ACCURACY, ClientReply
 from fedsim.core.recipe import DistillRecipe, SGDRecipe
 from fedsim.outputs.recorder import RunRecorder
-from fedsim.core.spec import PartitionIndex, TransferIndex
+from fedsim.core.spec import TransferIndex
 from fedsim.strategies import LatentDistillation
 
 from fedsim.settings import problem
@@ -137,17 +136,16 @@ class LatentDistillMethod(Method):
             return None
         return holdout_transfer(labels, d.transfer_size, config.seed, list(d.transfer_classes))
 
-    def write_inputs(self, config: ExperimentConfig, dataset: CachedDataset, folder: Path,
-                     holdout: np.ndarray | None) -> None:
+    def write_inputs(self, plan: RunPlan, holdout: np.ndarray | None) -> None:
         """``transfer.npz``: the transfer set's indices (and source) and every client's T_priv."""
-        split = PartitionIndex.load(folder)
+        config, dataset, split = plan.config, plan.dataset, plan.partition
         source, transfer = external_transfer(config, dataset) if holdout is None else (None, holdout)
         y_train = np.asarray(dataset.load()["y_train"])
         y_test = np.asarray(dataset.load()["y_test"])
         tpriv = [tpriv_indices(y_test, np.bincount(y_train[split.train_of(c)], minlength=dataset.num_classes),
                                config.latent_distill.tpriv_size, config.seed, c)
                  for c in range(split.num_clients)]
-        TransferIndex.from_lists(transfer, tpriv, str(source.folder.resolve()) if source else "").save(folder)
+        TransferIndex.from_lists(transfer, tpriv, str(source.folder.resolve()) if source else "").save(plan.staging)
 
     def client_distill_recipe(self, config: ExperimentConfig) -> DistillRecipe:
         d, t = config.latent_distill, config.train
