@@ -4,7 +4,7 @@ A node is told what it hosts by its ``node_config`` (``flower-supernode --node-c
 
 * without ``data-dir`` the node reads the server's run directory (the same machine, or a shared
   file system): it can run any client, so the cohort executor balances the round's clients
-  over such nodes. Flower's simulation engine starts its nodes this way.
+  over such nodes. Flower's simulation runtime starts its nodes this way.
 * with ``data-dir`` the node has **its own data**: it hosts the clients of its shard,
   ``partition-id`` of ``num-partitions`` (client ``c`` belongs to shard
   ``c % num-partitions``; with as many clients as nodes, node ``k`` is client ``k``, as in
@@ -91,7 +91,7 @@ def hosting(node_config: Mapping[str, object]) -> Iterator[NodeHosting]:
     """Handle one message as the node ``node_config`` describes (cohort messages and join queries).
 
     Process-wide for the message's duration, then back to the default: a process may serve
-    several nodes (Flower's simulation engine) or run clients directly (the in-process executor).
+    several nodes (Flower's simulation runtime) or run clients directly (the in-process executor).
     """
     global _HOSTING
     previous, _HOSTING = _HOSTING, NodeHosting.from_node_config(node_config)

@@ -105,6 +105,7 @@ def train(
     )
     anchor = [p.detach().clone() for p in model.parameters()] if recipe.proximal_mu > 0 else None
     single_sample_breaks = _has_batchnorm(model)
+    # summed on the device: one host synchronisation per call instead of one per step
     total_loss = torch.zeros((), device=x.device)
     total_correct = torch.zeros((), device=x.device, dtype=torch.long)
     steps = 0
@@ -117,7 +118,7 @@ def train(
                 continue  # BatchNorm cannot train on a single sample
             xb = x[idx] if prepare_batch is None else prepare_batch(x[idx])
             loss, logits = objective(model, xb, y[idx], idx)
-            total_loss += loss.detach() * len(idx)
+            total_loss += loss.detach() * len(idx)  # the task's loss, reported without the proximal term
             if anchor is not None:
                 loss = loss + proximal_term(model, anchor, recipe.proximal_mu)
             optimizer.zero_grad(set_to_none=True)
@@ -125,7 +126,7 @@ def train(
             optimizer.step()
             total_correct += (logits.detach().argmax(1) == y[idx]).sum()
             steps += 1
-    processed = n * recipe.epochs
+    processed = n * recipe.epochs  # a skipped single-sample batch still counts: the mean the metrics report
     return TrainStats(
         num_examples=n,
         loss=float(total_loss) / processed,

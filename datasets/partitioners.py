@@ -84,15 +84,15 @@ def dirichlet(
     classes = np.unique(labels)
     by_class = [np.nonzero(labels == k)[0] for k in classes]
     average = len(labels) / num_clients
-    for attempt in range(max_tries + 1):
+    for attempt in range(max_tries + 1):  # redraw (continuing the stream) until every client has enough
         parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
         sizes = np.zeros(num_clients, dtype=np.int64)
         for idx_k in by_class:
             proportions = rng.dirichlet(alphas)
-            if self_balancing:
+            if self_balancing:  # clients already above the average get nothing more of this class
                 proportions = np.where(sizes > average, 0.0, proportions)
                 proportions = proportions / proportions.sum()
-            cuts = (np.cumsum(proportions) * len(idx_k)).astype(int)[:-1]
+            cuts = (np.cumsum(proportions) * len(idx_k)).astype(int)[:-1]  # flwr-datasets' rounding, exactly
             for cid, piece in enumerate(np.split(idx_k, cuts)):
                 if len(piece):
                     parts[cid].append(piece)

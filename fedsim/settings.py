@@ -2,7 +2,7 @@
 
 Every section of the config (``[train]``, ``[executor]``, ``[time.devices]``,
 ``[latent_distill]``, ...) is a dataclass that lives next to the code that reads it, in a
-small ``settings`` module of that package (a leaf: importing it loads no engine code), and
+small ``settings`` module of that package (a leaf: importing it loads none of the code that reads the settings), and
 :mod:`fedsim.config.schema` lists the sections. This module gives those dataclasses their
 vocabulary:
 

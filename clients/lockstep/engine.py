@@ -148,6 +148,8 @@ class LockstepTrainer:
         compile_seconds, calls = 0.0, 0
         for s in range(max((len(p) for p in plans), default=0)):
             check_stop()  # Ctrl-C in this process: stop between steps
+            # step s of every client that has one, grouped by batch size: unequal clients and partial last
+            # batches form smaller groups instead of being padded (no padded sample can reach a gradient)
             groups: dict[int, list[int]] = {}
             for j, plan in enumerate(plans):
                 if s < len(plan):
@@ -164,7 +166,7 @@ class LockstepTrainer:
                                       for i, j in zip(idx, members)])
                     yb = torch.stack([clients[j].y[i.to(device)] for i, j in zip(idx, members)])
                 masks = fm.draw_masks([dropout_generators[j] for j in members], b, dtype, device)
-                full = len(members) == k
+                full = len(members) == k  # the compiled step takes the whole chunk at the recipe's batch size only
                 losses, logits, compiling = self._step(
                     stacked, members, full, xb, yb, masks, recipe,
                     None if pure else [clients[j].batch_loss for j in members],

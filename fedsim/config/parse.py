@@ -149,8 +149,6 @@ def set_value(config: ExperimentConfig, dotted_key: str, value: Any) -> None:
     both kinds have.
     """
     key = current_name(dotted_key, value)
-    if isinstance(value, dict) and key != dotted_key:
-        raise ConfigError(f"{dotted_key} = {value!r}: must be a single value")
     legacy = key != dotted_key
     parts = key.split(".")
     if not all(parts):
@@ -158,6 +156,7 @@ def set_value(config: ExperimentConfig, dotted_key: str, value: Any) -> None:
     section: Section = config
     prefix = ""
     kinds = None  # the options when ``section`` is one kind of a tagged table (its ``kind`` picks the dataclass)
+    # walk the schema name by name: sections (a tagged one as its current kind), then the value or a table entry
     for i, name in enumerate(parts):
         here = f"{prefix}.{name}" if prefix else name
         if name == "kind" and kinds and i == len(parts) - 1:

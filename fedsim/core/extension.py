@@ -32,7 +32,7 @@ NumPy arrays, tensors and ``ArrayRecord``s. A resumed run calls ``on_run_start``
 metrics are wanted), then ``load_state``.
 
 A leaf module apart from the protocol and the recorder, so clients' hooks and strategies can
-define extensions without importing the engine.
+define extensions without importing the server side.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ ENGINE_LABELS = {
     5: "sequential: its lockstep chunk raised (see the worker's log)",
     6: "sequential: its lockstep chunk exceeded executor.client_timeout x its size",
 }
-"""What ``clients.csv``'s ``engine`` column says for each code: the engine, or why a client of a
+"""What ``clients.csv``'s ``engine`` column says for each code: the training engine, or why a client of a
 vectorized run fell back to the sequential engine."""
 
 # ----------------------------------------------------------------------- error codes

@@ -53,6 +53,7 @@ from fedsim.config import ConfigError, ExperimentConfig, current_name, parse_ove
 from fedsim.config.validation import validate
 from fedsim.methods.registry import method_for
 from fedsim.outputs import rundir
+from fedsim.outputs.results import RunResult
 from fedsim.ops.interrupt import RunInterrupted
 from fedsim.strategies import STRATEGY_NAMES, StrategyError, parse_strategy_spec
 
@@ -315,7 +316,8 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
     rundir.write_config(config, staging)
     if grid:
         (staging / "grid.json").write_text(json.dumps(grid, indent=1) + "\n")
-    rows, tidy_parts, confusions, times = [], [], {}, {}
+    # every (cell, entry, seed) is an ordinary run under runs/, all run by one run_many: the
+    # federated ones share one Flower runtime, and one that fails does not stop the others
     entries = [(cell, spec, seed) for cell in cells for seed in seeds for spec in specs]
     names = [f"{spec.label} @ {cell.describe()}" if grid else spec.label for cell, spec, _ in entries]
     run_configs = []
@@ -329,51 +331,23 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
     outcomes = run_many(run_configs, progress=progress, verbose=verbose,
                         on_start=(lambda i: on_run(names[i], entries[i][2])) if on_run else None)
     interrupted = [o for o in outcomes if isinstance(o, RunInterrupted)]
-    if interrupted:
+    if interrupted:  # Ctrl-C: compare() keeps what there is as <name>.interrupted
         raise interrupted[0]
+    rows, tidy_parts, confusions, times = [], [], {}, {}
     for (cell, spec, seed), result in zip(entries, outcomes):
         row = {**cell.columns, "strategy": spec.label, "seed": seed}
         if isinstance(result, BaseException):  # reported; the other strategies still ran
             text = "".join(traceback.format_exception_only(result)).strip()
             rows.append({**row, "status": "failed", "error": text.replace(str(staging), str(final))})
             continue
-        rounds = result.rounds.copy()
-        trained = rounds["round"] > 0
-        rounds["cumulative_mb"] = ((rounds["bytes_down"].fillna(0) + rounds["bytes_up"].fillna(0))
-                                   .where(trained, 0).cumsum() / 1e6)
-        timed = "sim_time" in rounds and rounds["sim_time"].notna().any()
-        if timed:
-            rounds["sim_hours"] = rounds["sim_time"].where(trained, 0.0) / 3600.0
-        tested = rounds.dropna(subset=["test_accuracy"])
-        rows.append({**row, "status": "ok", "error": "",
-                     "final_accuracy": float(tested["test_accuracy"].iloc[-1]) if len(tested) else np.nan,
-                     "best_accuracy": float(tested["test_accuracy"].max()) if len(tested) else np.nan,
-                     "rounds_to_target": _rounds_to_target(tested, target),
-                     "total_mb": float(rounds["cumulative_mb"].iloc[-1]),
-                     "wall_seconds": float(rounds["wall_seconds"].sum()),
-                     "sim_hours": float(rounds["sim_hours"].iloc[-1]) if timed else np.nan,
-                     "hours_to_target": _hours_to_target(rounds, target) if timed else np.nan,
-                     "clients_dropped": int(rounds["clients_dropped"].fillna(0).sum()) if "clients_dropped" in rounds
-                     else 0,
-                     "client_failures": int(result.summary.get("client_failures", 0)),
-                     "run_dir": str(Path("runs", cell.folder, result.path.name))})
-        present = [m for m in TIDY_METRICS if m in rounds]
-        long = rounds.melt(id_vars=["round"], value_vars=present, var_name="metric").dropna()
-        hooks_file = result.path / "hooks.csv"
-        if hooks_file.is_file():  # hook statistics: mean over the round's clients
-            stats = pd.read_csv(hooks_file)
-            stats = stats[~stats["metric"].str.startswith("count_class")]
-            stats = stats.groupby(["round", "hook", "metric"], as_index=False)["value"].mean()
-            stats["metric"] = "hook." + stats["hook"] + "." + stats["metric"]
-            long = pd.concat([long, stats[["round", "metric", "value"]]], ignore_index=True)
-        long.insert(0, "seed", seed)
-        long.insert(0, "strategy", spec.label)
-        for position, (key, value) in enumerate(cell.columns.items()):
-            long.insert(position, key, value)
-        tidy_parts.append(long)
+        rounds = _with_cumulative_columns(result.rounds)
+        rows.append({**row, **_summary_row(rounds, result, target), "run_dir": str(Path("runs", cell.folder,
+                                                                                        result.path.name))})
+        tidy_parts.append(_tidy_rows(rounds, result, cell, spec, seed))
+        # the figures show the first seed's confusion matrix and client times of every entry
         if result.confusion_matrix is not None and spec.label not in confusions:
             confusions[spec.label] = result.confusion_matrix
-        if timed and spec.label not in times:
+        if "sim_hours" in rounds and spec.label not in times:
             times[spec.label] = (result.clients, float(result.setting("time.policy.deadline", 0.0)))
 
     tidy = (pd.concat(tidy_parts, ignore_index=True) if tidy_parts
@@ -386,20 +360,69 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
     if config.output.figures and grid:
         _plot_sweep(tidy, by_strategy, grid, staging / "figures")
     elif config.output.figures and len(tidy):
-        from fedsim.outputs import plots
-
-        figures = staging / "figures"
-        figures.mkdir(exist_ok=True)
-        plots.plot_comparison(tidy, figures / "accuracy_vs_round.png", x="round")
-        plots.plot_comparison(tidy, figures / "accuracy_vs_mb.png", x="cumulative_mb")
-        if (tidy["metric"] == "sim_hours").any():
-            plots.plot_comparison(tidy, figures / "accuracy_vs_time.png", x="sim_hours")
-            plots.plot_client_times_grid(times, figures / "client_times.png")
-        plots.plot_confusions(confusions, figures / "confusion_matrices.png")
-        if tidy["metric"].str.startswith("hook.").any():
-            plots.plot_hook_stats(tidy, figures / "hook_stats.png")
+        _plot_comparison(tidy, confusions, times, staging / "figures")
     rundir.publish(staging, final, kind=KIND)
     return ComparisonResult(final, tidy, summary, by_strategy, grid)
+
+
+def _with_cumulative_columns(rounds: pd.DataFrame) -> pd.DataFrame:
+    """A run's rounds with the comparison's x axes: MB communicated so far, simulated hours so far."""
+    rounds = rounds.copy()
+    trained = rounds["round"] > 0
+    rounds["cumulative_mb"] = ((rounds["bytes_down"].fillna(0) + rounds["bytes_up"].fillna(0))
+                               .where(trained, 0).cumsum() / 1e6)
+    if "sim_time" in rounds and rounds["sim_time"].notna().any():
+        rounds["sim_hours"] = rounds["sim_time"].where(trained, 0.0) / 3600.0
+    return rounds
+
+
+def _summary_row(rounds: pd.DataFrame, result: RunResult, target: float | None) -> dict:
+    """One ``summary.csv`` row of a finished run (``rounds`` with the cumulative columns)."""
+    timed = "sim_hours" in rounds
+    tested = rounds.dropna(subset=["test_accuracy"])
+    return {"status": "ok", "error": "",
+            "final_accuracy": float(tested["test_accuracy"].iloc[-1]) if len(tested) else np.nan,
+            "best_accuracy": float(tested["test_accuracy"].max()) if len(tested) else np.nan,
+            "rounds_to_target": _rounds_to_target(tested, target),
+            "total_mb": float(rounds["cumulative_mb"].iloc[-1]),
+            "wall_seconds": float(rounds["wall_seconds"].sum()),
+            "sim_hours": float(rounds["sim_hours"].iloc[-1]) if timed else np.nan,
+            "hours_to_target": _hours_to_target(rounds, target) if timed else np.nan,
+            "clients_dropped": int(rounds["clients_dropped"].fillna(0).sum()) if "clients_dropped" in rounds else 0,
+            "client_failures": int(result.summary.get("client_failures", 0))}
+
+
+def _tidy_rows(rounds: pd.DataFrame, result: RunResult, cell: GridCell, spec: StrategySpec, seed: int) -> pd.DataFrame:
+    """A run's ``tidy.csv`` rows: every round metric, plus its hooks' statistics (mean over the round's clients)."""
+    present = [m for m in TIDY_METRICS if m in rounds]
+    long = rounds.melt(id_vars=["round"], value_vars=present, var_name="metric").dropna()
+    hooks_file = result.path / "hooks.csv"
+    if hooks_file.is_file():
+        stats = pd.read_csv(hooks_file)
+        stats = stats[~stats["metric"].str.startswith("count_class")]
+        stats = stats.groupby(["round", "hook", "metric"], as_index=False)["value"].mean()
+        stats["metric"] = "hook." + stats["hook"] + "." + stats["metric"]
+        long = pd.concat([long, stats[["round", "metric", "value"]]], ignore_index=True)
+    long.insert(0, "seed", seed)
+    long.insert(0, "strategy", spec.label)
+    for position, (key, value) in enumerate(cell.columns.items()):
+        long.insert(position, key, value)
+    return long
+
+
+def _plot_comparison(tidy: pd.DataFrame, confusions: dict, times: dict, figures: Path) -> None:
+    """The figures of a comparison without a grid: accuracy against rounds, MB and simulated hours."""
+    from fedsim.outputs import plots
+
+    figures.mkdir(exist_ok=True)
+    plots.plot_comparison(tidy, figures / "accuracy_vs_round.png", x="round")
+    plots.plot_comparison(tidy, figures / "accuracy_vs_mb.png", x="cumulative_mb")
+    if (tidy["metric"] == "sim_hours").any():
+        plots.plot_comparison(tidy, figures / "accuracy_vs_time.png", x="sim_hours")
+        plots.plot_client_times_grid(times, figures / "client_times.png")
+    plots.plot_confusions(confusions, figures / "confusion_matrices.png")
+    if tidy["metric"].str.startswith("hook.").any():
+        plots.plot_hook_stats(tidy, figures / "hook_stats.png")
 
 
 SUMMARY_METRICS = ("final_accuracy", "best_accuracy", "rounds_to_target", "total_mb", "wall_seconds",

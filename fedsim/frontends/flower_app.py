@@ -7,7 +7,7 @@ config, relative to the project that ``flwr run`` shipped) and ``overrides``
 with ``flwr run . --run-config``, prepares the run exactly like ``fedsim run`` (validation,
 dataset cache, partition, run directory) and drives the same round loop, so a run gives the
 numbers ``fedsim run`` gives for the same config. With ``executor.kind = "cohort"`` (the
-default) every node of the federation is a worker: on Flower's simulation engine, or on
+default) every node of the federation is a worker: on Flower's simulation runtime, or on
 SuperNodes that read the run directory, each runs a share of the round's clients, whatever
 their number; SuperNodes with their own data (``--node-config "partition-id=K
 num-partitions=N data-dir=..."``, :mod:`fedsim.clients.node`) run the clients of their shard.

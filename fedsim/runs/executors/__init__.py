@@ -2,7 +2,7 @@
 
 ``executor.kind`` picks one by name:
 
-* ``flower`` -- Flower's runtime: the simulation engine (Ray backend) that ``fedsim run``
+* ``flower`` -- Flower's runtime: the simulation runtime (Ray backend) that ``fedsim run``
   starts, or the federation ``flwr run`` connects to; one SuperNode per client.
 * ``cohort`` -- Flower's runtime with ``executor.workers`` SuperNodes as workers (under
   ``flwr run``: every node of the federation), each running a share of every round's clients

@@ -1,7 +1,7 @@
 """The cohort executor: W Flower nodes act as workers; each round, one message per worker.
 
 A worker is a Flower SuperNode. The nodes join the run first (:class:`~fedsim.runs.executors.nodes.NodePool`).
-A node that reads the run directory (Flower's simulation engine, or SuperNodes on the
+A node that reads the run directory (Flower's simulation runtime, or SuperNodes on the
 server's machine or a shared file system) can run any client: every client's data is in the
 memory-mapped dataset cache and its indices in the run directory, so per phase the executor
 assigns the round's tasks to those nodes by samples, not by count (greedy longest-processing-

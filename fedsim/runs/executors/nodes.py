@@ -38,7 +38,7 @@ class NodePool:
 
     ``files`` gives the run's files for nodes with their own data (called once, at the first join),
     ``digest`` the server dataset's fingerprint they must match. ``expected`` > 0 waits for
-    that many nodes at the start (Flower's simulation engine starts them all at once); 0 takes
+    that many nodes at the start (Flower's simulation runtime starts them all at once); 0 takes
     every node that is up, and, with nodes with their own data, waits for every shard.
     ``wait`` bounds the start-up wait in seconds; ``num_clients`` is the run's population.
     """
