@@ -8,8 +8,11 @@ The Python API mirrors the CLI::
     result = fedsim.run(config)                # run directory + pandas tables
     result.rounds, result.clients, result.summary
 
-Sub-packages: ``fedsim.datasets``, ``fedsim.models``, ``fedsim.strategies``, ``fedsim.clients``.
-Attributes are imported lazily so that worker processes only load what they use.
+The package is layered (``docs/architecture.md``): ``fedsim.core`` (the round loop and what server
+and clients share), ``fedsim.config`` (the experiment config), ``fedsim.runs`` (a run from its plan
+to its results), ``fedsim.methods``, ``fedsim.timing``, ``fedsim.outputs``, ``fedsim.frontends``,
+``fedsim.ops``, and ``fedsim.models``, ``fedsim.datasets``, ``fedsim.strategies``,
+``fedsim.clients``. Attributes are imported lazily so that worker processes only load what they use.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if not (Path(__file__).parent / "clients").is_dir() and (_SOURCE_ROOT / "clients
 _API = {
     "ExperimentConfig": "fedsim.config",
     "ConfigError": "fedsim.config",
+    "RenamedKeyWarning": "fedsim.config",
     "load_config": "fedsim.config.validation",
     "run": "fedsim.runs.experiment",
     "resume": "fedsim.runs.experiment",
