@@ -52,7 +52,7 @@ def run_on(config, grid, wait: float = 5.0):  # noqa: ANN001, ANN201 - (state, r
 
 
 def test_nodes_with_their_own_data_host_their_shard_and_give_the_same_numbers(small_config, tmp_path) -> None:  # noqa: ANN001
-    overrides = {"train.rounds": 2, "train.fraction_train": 0.7}
+    overrides = {"train.rounds": 2, "train.fraction_train": 0.7, "faults.fail_clients": [4]}
     reference = run(small_config(**overrides, **{"output.name": "reference"}), progress=False)
     grid = NodesGrid(own_data(tmp_path, 3))
     state, folder = run_on(small_config(**overrides, **{"output.name": "nodes"}), grid)
@@ -60,6 +60,9 @@ def test_nodes_with_their_own_data_host_their_shard_and_give_the_same_numbers(sm
     rounds = pd.read_csv(folder / "rounds.csv")
     pd.testing.assert_frame_equal(rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"))
     clients = pd.read_csv(folder / "clients.csv")
+    failed = clients[clients["status"] == "failed"]
+    assert len(failed) and set(failed["client_id"]) == {4}, "the fault configured on the server reaches the node"
+    assert failed["error"].str.contains("client 4 failed on purpose").all()
     workers = pd.read_csv(folder / "workers.csv")
     for (server_round, phase), load in workers.groupby(["round", "phase"]):
         sampled = clients[(clients["round"] == server_round) & (clients["phase"] == phase)]["client_id"]
