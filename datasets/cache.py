@@ -58,6 +58,11 @@ class CachedDataset:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of the images (read from the cached array's header)."""
+        return tuple(int(n) for n in np.load(self.folder / "x_train.npy", mmap_mode="r").shape[1:])  # type: ignore[return-value]
+
     def load(self, mmap: bool = True) -> dict[str, np.ndarray]:
         """The four arrays, memory-mapped read-only by default."""
         return {

@@ -10,7 +10,7 @@ each key, its value and what is allowed. It asks, in this order:
 3. every section for how it combines with the others and with the plan (a section's
    ``check_against``: e.g. ``[engine]`` on which executors lockstep training works with);
 4. the run mode, the method (its rules, and whether it takes the configured architectures and
-   hooks) and the client hooks (:func:`fedsim.clients.hooks.build_hooks`).
+   hooks) and the client hooks (built once, in the plan, by :func:`fedsim.clients.hooks.build_hooks`).
 
 The plan it returns is what a run uses (:func:`fedsim.runs.prepare.prepare`), so nothing is
 derived twice. Checks that need the loaded dataset are :func:`validate_against_dataset`.
@@ -21,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fedsim.clients.hooks import HookError, build_hooks
 from fedsim.datasets import check_partition_for_dataset
 from fedsim.methods.modes import MODES, RUN_MODES
 from fedsim.methods.registry import method_problems
@@ -53,10 +52,8 @@ def validate(config: ExperimentConfig) -> RunPlan:
     errors += [problem("train.mode", config.train.mode, f"allowed: {', '.join(RUN_MODES)}")] if mode is None \
         else mode.rule(config)
     errors += method_problems(config, plan.method)
-    try:
-        build_hooks(list(config.hooks))
-    except HookError as err:
-        errors.append(f"hooks: {err}")
+    if plan.hooks_error:
+        errors.append(f"hooks: {plan.hooks_error}")
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(dict.fromkeys(errors)))
     return plan

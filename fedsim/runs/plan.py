@@ -107,6 +107,7 @@ class RunPlan:
     nodes: int  # simulated SuperNodes: the workers, or one per client
     behaviours: tuple[BehaviourSpec, ...]  # configured per-client behaviour, carried by the run spec
     hooks_needing_client_arrays: tuple[str, ...] = ()  # hooks that read other clients' uploaded models
+    hooks_error: str = ""  # why the configured hooks cannot be built ("" when they can)
     inputs: RunInputs | None = field(default=None, repr=False)
 
     @property
@@ -167,8 +168,8 @@ class RunPlan:
 def initial_model(config: ExperimentConfig, dataset: CachedDataset) -> FedsimNet:
     """The global model of ``config`` for ``dataset``, its weights determined by the seed alone."""
     torch.manual_seed(config.seed)
-    channels = int(np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape[-1])
-    return build_model(config.model.name, dataset.num_classes, config.model.representation_dim, channels)
+    return build_model(config.model.name, dataset.num_classes, config.model.representation_dim,
+                       dataset.image_shape[-1])
 
 
 def client_device(config: ExperimentConfig) -> str:
@@ -200,12 +201,13 @@ def worker_count(config: ExperimentConfig) -> int:
     return max(1, min(count, n))
 
 
-def _hooks_needing_client_arrays(config: ExperimentConfig) -> tuple[str, ...]:
+def _hooks(config: ExperimentConfig) -> tuple[tuple[str, ...], str]:
+    """The configured hooks, built once to check them: those that read other clients' models, and the error."""
     try:
         hooks = build_hooks(list(config.hooks))
-    except HookError:
-        return ()  # reported by the hooks' rule
-    return tuple(h.name for h in hooks if getattr(h.round_extension(), "needs_client_arrays", False))
+    except HookError as err:
+        return (), str(err)
+    return tuple(h.name for h in hooks if getattr(h.round_extension(), "needs_client_arrays", False)), ""
 
 
 def plan_for(config: ExperimentConfig) -> RunPlan:
@@ -214,6 +216,7 @@ def plan_for(config: ExperimentConfig) -> RunPlan:
     per_round = sample_size(n, train.fraction_train, train.clients_per_round) if n >= 1 else 0
     method = method_for(config.strategy.name)
     workers = worker_count(config) if n >= 1 else 1
+    needing_client_arrays, hooks_error = _hooks(config)
     return RunPlan(
         config=config,
         mode=MODES.get(train.mode, MODES["federated"]),
@@ -228,5 +231,6 @@ def plan_for(config: ExperimentConfig) -> RunPlan:
         workers=workers,
         nodes=workers if config.executor.kind == "cohort" else n,
         behaviours=tuple(config.faults.behaviours()),
-        hooks_needing_client_arrays=_hooks_needing_client_arrays(config),
+        hooks_needing_client_arrays=needing_client_arrays,
+        hooks_error=hooks_error,
     )

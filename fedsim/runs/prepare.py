@@ -59,18 +59,13 @@ def make_partition(plan: RunPlan, dataset: CachedDataset) -> tuple[PartitionInde
     return index, partition.counts(labels), holdout
 
 
-def image_shape(dataset: CachedDataset) -> tuple[int, int, int]:
-    """(height, width, channels) of the dataset's images."""
-    return tuple(int(n) for n in np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape[1:])  # type: ignore[return-value]
-
-
 def check_image_shape(config: ExperimentConfig, dataset: CachedDataset) -> None:
     """Every model of the run must take the dataset's images (one forward pass of a blank image).
 
     fedsim's models are built for 32x32 images (CIFAR's size); other sizes fail inside the first
     convolution or linear layer, which would otherwise surface as a failure of every client.
     """
-    shape = image_shape(dataset)
+    shape = dataset.image_shape
     names = {config.model.name, *(parse_architecture(entry)[0] for entry in config.model.architectures)}
     for name in sorted(names):
         model = build_model(name, dataset.num_classes, config.model.representation_dim, shape[-1])
@@ -163,4 +158,4 @@ def write_inputs(plan: RunPlan) -> None:
     plan.partition.save(folder)
     counts_frame(plan.counts, plan.dataset.class_names).to_csv(folder / "partition_counts.csv")
     run_spec(plan).save(folder)
-    write_time_inputs(plan, image_shape(plan.dataset)[-1])
+    write_time_inputs(plan, plan.dataset.image_shape[-1])

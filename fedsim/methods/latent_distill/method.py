@@ -212,13 +212,11 @@ def external_transfer(config: ExperimentConfig, dataset: CachedDataset) -> tuple
     """
     d, data = config.latent_distill, config.data
     other = materialize(replace(data, dataset=d.transfer_dataset, path=d.transfer_path, classes=[]))
-    shape = np.load(other.folder / "x_train.npy", mmap_mode="r").shape
-    own = np.load(dataset.folder / "x_train.npy", mmap_mode="r").shape
-    if shape[1:] != own[1:]:
-        raise DatasetError(f"latent_distill.transfer_dataset = {d.transfer_dataset!r} has images of shape {shape[1:]}, "
-                           f"the clients' are {own[1:]}")
-    if d.transfer_size > shape[0]:
+    if other.image_shape != dataset.image_shape:
+        raise DatasetError(f"latent_distill.transfer_dataset = {d.transfer_dataset!r} has images of shape "
+                           f"{other.image_shape}, the clients' are {dataset.image_shape}")
+    if d.transfer_size > other.num_train:
         raise DatasetError(f"latent_distill.transfer_size = {d.transfer_size}: {d.transfer_dataset!r} has only "
-                           f"{shape[0]} training images")
+                           f"{other.num_train} training images")
     rng = np.random.default_rng([config.seed, 0x7D])
-    return other, np.sort(rng.choice(shape[0], size=d.transfer_size, replace=False)).astype(np.int64)
+    return other, np.sort(rng.choice(other.num_train, size=d.transfer_size, replace=False)).astype(np.int64)
