@@ -94,7 +94,7 @@ class LocalClient:
         """
         spec, device = self.run.spec, self.run.device
         generator = training.seeded_generator(spec.seed, server_round, self.client_id)
-        torch.manual_seed(generator.initial_seed())  # dropout etc. draw from the global RNG
+        training.seed_torch(generator.initial_seed(), device)  # dropout etc. draw from the global RNG
         hooks = self.run.hooks if hooks is None else hooks
         if not hooks:
             x, y = self._tensors(self.run.partition.train_of(self.client_id))

@@ -68,6 +68,21 @@ def seeded_generator(*seed_parts: int) -> torch.Generator:
     return generator
 
 
+def seed_torch(seed: int, device: torch.device | str | None = None) -> None:
+    """Seed torch's default CPU generator and, for a CUDA ``device``, that device's generator.
+
+    What ``torch.manual_seed`` does for the generators a run on ``device`` draws from, without
+    its cost: it also queues a seed for every CUDA, XPU and MTIA device, recording a stack
+    trace for each (about 0.9 ms per call; called once per client per round, that was a
+    large part of a round's machinery). The drawn streams are the same.
+    """
+    torch.default_generator.manual_seed(seed)
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        torch.cuda.default_generators[index].manual_seed(seed)
+
+
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``(model, x_batch, y_batch, batch_indices) -> (loss, logits)``: what one SGD step minimises."""
 

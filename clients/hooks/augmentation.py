@@ -24,6 +24,7 @@ import torch
 from torchvision.transforms import v2
 
 from .base import Hook, HookContext, LocalData, require
+from ..training import seed_torch
 
 TRANSFORMS = ("affine", "flip_crop", "randaugment", "flip_crop_randaugment")
 TARGETS = ("all", "crucial", "selected", "random")
@@ -47,7 +48,7 @@ def augment_each(images: torch.Tensor, transform: v2.Transform, generator: torch
     if not len(images):
         return images
     state = torch.random.get_rng_state()
-    torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    seed_torch(int(torch.randint(0, 2**62, (1,), generator=generator)), images.device)
     try:
         return torch.stack([transform(img) for img in images])
     finally:
