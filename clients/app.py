@@ -10,7 +10,9 @@ Two ways to host clients on a Flower node:
   :mod:`fedsim.clients.node`); then a ``train.cohort`` / ``evaluate.cohort`` message carries
   several clients' tasks (:func:`fedsim.core.protocol.pack_cohort`); the node runs them one after
   another through this same ClientApp (:class:`fedsim.clients.runner.ClientRunner`, so mods
-  apply per client) and replies once with every client's result.
+  apply per client) -- or, for training tasks no mod acts on, straight through the handler,
+  keeping their weights stacked -- and replies once with every client's result (the stacks
+  travel as one array per dtype).
 
 Messages and replies follow :mod:`fedsim.core.protocol`. Flower's client-side DP clipping mods are
 applied when a DP strategy asks for them.
@@ -115,7 +117,7 @@ def run_cohort(msg: Message, context: Context) -> Message:
     ensure_task_identity(msg.metadata.run_id)
     num_clients = int(msg.content[COHORT]["num-clients"])
     threads = int(msg.content[COHORT].get("threads", 0)) or None
-    runner = _RUNNERS.setdefault((num_clients, threads), ClientRunner(client_app, num_clients, threads))
+    runner = _RUNNERS.setdefault((num_clients, threads), ClientRunner(client_app, num_clients, threads, direct=True))
     with hosting(context.node_config):  # a node with its own data reads its copy of the run
         replies = runner.run(unpack_cohort(msg))
     stream_key = str(msg.content[COHORT].get("stream-key", ""))

@@ -1,16 +1,21 @@
 """The client-side handler: what a node does with a train or evaluate task for one client.
 
-The ClientApp (:mod:`fedsim.clients.app`) and any executor that calls clients directly go
-through :func:`handle_train` and :func:`handle_evaluate`. They look up the run's per-process
-resources (:func:`fedsim.clients.worker.worker_run`), build the :class:`LocalClient` for the
-client id and reply in the protocol's format (:mod:`fedsim.core.protocol`).
+The ClientApp (:mod:`fedsim.clients.app`) goes through :func:`handle_train` and
+:func:`handle_evaluate`: they look up the run's per-process resources
+(:func:`fedsim.clients.worker.worker_run`), build the :class:`LocalClient` for the client id
+and reply in the protocol's format (:mod:`fedsim.core.protocol`). A worker running many
+clients calls :func:`train_update` directly for the training tasks no mod acts on
+(:func:`trains_direct`) and keeps their weights stacked (:class:`fedsim.clients.runner.ClientRunner`).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, Message
+import torch
+from flwr.app import ArrayRecord, Message, MessageType
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedsim.core.arrays import nonfinite_keys, nonfinite_update
 from fedsim.core.protocol import (
@@ -71,17 +76,51 @@ def _limit(msg: Message) -> float:
     return float(message_config(msg).get(CLIENT_TIMEOUT, 0.0)) if msg.has_content() else 0.0
 
 
+@dataclass
+class TrainUpdate:
+    """What training one client produced, before it is put in any message.
+
+    ``state``: the trained weights (weight-averaging methods; the client's own tensors, safe to
+    keep); ``outputs``: what a distillation client sends instead; ``metrics``: its MetricRecord.
+    """
+
+    metrics: dict[str, float | int]
+    state: dict[str, torch.Tensor] | None = None
+    outputs: ArrayRecord | None = None
+
+
+def trains_direct(msg: Message) -> bool:
+    """Whether a task can skip the ClientApp: a plain training task no mod acts on.
+
+    The ClientApp's one mod, client-side DP clipping, acts only on a train config with a
+    clipping norm; distillation rounds reply with outputs, not weights. Every other training
+    task gives the same reply whether the ClientApp's mods run or not, so a worker may call
+    :func:`train_update` directly and keep the weights stacked (:mod:`fedsim.core.stack`).
+    """
+    if msg.metadata.message_type != MessageType.TRAIN or not msg.has_content():
+        return False
+    config = message_config(msg)
+    return not config.get(DISTILL, False) and KEY_CLIPPING_NORM not in config
+
+
+def train_update(msg: Message, client_id: int) -> TrainUpdate:
+    """Train client ``client_id`` on the task ``msg``, stopped after ``executor.client_timeout`` seconds."""
+    with time_limit(_limit(msg), client_id):
+        return _train(msg, client_id)
+
+
 def handle_train(msg: Message, client_id: int) -> Message:
     """Train client ``client_id`` on the task ``msg``; reply with its arrays and metrics.
 
     The client is stopped after ``executor.client_timeout`` seconds (:func:`time_limit`), and
     an update with NaN or infinite values is refused here, before any worker could sum it.
     """
-    with time_limit(_limit(msg), client_id):
-        return _train(msg, client_id)
+    update = train_update(msg, client_id)
+    arrays = ArrayRecord(update.state) if update.state is not None else update.outputs
+    return reply(msg, client_id, update.metrics, _checked(arrays) if arrays is not None else None)
 
 
-def _train(msg: Message, client_id: int) -> Message:
+def _train(msg: Message, client_id: int) -> TrainUpdate:
     started = time.perf_counter()
     client = _client(msg, client_id, "train")
     config = message_config(msg)
@@ -89,9 +128,8 @@ def _train(msg: Message, client_id: int) -> Message:
     lockstep = take_outcome(server_round, client_id)  # the vectorized engine's outcome, if any
     if config.get(DISTILL, False):
         values, outputs = distill_round(client, msg.content[ARRAYS], server_round, bool(config.get(SEND_OUTPUTS, True)))
-        outputs = _checked(outputs) if outputs is not None else None
         engine = {ENGINE: 0 if lockstep is None else lockstep.engine}
-        return reply(msg, client_id, {**values, CLIENT_SECONDS: time.perf_counter() - started, **engine}, outputs)
+        return TrainUpdate({**values, CLIENT_SECONDS: time.perf_counter() - started, **engine}, outputs=outputs)
     if lockstep is not None and lockstep.error is not None:
         raise lockstep.error
     if lockstep is not None and lockstep.state is not None:  # trained in lockstep (fedsim.clients.lockstep)
@@ -104,11 +142,13 @@ def _train(msg: Message, client_id: int) -> Message:
         recipe = client.run.spec.recipe.with_proximal_mu(float(config.get(PROXIMAL_MU, 0.0)))
         peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(msg)]
         stats = client.fit(model, server_round, recipe, peers=peers)
-        state, engine = model.state_dict(), {ENGINE: 0 if lockstep is None else lockstep.engine}
+        # the worker's model is trained again for its next client: this client's weights are copied out
+        state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        engine = {ENGINE: 0 if lockstep is None else lockstep.engine}
         seconds = time.perf_counter() - started
     metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy,
                TRAIN_STEPS: stats.steps, CLIENT_SECONDS: seconds, **engine, **stats.hook_metrics}
-    return reply(msg, client_id, metrics, _checked(ArrayRecord(state)))
+    return TrainUpdate(metrics, state=state)
 
 
 def handle_evaluate(msg: Message, client_id: int) -> Message:

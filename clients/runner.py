@@ -7,6 +7,12 @@ of its own, as a simulated SuperNode would give it (``node_config`` with its
 the client's message, and an exception becomes that client's error reply -- the other
 clients go on. A client that takes longer than ``executor.client_timeout`` is interrupted by
 the client handler (:func:`fedsim.clients.limits.time_limit`) and fails alone.
+
+The fast path: with fedsim's own ClientApp, a training task that no mod acts on
+(:func:`fedsim.clients.handler.trains_direct`) is trained without building a reply per client
+around its weights. The weights of the worker's clients are stacked per layout
+(:mod:`fedsim.core.stack`) and each reply carries metrics and a view of its client's row; the
+worker sends its stacks once (cohort) or the server reads them in place (in-process).
 """
 
 from __future__ import annotations
@@ -16,9 +22,12 @@ from flwr.app import Context, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
+from fedsim.core.arrays import nonfinite_update
+from fedsim.core.protocol import PARTITION_ID, ClientReply, ClientTask, failed_reply, reply
+from fedsim.core.stack import Layout, UpdateStack
 from fedsim.ops.interrupt import check_stop
-from fedsim.core.protocol import PARTITION_ID, ClientReply, ClientTask, failed_reply
 
+from .handler import train_update, trains_direct
 from .lockstep.planner import OUTCOMES, train_in_lockstep
 
 
@@ -45,11 +54,15 @@ class ClientRunner:
 
     ``threads_per_client`` (None: leave torch's setting alone) is the number of torch threads a
     client trains with, so that float reductions match a Ray worker with that many CPUs.
+    ``direct`` says that ``client_app`` is fedsim's own (:mod:`fedsim.clients.app`), whose plain
+    training tasks may be trained without it (:func:`fedsim.clients.handler.trains_direct`);
+    another ClientApp is always called.
     """
 
     def __init__(self, client_app: ClientApp, num_clients: int, threads_per_client: int | None = None,
-                 run_id: int = 0) -> None:
+                 run_id: int = 0, direct: bool = False) -> None:
         self.client_app = client_app
+        self.direct = direct  # fedsim's own ClientApp: its plain training tasks may skip it (see run)
         self.num_clients = num_clients
         self.threads_per_client = None if threads_per_client is None else max(1, int(threads_per_client))
         self.run_id = run_id
@@ -66,17 +79,27 @@ class ClientRunner:
         return self._contexts[client_id]
 
     def run(self, tasks: list[ClientTask]) -> list[ClientReply]:
-        """One reply per task, in task order; a client that raises gets an error reply."""
+        """One reply per task, in task order; a client that raises gets an error reply.
+
+        With ``direct`` set, training tasks no mod acts on skip the ClientApp: their weights
+        are kept and stacked (:func:`stack_updates`), and each reply holds a view of its row.
+        """
         threads = torch.get_num_threads()
         if self.threads_per_client is not None:
             torch.set_num_threads(self.threads_per_client)
         try:
             train_in_lockstep(tasks)  # the vectorized engine's clients, trained before the ClientApp replies
-            replies = []
-            for task in tasks:
+            replies, states = [], {}
+            for position, task in enumerate(tasks):
                 check_stop()  # Ctrl-C in this process: no further clients
-                replies.append(self._run_one(task))
-            return replies
+                if self.direct and trains_direct(task.message):
+                    reply_, state = self._train_direct(task)
+                    if state is not None:
+                        states[position] = state
+                    replies.append(reply_)
+                else:
+                    replies.append(self._run_one(task))
+            return stack_updates(tasks, replies, states)
         finally:
             OUTCOMES.clear()
             torch.set_num_threads(threads)
@@ -86,3 +109,33 @@ class ClientRunner:
             return ClientReply(task.client_id, self.client_app(task.message, self.context(task.client_id)))
         except Exception as error:  # noqa: BLE001 - a client's failure is a reply, as in Flower
             return failed_reply(task, f"{type(error).__name__}: {error}")
+
+    def _train_direct(self, task: ClientTask) -> tuple[ClientReply, dict[str, torch.Tensor] | None]:
+        """The client trained without its ClientApp: a metrics-only reply, and its weights apart."""
+        try:
+            update = train_update(task.message, task.client_id)
+        except Exception as error:  # noqa: BLE001 - a client's failure is a reply, as in Flower
+            return failed_reply(task, f"{type(error).__name__}: {error}"), None
+        return ClientReply(task.client_id, reply(task.message, task.client_id, update.metrics)), update.state
+
+
+def stack_updates(tasks: list[ClientTask], replies: list[ClientReply],
+                  states: dict[int, dict[str, torch.Tensor]]) -> list[ClientReply]:
+    """Stack the weights in ``states`` (by task position) per layout and give each reply its row.
+
+    A client whose weights hold NaN or Inf fails alone, with the reason the ClientApp path
+    gives (``DivergedUpdate``): the stack is checked once, in one pass.
+    """
+    by_layout: dict[Layout, list[int]] = {}
+    for position, state in states.items():
+        by_layout.setdefault(Layout.of(state), []).append(position)
+    replies = list(replies)
+    for positions in by_layout.values():
+        stack = UpdateStack.of([tasks[p].client_id for p in positions], [states[p] for p in positions])
+        for index, position in enumerate(positions):
+            bad = stack.nonfinite(index)
+            if bad:
+                replies[position] = failed_reply(tasks[position], f"DivergedUpdate: {nonfinite_update(bad)}")
+            else:
+                replies[position].update = stack.view(index)
+    return replies

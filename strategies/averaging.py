@@ -18,14 +18,15 @@ BatchNorm running means and variances are averaged like any other array.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.core.arrays import aggregate_arrays
-from fedsim.core.protocol import reply_client_id
+from fedsim.core.protocol import ClientReply, reply_client_id
+from fedsim.core.stack import weighted_mean
 
 
 def ema_weights(num_models: int, beta: float) -> np.ndarray:
@@ -65,6 +66,19 @@ class WeightedFedAvg(FedAvg):
         records = [next(iter(m.content.array_records.values())) for m in valid]
         arrays = aggregate_arrays(records, self._weights(valid))
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
+        return arrays, metrics
+
+    def aggregate_stacked(
+        self, server_round: int, replies: Sequence[ClientReply]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """:meth:`aggregate_train` on stacked updates, read in place: the same arithmetic and order
+        (:func:`fedsim.core.stack.weighted_mean`, by partition id), so the same bits."""
+        if not replies:
+            return None, None
+        valid = sorted(replies, key=lambda r: r.client_id)
+        messages = [r.message for r in valid]
+        arrays = weighted_mean([r.update for r in valid], self._weights(messages))
+        metrics = self.train_metrics_aggr_fn([m.content for m in messages], self.weighted_by_key)
         return arrays, metrics
 
 

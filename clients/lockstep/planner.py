@@ -160,8 +160,9 @@ def _inputs(run: WorkerRun, model: torch.nn.Module, start: dict[str, torch.Tenso
             task: ClientTask) -> TrainingInputs:
     """A client's training inputs, its hooks fresh (hooks keep per-client state until ``report``)."""
     peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(task.message)]
-    model.load_state_dict(start)  # the hooks' global_model: the received weights
     hooks = build_hooks(list(run.spec.hooks)) if run.spec.hooks else []
+    if hooks:
+        model.load_state_dict(start)  # the hooks' global_model: the received weights
     return LocalClient(task.client_id, run).training_inputs(model, server_round, peers, hooks)
 
 

@@ -1,6 +1,6 @@
 """Arithmetic on ``ArrayRecord``s: the dtype-preserving weighted mean and the finiteness check.
 
-A leaf module. fedsim's averaging strategies aggregate with it, and a cohort worker that
+Depends on :mod:`fedsim.core.stack` only (the weighted mean is the stacked one). fedsim's averaging strategies aggregate with it, and a cohort worker that
 streams (``executor.streaming``) sums its clients' models with it before replying. Clients
 check their own update with :func:`nonfinite_keys` (so a streaming worker never sums a NaN),
 and the round loop checks every update it receives and the new global model with it.
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+
+from .stack import stack_of_records, weighted_mean
 
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -51,20 +53,11 @@ def nonfinite_update(keys: list[str]) -> str:
 
 
 def aggregate_arrays(records: list[ArrayRecord], weights: np.ndarray | list[float]) -> ArrayRecord:
-    """Weighted mean of ArrayRecords with weights normalised to sum 1; dtypes are preserved."""
-    w = np.asarray(weights, dtype=np.float64)
-    if len(records) != len(w) or not len(records):
-        raise ValueError(f"need one weight per record, got {len(w)} weights for {len(records)} records")
-    if (w < 0).any() or w.sum() <= 0:
-        raise ValueError(f"weights must be non-negative with a positive sum, got {w.tolist()}")
-    w = w / w.sum()
-    out: dict[str, Array] = {}
-    for key in records[0].keys():
-        first = records[0][key].numpy()
-        total = np.zeros(first.shape, dtype=np.float64)
-        for record, weight in zip(records, w):
-            total += record[key].numpy().astype(np.float64) * weight
-        if np.issubdtype(first.dtype, np.integer):
-            total = np.rint(total)
-        out[key] = Array(np.asarray(total.astype(first.dtype)))
-    return ArrayRecord(out)
+    """Weighted mean of ArrayRecords with weights normalised to sum 1; dtypes are preserved.
+
+    The per-client path of :func:`fedsim.core.stack.weighted_mean` (one rule for both): the
+    records are stacked, then averaged client by client in the order given.
+    """
+    if len(records) != len(weights) or not len(records):
+        raise ValueError(f"need one weight per record, got {len(weights)} weights for {len(records)} records")
+    return weighted_mean(stack_of_records(records).views(), weights)

@@ -32,9 +32,12 @@ class Executor(ABC):
     def aggregation_inputs(self, replies: list[ClientReply]) -> list[Message]:
         """What the strategy aggregates for these training replies: the replies themselves.
 
-        An executor whose workers pre-aggregate (streaming) returns their partial aggregates.
+        A stacked update is serialized into its reply here (Flower's strategies read per-client
+        ``ArrayRecord``\ s); a strategy that aggregates stacks is not handed these
+        (:meth:`fedsim.core.loop.RoundLoop.run_round`). An executor whose workers pre-aggregate
+        (streaming) returns their partial aggregates.
         """
-        return [r.message for r in replies]
+        return [r.materialized() for r in replies]
 
     def round_extensions(self) -> list[RoundExtension]:
         """Round extensions the executor brings along (e.g. to record its workers' load)."""

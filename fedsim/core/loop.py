@@ -51,6 +51,7 @@ from .protocol import COMPILE_SECONDS, ENGINE, ClientReply, ClientTask, array_by
 from .rows import client_rows, training_rows, weighted_mean
 from .schedule import EvaluationSchedule, Scheduler, TrainingRound, drive
 from .screening import AggregationError, check_finite, check_success, screen_updates
+from .stack import StackAggregation
 
 
 class ClientGrid(Grid):
@@ -230,8 +231,18 @@ class RoundLoop:
         return succeeded
 
     def _aggregate(self, server_round: int, training: TrainingRound, succeeded: list[ClientReply]) -> ArrayRecord:
-        """The strategy's aggregate of what reached it; a missing or diverged aggregate stops the run."""
-        arrays, _ = self.strategy.aggregate_train(server_round, self.executor.aggregation_inputs(training.to_strategy))
+        """The strategy's aggregate of what reached it; a missing or diverged aggregate stops the run.
+
+        A strategy that aggregates stacked updates (:class:`~fedsim.core.stack.StackAggregation`)
+        reads them in place when every reply has one; any other strategy gets Flower messages
+        with per-client ``ArrayRecord``\ s (or a streaming executor's partial aggregates).
+        """
+        replies = training.to_strategy
+        if (isinstance(self.strategy, StackAggregation) and replies
+                and all(r.ok and r.update is not None for r in replies)):
+            arrays, _ = self.strategy.aggregate_stacked(server_round, replies)
+        else:
+            arrays, _ = self.strategy.aggregate_train(server_round, self.executor.aggregation_inputs(replies))
         if arrays is None:
             raise AggregationError(
                 f"round {server_round}: strategy {type(self.strategy).__name__} returned no aggregate "

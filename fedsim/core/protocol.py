@@ -1,6 +1,6 @@
 """The wire protocol between fedsim's server side and its clients: keys, tasks, replies, packing.
 
-A leaf module (it imports Flower's record types and :mod:`fedsim.core.arrays` only), so that
+A leaf module (it imports Flower's record types, :mod:`fedsim.core.arrays` and :mod:`fedsim.core.stack` only), so that
 ``fedsim.clients`` and ``fedsim.strategies`` can both depend on it without depending on each
 other. Everything a message carries is named here once:
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from fedsim.core.arrays import aggregate_arrays
+from fedsim.core.stack import StackedUpdate, UpdateStack, weighted_mean
 
 # ----------------------------------------------------------------------- record names
 ARRAYS = "arrays"
@@ -93,11 +94,14 @@ class ClientReply:
     client_id: int
     message: Message
     sent_bytes: int | None = None
+    update: StackedUpdate | None = None  # the client's arrays as a row of its worker's stack (not in the message)
 
     @property
     def upload_bytes(self) -> int:
         """Bytes of model arrays the client sent (what a real client would upload)."""
-        return self.sent_bytes if self.sent_bytes is not None else array_bytes([self.message])
+        if self.sent_bytes is not None:
+            return self.sent_bytes
+        return self.update.nbytes if self.update is not None else array_bytes([self.message])
 
     @property
     def ok(self) -> bool:
@@ -114,7 +118,18 @@ class ClientReply:
 
     @property
     def arrays(self) -> ArrayRecord:
-        return self.message.content[ARRAYS]
+        """The client's arrays as an ``ArrayRecord`` (built from its stacked row on first use)."""
+        return self.materialized().content[ARRAYS]
+
+    def materialized(self) -> Message:
+        """The reply message with the client's arrays in it, as Flower's per-client strategies read it.
+
+        A stacked update (:mod:`fedsim.core.stack`) is serialized into the message here, once;
+        a reply that already carries its arrays is returned as it is.
+        """
+        if self.update is not None and self.ok and ARRAYS not in self.message.content.array_records:
+            self.message.content[ARRAYS] = self.update.record()
+        return self.message
 
 
 def failed_reply(task: ClientTask, reason: str, code: int = CLIENT_RAISED) -> ClientReply:
@@ -260,30 +275,56 @@ def unpack_cohort(message: Message) -> list[ClientTask]:
 def pack_cohort_replies(replies: list[ClientReply], seconds: float, stream_key: str = "") -> RecordDict:
     """Every client's reply records as ``<client id>:<record name>``; failures by id and reason.
 
-    With a ``stream_key``, the clients' ``arrays`` do not travel: ``partial:arrays`` holds their
-    weighted mean (by the ``stream_key`` metric), ``partial:metrics`` the total weight, and each
-    client's upload size is recorded so results still count what real clients would send.
+    Stacked updates (:mod:`fedsim.core.stack`) travel as their stacks: ``stack<j>`` holds one
+    ``Array`` per dtype with every client's row, and ``stack<j>-*`` in the ``fedsim.cohort``
+    record say whose rows they are and how a row splits into named arrays. With a
+    ``stream_key``, the clients' arrays do not travel: ``partial:arrays`` holds their weighted
+    mean (by the ``stream_key`` metric), ``partial:metrics`` the total weight, and each client's
+    upload size is recorded so results still count what real clients would send.
     """
     packed = RecordDict()
     failed, reasons, streamed, sizes = [], [], [], []
+    stacks: dict[int, int] = {}  # id(stack) -> j
+    meta: dict = {}
     for client_reply in replies:
         if not client_reply.ok:
             failed.append(client_reply.client_id)
             reasons.append(client_reply.error)
             continue
+        if stream_key and (client_reply.update is not None or ARRAYS in client_reply.message.content.array_records):
+            streamed.append(client_reply)
+            sizes.append(client_reply.upload_bytes)
+        elif client_reply.update is not None and id(client_reply.update.stack) not in stacks:
+            j = stacks[id(client_reply.update.stack)] = len(stacks)
+            record, layout = client_reply.update.stack.to_record()
+            packed[f"stack{j}"] = record
+            meta.update({f"stack{j}-{key}": value for key, value in layout.items()})
         for name, record in client_reply.message.content.items():
-            if stream_key and name == ARRAYS:
-                streamed.append(client_reply)
-                sizes.append(record.count_bytes())
-                continue
-            packed[f"{client_reply.client_id}:{name}"] = record
+            if not (stream_key and name == ARRAYS):
+                packed[f"{client_reply.client_id}:{name}"] = record
     if streamed:
         weights = [float(r.metrics[stream_key]) for r in streamed]
-        packed[f"partial:{ARRAYS}"] = aggregate_arrays([r.arrays for r in streamed], weights)
+        if all(r.update is not None for r in streamed):
+            packed[f"partial:{ARRAYS}"] = weighted_mean([r.update for r in streamed], weights)
+        else:
+            packed[f"partial:{ARRAYS}"] = aggregate_arrays([r.arrays for r in streamed], weights)
         packed[f"partial:{METRICS}"] = MetricRecord({stream_key: float(sum(weights))})
     packed[COHORT] = ConfigRecord({"failed": failed, "reasons": reasons, "seconds": float(seconds),
-                                   "streamed": [r.client_id for r in streamed], "streamed-bytes": sizes})
+                                   "streamed": [r.client_id for r in streamed], "streamed-bytes": sizes,
+                                   "stacks": len(stacks), **meta})
     return packed
+
+
+def _unpack_stacks(packed: RecordDict) -> dict[int, StackedUpdate]:
+    """client id -> its row, for every stack a cohort reply carries."""
+    meta = packed[COHORT]
+    rows: dict[int, StackedUpdate] = {}
+    for j in range(int(meta.get("stacks", 0))):
+        prefix = f"stack{j}-"
+        layout = {key[len(prefix):]: value for key, value in meta.items() if key.startswith(prefix)}
+        stack = UpdateStack.from_record(packed[f"stack{j}"], layout)
+        rows.update({client_id: stack.view(k) for k, client_id in enumerate(stack.client_ids)})
+    return rows
 
 
 def unpack_cohort_replies(message: Message, tasks: list[ClientTask]) -> list[ClientReply]:
@@ -295,15 +336,20 @@ def unpack_cohort_replies(message: Message, tasks: list[ClientTask]) -> list[Cli
     meta = packed[COHORT]
     reasons = dict(zip((int(c) for c in meta["failed"]), meta["reasons"]))
     streamed = dict(zip((int(c) for c in meta["streamed"]), (int(b) for b in meta["streamed-bytes"])))
+    stacked = _unpack_stacks(packed)
+    by_client: dict[int, RecordDict] = {}
+    for key, record in packed.items():
+        client, sep, name = key.partition(":")
+        if sep and client.isdigit():
+            by_client.setdefault(int(client), RecordDict())[name] = record
     replies = []
     for task in tasks:
         if task.client_id in reasons:
             replies.append(failed_reply(task, str(reasons[task.client_id])))
             continue
-        prefix = f"{task.client_id}:"
-        content = RecordDict({key[len(prefix):]: record for key, record in packed.items() if key.startswith(prefix)})
+        content = by_client.get(task.client_id, RecordDict())
         replies.append(ClientReply(task.client_id, Message(content=content, reply_to=task.message),
-                                   streamed.get(task.client_id)))
+                                   streamed.get(task.client_id), stacked.get(task.client_id)))
     return replies
 
 

@@ -17,6 +17,7 @@ from fedsim.errors import RunError
 
 from .arrays import nonfinite_keys, nonfinite_update
 from .protocol import INVALID_UPDATE, ClientReply, ClientTask, failed_reply
+from .stack import Layout
 
 
 class AggregationError(RunError):
@@ -36,28 +37,44 @@ def screen_updates(tasks: list[ClientTask], replies: list[ClientReply], referenc
 
     A reply's arrays must be finite, and where they share names with the arrays the round
     sent (weight averaging) they must have the same names and shapes: one client's NaN or a
-    wrong shape would otherwise poison or crash the aggregate. Replies without arrays (a
-    streaming worker summed them after its own check) pass.
+    wrong shape would otherwise poison or crash the aggregate. A stacked update is read in
+    place (its stack's layout once, its finiteness in one pass over the stack); replies without
+    arrays (a streaming worker summed them after its own check) pass.
     """
     screened = []
-    expected = {key: reference[key].shape for key in reference.keys()}
+    expected = {key: tuple(reference[key].shape) for key in reference.keys()}
+    layouts: dict[Layout, str] = {}
     for task, reply in zip(tasks, replies):
         reason = ""
-        if reply.ok and reply.message.content.array_records:
+        if reply.ok and reply.update is not None:
+            layout = reply.update.layout
+            if layout not in layouts:
+                layouts[layout] = _mismatch(dict(zip(layout.names, layout.shapes)), expected)
+            reason = layouts[layout]
+            bad = reply.update.stack.nonfinite(reply.update.index) if not reason else []
+            if bad:
+                reason = nonfinite_update(bad)
+        elif reply.ok and reply.message.content.array_records:
             arrays = reply.arrays
-            shapes = {key: arrays[key].shape for key in arrays.keys()}
-            if set(shapes) & set(expected):
-                missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
-                wrong = [f"{k}: {shapes[k]} instead of {expected[k]}" for k in shapes
-                         if k in expected and tuple(shapes[k]) != tuple(expected[k])]
-                if missing or extra or wrong:
-                    reason = (f"its update does not match the global model (missing {missing[:3]}, "
-                              f"unexpected {extra[:3]}, shapes {wrong[:3]})")
+            reason = _mismatch({key: tuple(arrays[key].shape) for key in arrays.keys()}, expected)
             bad = nonfinite_keys(arrays) if not reason else []
             if bad:
                 reason = nonfinite_update(bad)
         screened.append(failed_reply(task, reason, INVALID_UPDATE) if reason else reply)
     return screened
+
+
+def _mismatch(shapes: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]]) -> str:
+    """Why arrays of ``shapes`` do not match the global model's; empty when they match or share no name with it."""
+    if not set(shapes) & set(expected):
+        return ""
+    missing, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    wrong = [f"{k}: {shapes[k]} instead of {expected[k]}" for k in shapes
+             if k in expected and tuple(shapes[k]) != tuple(expected[k])]
+    if missing or extra or wrong:
+        return (f"its update does not match the global model (missing {missing[:3]}, "
+                f"unexpected {extra[:3]}, shapes {wrong[:3]})")
+    return ""
 
 
 def check_finite(server_round: int, arrays: ArrayRecord, lr: float | None) -> None:
