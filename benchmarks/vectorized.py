@@ -23,6 +23,11 @@ Two measurements, each printing ratios of medians measured side by side in one i
     python benchmarks/vectorized.py                                  # engine: lenet5, resnet8; K = 10, 50, 100
     python benchmarks/vectorized.py --models lenet5 --cohorts 50 --unequal
     python benchmarks/vectorized.py run --clients 1000 --per-round 100 --rounds 4
+    python benchmarks/vectorized.py round --models lenet5 --clients 1000 --per-round 100 --rounds 4
+
+* ``round``: a whole vectorized round (in-process executor; cohort executor with one worker
+  holding every CPU) against the limit, the same number of clients trained in lockstep with
+  nothing else: the ratio, and the machinery per client in ms.
 """
 
 from __future__ import annotations
@@ -194,9 +199,9 @@ def print_row(row: dict, sides: list[str]) -> None:
 
 
 def run_config(args: argparse.Namespace, out: Path, name: str, engine: str, compile_step: bool,  # noqa: ANN201
-               cpus: float):
+               cpus: float, executor: str = "cohort"):
     return load_config(None, {
-        "executor.kind": "cohort", "runtime.num_cpus_per_client": cpus, "runtime.device": args.device,
+        "executor.kind": executor, "runtime.num_cpus_per_client": cpus, "runtime.device": args.device,
         "engine.kind": engine, "engine.compile": compile_step,
         "data.dataset": "synthetic", "data.synthetic_train": args.clients * args.samples, "data.synthetic_test": 100,
         "partition.scheme": "iid", "partition.num_clients": args.clients, "partition.val_fraction": 0.0,
@@ -248,9 +253,59 @@ def run_benchmark(args: argparse.Namespace) -> dict:
     return summary
 
 
+def round_benchmark(args: argparse.Namespace) -> dict:
+    """A vectorized round against the same clients' training alone: the ratio and the machinery per client.
+
+    Sides, interleaved per repetition: a whole run with the in-process executor and one with the
+    cohort executor (one worker holding every CPU), both on the vectorized engine; and the
+    limit, ``training alone``: :class:`LockstepTrainer` on ``--per-round`` clients of
+    ``--samples`` samples (the same model, batches and SGD), data already on the device, nothing
+    else. Every side uses all CPUs' threads. Machinery per client = (round - training alone) /
+    clients per round.
+    """
+    out = Path(tempfile.mkdtemp(prefix="fedsim-round-"))
+    cpus = os.cpu_count() or 1
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    name = args.models.split(",")[0]
+    recipe = SGDRecipe(epochs=1, batch_size=args.batch_size, lr=0.05, momentum=0.9)
+    torch.manual_seed(0)
+    model = build_model(name, 10, 0, 3).to(device)
+    data = make_clients(args.per_round, args.samples, False, device)
+    trainer = LockstepTrainer(model, (3, 32, 32))
+    trainer.train(lockstep_clients(model, data), recipe)  # warm-up
+    rounds: dict[str, list[float]] = {"in-process": [], "cohort": [], "training alone": []}
+    try:
+        for repetition in range(args.repetitions):
+            for side, executor in (("in-process", "in-process"), ("cohort", "cohort")):
+                config = run_config(args, out, f"{side}-{repetition}", "vectorized", False, float(cpus), executor)
+                with quiet_flower(False):
+                    result = run(config, progress=False)
+                trained = result.rounds[result.rounds["round"] > 0]
+                rounds[side] += trained["wall_seconds"].iloc[1:].tolist()  # the first round warms up
+                shutil.rmtree(result.path)
+            for _ in range(args.rounds - 1):
+                rounds["training alone"].append(timed(lambda: trainer.train(lockstep_clients(model, data), recipe),
+                                                      device))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    limit = statistics.median(rounds["training alone"])
+    summary = {"workload": vars(args), "cpus": cpus, "device": str(device), "sides": {}}
+    print(f"{name}, {args.clients} clients x {args.samples} samples, {args.per_round} per round, batch "
+          f"{args.batch_size}, momentum 0.9, vectorized engine, {cpus} CPUs, {device}; rounds 2-{args.rounds} x "
+          f"{args.repetitions} repetitions (medians):")
+    for side, times in rounds.items():
+        median = statistics.median(times)
+        machinery = (median - limit) / args.per_round * 1000
+        summary["sides"][side] = {"round_seconds": median, "ratio_to_training": median / limit,
+                                  "machinery_ms_per_client": machinery}
+        print(f"  {side:>15}: {median:.3f} s/round, {median / limit:.2f}x the training alone"
+              + (f", {machinery:.1f} ms of machinery per client" if side != "training alone" else ""), flush=True)
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("mode", nargs="?", choices=("engine", "run"), default="engine")
+    parser.add_argument("mode", nargs="?", choices=("engine", "run", "round"), default="engine")
     parser.add_argument("--models", default="lenet5,resnet8")
     parser.add_argument("--cohorts", default="10,50,100", help="engine: clients trained together")
     parser.add_argument("--samples", type=int, default=50, help="samples per client")
@@ -269,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = engine_benchmark(args) if args.mode == "engine" else run_benchmark(args)
+    modes = {"engine": engine_benchmark, "run": run_benchmark, "round": round_benchmark}
+    results = modes[args.mode](args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
