@@ -1,7 +1,7 @@
 """Arithmetic on ``ArrayRecord``s: the dtype-preserving weighted mean and the finiteness check.
 
-Depends on :mod:`fedsim.core.stack` only (the weighted mean is the stacked one). fedsim's averaging strategies aggregate with it, and a cohort worker that
-streams (``executor.streaming``) sums its clients' models with it before replying. Clients
+Depends on :mod:`fedsim.core.stack` only (the weighted mean is the stacked one). fedsim's
+averaging strategies aggregate with it, and a cohort worker that streams (``executor.streaming``) sums its clients' models with it before replying. Clients
 check their own update with :func:`nonfinite_keys` (so a streaming worker never sums a NaN),
 and the round loop checks every update it receives and the new global model with it.
 """

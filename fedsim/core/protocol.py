@@ -1,6 +1,6 @@
 """The wire protocol between fedsim's server side and its clients: keys, tasks, replies, packing.
 
-A leaf module (it imports Flower's record types, :mod:`fedsim.core.arrays` and :mod:`fedsim.core.stack` only), so that
+A leaf module (it imports Flower's record types and :mod:`fedsim.core.stack` only), so that
 ``fedsim.clients`` and ``fedsim.strategies`` can both depend on it without depending on each
 other. Everything a message carries is named here once:
 
@@ -22,8 +22,7 @@ from dataclasses import dataclass
 
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
-from fedsim.core.arrays import aggregate_arrays
-from fedsim.core.stack import StackedUpdate, UpdateStack, weighted_mean
+from fedsim.core.stack import StackedUpdate, UpdateStack, stack_of_records, weighted_mean
 
 # ----------------------------------------------------------------------- record names
 ARRAYS = "arrays"
@@ -304,10 +303,8 @@ def pack_cohort_replies(replies: list[ClientReply], seconds: float, stream_key: 
                 packed[f"{client_reply.client_id}:{name}"] = record
     if streamed:
         weights = [float(r.metrics[stream_key]) for r in streamed]
-        if all(r.update is not None for r in streamed):
-            packed[f"partial:{ARRAYS}"] = weighted_mean([r.update for r in streamed], weights)
-        else:
-            packed[f"partial:{ARRAYS}"] = aggregate_arrays([r.arrays for r in streamed], weights)
+        updates = [r.update if r.update is not None else stack_of_records([r.arrays]).view(0) for r in streamed]
+        packed[f"partial:{ARRAYS}"] = weighted_mean(updates, weights)
         packed[f"partial:{METRICS}"] = MetricRecord({stream_key: float(sum(weights))})
     packed[COHORT] = ConfigRecord({"failed": failed, "reasons": reasons, "seconds": float(seconds),
                                    "streamed": [r.client_id for r in streamed], "streamed-bytes": sizes,

@@ -143,6 +143,7 @@ class UpdateStack:
     @classmethod
     def from_record(cls, record: ArrayRecord, meta: Mapping) -> UpdateStack:
         layout = Layout.from_config(meta)
+        # np.load of Flower's bytes gives a read-only array: torch needs its own (writable) copy
         rows = {dtype: torch.from_numpy(np.array(record[dtype].numpy())) for dtype in layout.groups}
         return cls([int(c) for c in meta["clients"]], layout, rows)
 
