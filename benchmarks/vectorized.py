@@ -74,15 +74,13 @@ def sequential(model: torch.nn.Module, data: list, recipe: SGDRecipe) -> None:
     start = copy.deepcopy(model.state_dict())
     for k, (x, y) in enumerate(data):
         model.load_state_dict(start)
-        generator = training.seeded_generator(0, 1, k)
-        torch.manual_seed(generator.initial_seed())
-        training.train(model, x, y, recipe, generator)
+        training.train(model, x, y, recipe, training.seeded_generator(0, 1, k))
 
 
 def lockstep_clients(model: torch.nn.Module, data: list) -> list[LockstepClient]:
     state = model.state_dict()
-    return [LockstepClient(x, y, state, training.seeded_generator(0, 1, k),
-                           torch.Generator().manual_seed(k).get_state()) for k, (x, y) in enumerate(data)]
+    generators = [training.seeded_generator(0, 1, k) for k in range(len(data))]
+    return [LockstepClient(x, y, state, g, training.dropout_generator(g)) for (x, y), g in zip(data, generators)]
 
 
 def masked_padding(model: torch.nn.Module, data: list, recipe: SGDRecipe) -> None:

@@ -27,15 +27,15 @@ class TrainingInputs:
     """What one client trains on in a round, in the form both training engines take.
 
     ``x``/``y``: the model's inputs, or uint8 images that ``prepare_batch`` augments and
-    normalises per batch (with hooks); ``generator`` shuffles; ``dropout_state`` is the global
-    generator's state when training starts; ``batch_loss`` is the hooks' loss stage and
-    ``report`` what they did.
+    normalises per batch (with hooks); ``generator`` shuffles; ``dropout`` draws the dropout
+    masks (:func:`fedsim.clients.training.dropout_generator`); ``batch_loss`` is the hooks'
+    loss stage and ``report`` what they did.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     generator: torch.Generator
-    dropout_state: torch.Tensor
+    dropout: torch.Generator
     prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
     batch_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     report: Callable[[], dict[str, float]] = dict
@@ -75,7 +75,7 @@ class LocalClient:
                 return inputs.batch_loss(xb, yb, logits, loss), logits
 
         stats = training.train(model, inputs.x, inputs.y, recipe or self.run.spec.recipe, inputs.generator,
-                               objective=objective, prepare_batch=inputs.prepare_batch)
+                               objective=objective, prepare_batch=inputs.prepare_batch, dropout=inputs.dropout)
         stats.hook_metrics = inputs.report()
         return stats
 
@@ -84,21 +84,20 @@ class LocalClient:
                         hooks: list | None = None) -> TrainingInputs:
         """The client's data, generator and hook stages for a round, ready for either engine.
 
-        Seeds the global generator from (seed, round, client) -- dropout draws from it -- then
-        runs the hooks' ``prepare`` stages on the client's data (they may train tiny models,
-        which draws from it too); ``dropout_state`` is the global generator's state after that,
-        where the sequential engine's training starts drawing. ``model`` holds the received
-        weights (the hooks' ``global_model``). ``hooks`` defaults to the worker's instances;
+        Every random draw comes from generators seeded by (seed, round, client): the shuffles,
+        the dropout masks, and the hooks' own (``HookContext.generator``); torch's global
+        generator is neither seeded nor read. ``model`` holds the received weights (the hooks'
+        ``global_model``). ``hooks`` defaults to the worker's instances;
         the vectorized engine passes fresh ones per client, because a hook keeps per-client
         state between ``prepare`` and ``report``.
         """
         spec, device = self.run.spec, self.run.device
         generator = training.seeded_generator(spec.seed, server_round, self.client_id)
-        training.seed_torch(generator.initial_seed(), device)  # dropout etc. draw from the global RNG
+        dropout = training.dropout_generator(generator)
         hooks = self.run.hooks if hooks is None else hooks
         if not hooks:
             x, y = self._tensors(self.run.partition.train_of(self.client_id))
-            return TrainingInputs(x, y, generator, torch.random.get_rng_state())
+            return TrainingInputs(x, y, generator, dropout)
         order = np.sort(self.run.partition.train_of(self.client_id))
         data = LocalData(training.to_uint8_tensor(self.run.x_train[order], device),
                          torch.from_numpy(self.run.y_train[order]).to(device), spec.num_classes)
@@ -126,8 +125,7 @@ class LocalClient:
                     for hook in hooks for key, value in hook.report(ctx).items()}
 
         changes_loss = any(hook.has_stage("loss") for hook in hooks)
-        return TrainingInputs(data.images, data.labels, generator, torch.random.get_rng_state(),
-                              prepare_batch, batch_loss if changes_loss else None, report)
+        return TrainingInputs(data.images, data.labels, generator, dropout, prepare_batch, batch_loss if changes_loss else None, report)
 
     def evaluate(self, model: torch.nn.Module) -> training.EvalStats:
         """Loss and accuracy on the client's held-out split."""

@@ -2,13 +2,16 @@
 
 Images arrive as uint8 HWC arrays (memory-mapped views of the cached dataset); they are
 normalised into one float tensor on the target device per call, then mini-batches are
-index slices of it. All shuffling comes from a ``torch.Generator`` seeded by the caller
-with ``(seed, round, client id)``, so results do not depend on which worker runs a client.
+index slices of it. All randomness of a training call comes from generators the caller
+seeds with ``(seed, round, client id)``: the shuffles from the generator it passes, the
+dropout masks from :func:`dropout_generator` of it (:func:`dropout_from`), so results do not
+depend on which worker runs a client and nothing seeds torch's global generator per client.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -68,19 +71,81 @@ def seeded_generator(*seed_parts: int) -> torch.Generator:
     return generator
 
 
-def seed_torch(seed: int, device: torch.device | str | None = None) -> None:
-    """Seed torch's default CPU generator and, for a CUDA ``device``, that device's generator.
+DROPOUT_STREAM = 0xD7  # the salt of a training call's dropout generator
 
-    What ``torch.manual_seed`` does for the generators a run on ``device`` draws from, without
-    its cost: it also queues a seed for every CUDA, XPU and MTIA device, recording a stack
-    trace for each (about 0.9 ms per call; called once per client per round, that was a
-    large part of a round's machinery). The drawn streams are the same.
+
+def dropout_generator(generator: torch.Generator) -> torch.Generator:
+    """The generator a training call's dropout masks come from, derived from its shuffling one.
+
+    Seeded from the shuffling generator's *initial* seed (so, like it, from (seed, round,
+    client)) and a salt of its own: shuffles and masks are separate streams, and the sequential
+    and vectorized engines draw the same masks whatever order they draw shuffles in.
     """
-    torch.default_generator.manual_seed(seed)
-    device = torch.device(device) if device is not None else None
-    if device is not None and device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        torch.cuda.default_generators[index].manual_seed(seed)
+    return seeded_generator(generator.initial_seed(), DROPOUT_STREAM)
+
+
+def draw_dropout_mask(shape: tuple[int, ...], p: float, dtype: torch.dtype,
+                      generator: torch.Generator) -> torch.Tensor:
+    """A dropout mask (zeros and 1 / (1 - p)) of ``shape``, drawn on the CPU from ``generator``.
+
+    The arithmetic of ``torch.nn.functional.dropout`` on a CPU tensor (``bernoulli_(1 - p)``
+    then ``div_(1 - p)``), drawn from a generator of the client's instead of the global one.
+    Drawn on the CPU whatever the model's device, so the masks do not depend on it.
+    ``p = 0`` draws nothing and keeps everything; ``p >= 1`` draws nothing and drops everything.
+    """
+    mask = torch.empty(shape, dtype=dtype)
+    if p == 0:
+        return mask.fill_(1)
+    if p >= 1:
+        return mask.zero_()
+    return mask.bernoulli_(1 - p, generator=generator).div_(1 - p)
+
+
+@contextmanager
+def dropout_from(model: nn.Module, generator: torch.Generator) -> Iterator[None]:
+    """While inside, every ``nn.Dropout`` of ``model`` draws its training masks from ``generator``.
+
+    ``nn.Dropout`` takes no generator; seeding torch's global one per client cost about 0.9 ms a
+    client (it seeds every CUDA device) and made results depend on what else drew from it. Each
+    layer's ``forward`` is replaced for the duration by ``x * mask``, the mask from
+    :func:`draw_dropout_mask`, layer by layer in forward order: the vectorized engine
+    (:mod:`fedsim.clients.lockstep.functional`) draws the same masks in the same order, so the
+    two engines agree bit for bit on the CPU. Other random layers (``Dropout2d``,
+    ``AlphaDropout``, ...) would draw from the unseeded global generator: they are refused.
+    """
+    layers = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Dropout:
+            layers.append(module)
+        elif isinstance(module, nn.modules.dropout._DropoutNd):
+            raise ValueError(f"model layer {name!r} is a {type(module).__name__}, whose masks fedsim cannot draw "
+                             "per client; allowed random layers: torch.nn.Dropout")
+
+    def masked(layer: nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+        if not layer.training:
+            return x
+        return x * draw_dropout_mask(tuple(x.shape), layer.p, x.dtype, generator).to(x.device)
+
+    for layer in layers:
+        layer.forward = lambda x, layer=layer: masked(layer, x)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+@contextmanager
+def seeded_init(generator: torch.Generator) -> Iterator[None]:
+    """While inside, torch's CPU generator is seeded from ``generator``; afterwards it is restored.
+
+    For building a model whose initial weights must be reproducible (a hook's tiny committee
+    member, a client's first own model): parameter initialisers take no generator. Models are
+    built on the CPU and moved, so only the CPU generator is forked; nothing leaks out.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(generator.initial_seed())
+        yield
 
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -102,6 +167,7 @@ def train(
     generator: torch.Generator,
     objective: Objective = cross_entropy_objective,
     prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    dropout: torch.Generator | None = None,
 ) -> TrainStats:
     """Run ``recipe.epochs`` epochs of mini-batch SGD on ``(x, y)`` in place; return statistics.
 
@@ -109,11 +175,19 @@ def train(
     which receives the batch's indices to look up per-sample targets). ``recipe.proximal_mu > 0``
     adds FedProx's proximal term (mu / 2) * ||w - w_start||^2, where w_start are the weights the
     call started from (the received global model). ``prepare_batch`` turns ``x[idx]`` into the model's
-    input (fedsim's clients keep uint8 images and augment/normalise per batch).
+    input (fedsim's clients keep uint8 images and augment/normalise per batch). Dropout masks
+    come from ``dropout`` (default: :func:`dropout_generator` of ``generator``).
     """
     n = len(y)
     if n == 0:
         return TrainStats(0, float("nan"), float("nan"), 0)
+    with dropout_from(model, dropout if dropout is not None else dropout_generator(generator)):
+        return _train(model, x, y, recipe, generator, objective, prepare_batch)
+
+
+def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: SGDRecipe, generator: torch.Generator,
+           objective: Objective, prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None) -> TrainStats:
+    n = len(y)
     model.train()
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay

@@ -24,7 +24,7 @@ from .behaviours import BehaviourSpec, ClientBehaviours
 from .hooks import build_hooks
 from .node import local_run_dir
 from .state import ClientStateStore
-from .training import seed_torch, seeded_generator, to_tensor
+from .training import seeded_generator, seeded_init, to_tensor
 
 
 @dataclass
@@ -103,9 +103,9 @@ class WorkerRun:
         model = self.model(self.spec.architecture_of(client_id))
         state = self.state_store(namespace).load(client_id)
         if state is None:
-            seed_torch(seeded_generator(self.spec.seed, 0, client_id).initial_seed(), self.device)
-            fresh = build_model(self.spec.architecture_of(client_id), self.spec.num_classes,
-                                self.spec.representation_dim, int(self.x_train.shape[-1]))
+            with seeded_init(seeded_generator(self.spec.seed, 0, client_id)):
+                fresh = build_model(self.spec.architecture_of(client_id), self.spec.num_classes,
+                                    self.spec.representation_dim, int(self.x_train.shape[-1]))
             state = fresh.state_dict()
         model.load_state_dict(state)
         return model

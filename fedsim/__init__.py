@@ -21,7 +21,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Run from a source tree (a Flower App Bundle that ``flwr run .`` installed puts the project
 # folder first on ``sys.path``), the subpackages ``fedsim.clients``, ``fedsim.datasets`` and

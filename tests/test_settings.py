@@ -292,3 +292,30 @@ def test_a_run_s_setting_is_read_under_its_name_or_an_old_one() -> None:
     old = RunResult(Path("."), empty, empty, empty, {}, {"time": {"deadline": 2.0, "devices": "tiers"}})
     assert new.setting("time.policy.deadline") == 3.0 and old.setting("time.policy.deadline") == 2.0
     assert old.setting("time.devices.kind") == "tiers" and new.setting("time.devices.kind", "none") == "none"
+
+
+def test_a_run_made_with_other_random_streams_is_not_resumed_when_it_draws_from_them(small_config) -> None:  # noqa: ANN001
+    """fedsim 0.2.0 draws augmentation and dropout from per-client generators: an earlier run that
+    used them is refused (naming both versions) and left as it was; one that did not resumes."""
+    import json
+
+    from fedsim import resume, run
+    from fedsim.errors import InputError
+    from fedsim.ops.interrupt import RunInterrupted, clear_stop
+    from test_reliability import StopAfter
+
+    config = small_config(**{"train.rounds": 2, "evaluation.federated_every": 0, "output.name": "augmented",
+                             "hooks": [{"name": "augment", "transform": "flip_crop", "mode": "online"}]})
+    with pytest.raises(RunInterrupted):
+        run(config, progress=False, extensions=[StopAfter(1)])
+    clear_stop()  # a resume would clear it; this one is refused first
+    folder = Path(config.output.dir) / "augmented.interrupted"
+    spec = json.loads((folder / "spec.json").read_text())
+    assert (spec["fedsim_version"], spec["random_streams"]) == ("0.2.0", 2)
+    del spec["fedsim_version"], spec["random_streams"]  # as fedsim 0.1.0 wrote it
+    (folder / "spec.json").write_text(json.dumps(spec))
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    with pytest.raises(InputError, match=r"run by fedsim 0\.1\.0 \(random streams 1\); this fedsim 0\.2\.0 "
+                                         r"\(random streams 2\) draws the augment hook's parameters differently"):
+        resume(folder, progress=False)
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before

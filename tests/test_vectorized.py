@@ -45,14 +45,12 @@ def _both_engines(name: str, sizes: tuple[int, ...], recipe: SGDRecipe, dtype: t
     for k, (x, y) in enumerate(data):
         local = copy.deepcopy(model)
         generator = training.seeded_generator(0, 1, k)
-        torch.manual_seed(generator.initial_seed())
-        stats = training.train(local, x, y, recipe, generator)
+        stats = training.train(local, x, y, recipe, generator)  # dropout: training.dropout_generator(generator)
         sequential.append((local.state_dict(), stats))
     clients = []
     for k, (x, y) in enumerate(data):
         generator = training.seeded_generator(0, 1, k)
-        dropout = torch.Generator().manual_seed(generator.initial_seed()).get_state()
-        clients.append(LockstepClient(x, y, model.state_dict(), generator, dropout))
+        clients.append(LockstepClient(x, y, model.state_dict(), generator, training.dropout_generator(generator)))
     return sequential, LockstepTrainer(model, (3, 32, 32)).train(clients, recipe)
 
 
@@ -108,9 +106,9 @@ def test_mobilenet_v2_lockstep_equals_sequential_in_float64() -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", ["lenet5", "resnet8"])
+@pytest.mark.parametrize("name", ["lenet5", "pfl_cnn", "resnet8"])
 def test_lockstep_equals_sequential_on_cuda(name: str) -> None:
-    """On a GPU (no dropout: CUDA's fused dropout draws other masks than per-client generators)."""
+    """On a GPU (dropout masks are drawn on the CPU from per-client generators by both engines)."""
     sequential, lockstep = _both_engines(name, SIZES, RECIPE, torch.float64, "cuda")
     assert _max_difference(sequential, lockstep) < 1e-10
     assert all(t.is_cuda for t in lockstep.states[0].values())
@@ -169,7 +167,9 @@ def test_fedprox_and_hooks_train_in_lockstep_like_one_by_one(small_config) -> No
     _same_results(sequential, vectorized, rtol=1e-4)
     assert vectorized.rounds["clients_vectorized"].iloc[1:].tolist() == [10, 10]
     hooks_seq, hooks_vec = (pd.read_csv(r.path / "hooks.csv") for r in (sequential, vectorized))
-    np.testing.assert_allclose(hooks_vec["value"], hooks_seq["value"], rtol=1e-4, atol=1e-6)
+    # mean KD losses are ~1e-4 (differences of nearly equal logits): float32 rounding of the two
+    # engines' logits shows at ~1e-6 absolutely
+    np.testing.assert_allclose(hooks_vec["value"], hooks_seq["value"], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.slow  # keeps the fast set under a minute

@@ -1,12 +1,14 @@
 """``augment``: one new copy per target sample (Singh and Toshniwal) or online batch augmentation
 (Jun and Shin); see ``docs/methods.md``.
 
-Transforms (torchvision ``transforms.v2`` on uint8 image tensors):
+Transforms (torchvision ``transforms.v2``'s distributions, applied batched by
+:mod:`fedsim.clients.hooks.transforms` on uint8 image tensors):
 
 * ``affine`` -- ``RandomAffine(degrees=45, translate=(0.2, 0.2))``: rotation U(-45, 45) degrees,
   shift U(-0.2, 0.2) x width/height (Singh and Toshniwal's Keras ``rotation_range=45``,
   ``*_shift_range=0.2``; torch fills the border with 0 rather than Keras' ``nearest``);
-* ``flip_crop`` -- ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip`` (Jun and Shin);
+* ``flip_crop`` -- ``RandomCrop(size, padding=4)`` + ``RandomHorizontalFlip`` (Jun and Shin),
+  cropped back to the input's size;
 * ``randaugment`` -- ``RandAugment(num_ops=N, magnitude=M)`` (Jun and Shin; N = 2, M = 14 for
   WRN-style CIFAR settings, fedsim's reading of "the best values for WideResNet"), optionally after flip + crop.
 
@@ -14,45 +16,34 @@ Transforms (torchvision ``transforms.v2`` on uint8 image tensors):
 training; targets: ``all``, ``crucial`` / ``selected`` (the masks of earlier hooks), or
 ``random`` (uniformly drawn samples, as many as ``random_like`` = ``crucial`` or ``selected``
 marks, Singh and Toshniwal's baseline). ``mode = "online"`` transforms every training mini-batch instead.
-Each sample gets its own random parameters; all randomness comes from (seed, round, client).
+Each sample gets its own random parameters, drawn as tensors from the client's generator (seeded
+by (seed, round, client)) and applied to the whole batch at once; torch's global generator is
+not touched.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 from .base import Hook, HookContext, LocalData, require
-from ..training import seed_torch
+from .transforms import Affine, BatchTransform, FlipCrop, RandAugment, Sequence
 
 TRANSFORMS = ("affine", "flip_crop", "randaugment", "flip_crop_randaugment")
 TARGETS = ("all", "crucial", "selected", "random")
 
 
-def build_transform(name: str, num_ops: int = 2, magnitude: int = 14, size: int = 32) -> v2.Transform:
+def build_transform(name: str, num_ops: int = 2, magnitude: int = 14) -> BatchTransform:
+    """The batched transform called ``name`` (one of :data:`TRANSFORMS`)."""
     if name == "affine":
-        return v2.RandomAffine(degrees=45, translate=(0.2, 0.2))
+        return Affine(degrees=45, translate=(0.2, 0.2))
     if name == "flip_crop":
-        return v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip()])
+        return FlipCrop(padding=4)
     if name == "randaugment":
-        return v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
+        return RandAugment(num_ops=num_ops, magnitude=magnitude)
     if name == "flip_crop_randaugment":
-        return v2.Compose([v2.RandomCrop(size, padding=4), v2.RandomHorizontalFlip(),
-                           v2.RandAugment(num_ops=num_ops, magnitude=magnitude)])
+        return Sequence(FlipCrop(padding=4), RandAugment(num_ops=num_ops, magnitude=magnitude))
     raise ValueError(f"unknown transform {name!r}; allowed: {', '.join(TRANSFORMS)}")
-
-
-def augment_each(images: torch.Tensor, transform: v2.Transform, generator: torch.Generator) -> torch.Tensor:
-    """Apply ``transform`` to every image separately (own random parameters), deterministically."""
-    if not len(images):
-        return images
-    state = torch.random.get_rng_state()
-    seed_torch(int(torch.randint(0, 2**62, (1,), generator=generator)), images.device)
-    try:
-        return torch.stack([transform(img) for img in images])
-    finally:
-        torch.random.set_rng_state(state)
 
 
 class AugmentHook(Hook):
@@ -102,11 +93,11 @@ class AugmentHook(Hook):
             return data
         targets = self._targets(data, ctx)
         idx = torch.as_tensor(targets, device=data.images.device, dtype=torch.long)
-        copies = augment_each(data.images[idx], self.transform, ctx.generator(0xA2))
+        copies = self.transform(data.images[idx], ctx.generator(0xA2))
         ctx.stats[self.name] = {"copies": float(len(targets)), "fraction_augmented": float(len(targets) / max(len(data), 1))}
         return data.append(copies, data.labels[idx], source="augmented")
 
     def transform_batch(self, xb: torch.Tensor, ctx: HookContext) -> torch.Tensor:
         if self.mode != "online":
             return xb
-        return augment_each(xb, self.transform, self._generator)
+        return self.transform(xb, self._generator)

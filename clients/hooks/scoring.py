@@ -77,7 +77,7 @@ class CrucialHook(Hook):
         return PeerCommittee(self.k) if self.committee == "peers" else None
 
     def _chunk_votes(self, data: LocalData, ctx: HookContext) -> np.ndarray:
-        from fedsim.clients.training import train
+        from fedsim.clients.training import seeded_init, train
 
         labels = data.labels.cpu().numpy()
         chunks = stratified_chunks(labels, self.k, ctx.rng(0xC0))
@@ -86,8 +86,8 @@ class CrucialHook(Hook):
         epochs = self.tiny_epochs or ctx.recipe.epochs
         recipe = ctx.recipe.with_epochs(epochs)
         for j, chunk in enumerate(chunks):
-            torch.manual_seed(ctx.generator(0xC1, j).initial_seed())  # seeded initial weights
-            tiny = ctx.build_model()
+            with seeded_init(ctx.generator(0xC1, j)):  # seeded initial weights
+                tiny = ctx.build_model()
             idx = torch.as_tensor(chunk, device=x.device)
             train(tiny, x[idx], data.labels[idx], recipe, ctx.generator(0xC2, j))
             votes[:, j] = (predictions(tiny, x) == data.labels).cpu().numpy()

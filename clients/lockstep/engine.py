@@ -43,15 +43,15 @@ class LockstepClient:
 
     ``x``: the model's inputs, or uint8 images that ``prepare_batch`` turns into them per batch.
     ``generator`` shuffles (one ``randperm`` per epoch, as the sequential engine draws them);
-    ``dropout_state`` is the state the client's dropout masks are drawn from (the global
-    generator's state when the sequential engine starts training it).
+    ``dropout`` draws the client's dropout masks, layer by layer and step by step as the
+    sequential engine draws them (:func:`fedsim.clients.training.dropout_from`).
     """
 
     x: torch.Tensor
     y: torch.Tensor
     state: dict[str, torch.Tensor]
     generator: torch.Generator
-    dropout_state: torch.Tensor
+    dropout: torch.Generator
     prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
     batch_loss: BatchLoss | None = None
 
@@ -72,12 +72,6 @@ class _Stacked:
     buffers: dict[str, torch.Tensor]
     momentum: dict[str, torch.Tensor]
     anchor: dict[str, torch.Tensor] = field(default_factory=dict)
-
-
-def _generator(state: torch.Tensor) -> torch.Generator:
-    generator = torch.Generator()
-    generator.set_state(state)
-    return generator
 
 
 def batch_plan(n: int, recipe: SGDRecipe, generator: torch.Generator, skip_single: bool) -> list[torch.Tensor]:
@@ -133,7 +127,7 @@ class LockstepTrainer:
         device = clients[0].x.device
         stacked = self._stack(clients, recipe)
         plans = [batch_plan(len(c.y), recipe, c.generator, fm.has_batchnorm) for c in clients]
-        dropout_generators = [_generator(c.dropout_state) for c in clients]
+        dropout_generators = [c.dropout for c in clients]
         dtype = next(iter(stacked.params.values())).dtype
         k = len(clients)
         total_loss = torch.zeros(k, device=device)  # float32, as training.train accumulates

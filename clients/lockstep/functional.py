@@ -8,45 +8,35 @@ running statistics are stacked buffers that the vmapped forward updates per clie
 Dropout is the one source of randomness inside a forward. ``vmap(randomness="different")``
 would draw every client's mask from the global generator, which cannot be seeded per client;
 instead :class:`MaskedDropout` replaces each ``nn.Dropout`` and multiplies by a mask the engine
-draws per client, in the sequential engine's order, from a generator seeded like the one the
-sequential engine seeds globally. On CPU the masks are therefore bitwise those the sequential
-engine draws (tested); on CUDA the sequential engine's fused dropout kernel draws differently,
-so the masks are per client and reproducible but not the same.
+draws per client from the client's dropout generator, in the order the sequential engine draws
+them (:func:`fedsim.clients.training.dropout_from`): the masks are the same bits on every
+device, and the two engines agree bit for bit on the CPU (tested). The masks enter the vmapped
+call as buffers of the :class:`MaskedDropout` layers, so nothing is handed over outside it.
 """
 
 from __future__ import annotations
 
 import copy
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
-_MASKS = threading.local()  # the masks of the forward in progress (one list per vmapped call)
+from ..training import draw_dropout_mask
 
 
 class MaskedDropout(nn.Module):
-    """``nn.Dropout`` whose mask is given: ``x * mask``, as ``torch.nn.functional.dropout`` computes."""
+    """``nn.Dropout`` whose mask is given as the buffer ``mask``: ``x * mask``, as
+    :func:`fedsim.clients.training.dropout_from` computes. The buffer is a placeholder that
+    every functional call replaces with the step's masks (not saved in a state dict)."""
 
-    def __init__(self, p: float, position: int) -> None:
+    def __init__(self, p: float) -> None:
         super().__init__()
-        self.p, self.position = float(p), position
+        self.p = float(p)
+        self.register_buffer("mask", torch.ones(()), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * _MASKS.current[self.position]
-
-
-@contextmanager
-def masks_in_use(masks: tuple[torch.Tensor, ...]) -> Iterator[None]:
-    previous = getattr(_MASKS, "current", None)
-    _MASKS.current = masks
-    try:
-        yield
-    finally:
-        _MASKS.current = previous
+        return x * self.mask
 
 
 class FunctionalModel:
@@ -61,6 +51,7 @@ class FunctionalModel:
         self.param_names = [name for name, _ in self.module.named_parameters()]
         self.buffer_names = [name for name, _ in self.module.named_buffers()]
         self.state_names = list(self.module.state_dict().keys())
+        self.mask_names: list[str] = []  # each MaskedDropout's mask buffer, in forward order
         self.dropout = self._mask_dropout(input_shape)
         self.module.train()
         self.has_batchnorm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.module.modules())
@@ -82,12 +73,12 @@ class FunctionalModel:
         for position, (name, _) in enumerate(order):
             parent_name, _, child = name.rpartition(".")
             parent = self.module.get_submodule(parent_name) if parent_name else self.module
-            setattr(parent, child, MaskedDropout(p_of[name].p, position))
+            setattr(parent, child, MaskedDropout(p_of[name].p))
+            self.mask_names.append(f"{name}.mask")
         return [(p_of[name].p, shape) for name, shape in order]
 
     def _forward_one(self, params: dict, buffers: dict, x: torch.Tensor, masks: tuple) -> torch.Tensor:
-        with masks_in_use(masks):
-            return functional_call(self.module, (params, buffers), (x,))
+        return functional_call(self.module, (params, {**buffers, **dict(zip(self.mask_names, masks))}), (x,))
 
     def client_loss(self, params: dict, buffers: dict, x: torch.Tensor, y: torch.Tensor,
                     masks: tuple) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,25 +93,11 @@ class FunctionalModel:
 
     def draw_masks(self, generators: list[torch.Generator], batch: int, dtype: torch.dtype,
                    device: torch.device) -> tuple[torch.Tensor, ...]:
-        """Each client's dropout masks for a batch of ``batch`` samples, drawn as the sequential engine does.
-
-        ``torch.nn.functional.dropout`` on CPU computes ``x * empty_like(x).bernoulli_(1 - p).div_(1 - p)``
-        from the global generator; layer by layer in forward order, the same draws from each
-        client's own generator (seeded as the sequential engine seeds the global one).
-        """
+        """Each client's dropout masks for a batch of ``batch`` samples, drawn as the sequential engine does:
+        layer by layer in forward order, from each client's dropout generator
+        (:func:`fedsim.clients.training.draw_dropout_mask`)."""
         if not self.dropout:
             return ()
-        per_client = []
-        for generator in generators:
-            masks = []
-            for p, shape in self.dropout:
-                mask = torch.empty((batch, *shape), dtype=dtype)
-                if p == 0:  # F.dropout returns its input and draws nothing
-                    mask.fill_(1)
-                elif p >= 1:  # ... or multiplies by zero, drawing nothing
-                    mask.zero_()
-                else:
-                    mask.bernoulli_(1 - p, generator=generator).div_(1 - p)
-                masks.append(mask)
-            per_client.append(masks)
+        per_client = [[draw_dropout_mask((batch, *shape), p, dtype, generator) for p, shape in self.dropout]
+                      for generator in generators]
         return tuple(torch.stack([client[i] for client in per_client]).to(device) for i in range(len(self.dropout)))

@@ -24,6 +24,14 @@ TRANSFER_FILE = "transfer.npz"  # latent-distill: transfer-set indices (train) a
 CONFIG_FILE = "config.toml"  # the resolved experiment config (fedsim.outputs.rundir.write_config)
 CLIENT_STATE = "client_state"  # per-client state, one folder per method (fedsim.clients.state)
 NODE_RUN_FILES = (SPEC_FILE, CONFIG_FILE, PARTITION_FILE, TRANSFER_FILE)  # what a node with its own data is sent
+RANDOM_STREAMS = 2
+"""How clients draw their randomness, recorded in every run's spec so a resume can tell.
+
+1 (fedsim 0.1.0 and before): dropout masks from torch's global generator, seeded per client;
+the ``augment`` hook one sample at a time after seeding it. 2 (fedsim 0.2.0): dropout masks and
+augmentation parameters from per-client generators seeded by (seed, round, client), the
+augmentation applied batched. Shuffles, sampling and everything else are the same in both.
+"""
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,8 @@ class RunSpec:
     lockstep_memory: float = 0.5  # vectorized: fraction of free device memory a chunk may use
     compile: bool = False  # vectorized: torch.compile the lockstep step
     behaviours: tuple[dict, ...] = ()  # per-client behaviour: [{"name", "clients", "params"}] (fedsim.clients.behaviours)
+    fedsim_version: str = "0.1.0"  # the fedsim that wrote it (a spec without the field predates 0.2.0)
+    random_streams: int = 1  # RANDOM_STREAMS of that fedsim
 
     def architecture_of(self, client_id: int) -> str:
         """The architecture client ``client_id`` trains (``model`` unless architectures are given)."""

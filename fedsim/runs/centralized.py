@@ -61,7 +61,6 @@ def run_centralized(model: FedsimNet, x: torch.Tensor, y: torch.Tensor, recipe: 
         check_stop()
         started = time.perf_counter()
         generator = seeded_generator(seed, server_round, stream)
-        torch.manual_seed(generator.initial_seed())
         stats = train(model, x, y, recipe, generator)
         arrays = ArrayRecord(model.state_dict())
         check_finite(server_round, arrays, recipe.lr)

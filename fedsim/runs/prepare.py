@@ -10,6 +10,7 @@ the run's method and simulated time need (a transfer set, device profiles, a tra
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +25,7 @@ from fedsim.clients.distill import STATE as LATENT_DISTILL_STATE
 from fedsim.clients.state import adopt_unnamespaced
 from fedsim.core.checkpoint import FOLDER as CHECKPOINT
 from fedsim.core.checkpoint import Checkpoint, discard_partial
-from fedsim.core.spec import CLIENT_STATE, CONFIG_FILE, PartitionIndex, RunSpec
+from fedsim.core.spec import CLIENT_STATE, CONFIG_FILE, RANDOM_STREAMS, SPEC_FILE, PartitionIndex, RunSpec
 from fedsim.datasets import CachedDataset, build_partition, check_disjoint, counts_frame, materialize, split_train_val
 from fedsim.errors import InputError
 from fedsim.models import build_model, parse_architecture
@@ -59,6 +60,44 @@ def make_partition(plan: RunPlan, dataset: CachedDataset) -> tuple[PartitionInde
     return index, partition.counts(labels), holdout
 
 
+def _model_names(config: ExperimentConfig) -> set[str]:
+    return {config.model.name, *(parse_architecture(entry)[0] for entry in config.model.architectures)}
+
+
+def stream_dependent(config: ExperimentConfig, dataset: CachedDataset) -> list[str]:
+    """What a run draws that :data:`~fedsim.core.spec.RANDOM_STREAMS` changed: dropout layers, the augment hook."""
+    found = []
+    for name in sorted(_model_names(config)):
+        model = build_model(name, dataset.num_classes, config.model.representation_dim, dataset.image_shape[-1])
+        if any(isinstance(m, torch.nn.Dropout) for m in model.modules()):
+            found.append(f"the dropout masks of model {name!r}")
+    if any(hook.get("name") == "augment" for hook in config.hooks):
+        found.append("the augment hook's parameters")
+    return found
+
+
+def check_streams(folder: Path, config: ExperimentConfig, dataset: CachedDataset) -> None:
+    """Refuse to resume a run whose random draws this fedsim makes differently (exit 2).
+
+    A run records the fedsim version and random streams it was made with (``spec.json``; a spec
+    without them predates fedsim 0.2.0). When the streams differ in something the run draws,
+    its finished rounds and the rounds to come would mix two streams in one result; a run that
+    draws nothing that changed (no dropout, no augment hook) resumes exactly.
+    """
+    raw = json.loads((folder / SPEC_FILE).read_text())
+    streams, version = int(raw.get("random_streams", 1)), str(raw.get("fedsim_version", "0.1.0"))
+    if streams == RANDOM_STREAMS:
+        return
+    changed = stream_dependent(config, dataset)
+    if changed:
+        from fedsim import __version__
+
+        raise InputError(
+            f"{folder} was run by fedsim {version} (random streams {streams}); this fedsim {__version__} "
+            f"(random streams {RANDOM_STREAMS}) draws {' and '.join(changed)} differently, so resuming would "
+            f"mix two random streams in one result: start the run again, or resume it with fedsim {version}")
+
+
 def check_image_shape(config: ExperimentConfig, dataset: CachedDataset) -> None:
     """Every model of the run must take the dataset's images (one forward pass of a blank image).
 
@@ -66,8 +105,7 @@ def check_image_shape(config: ExperimentConfig, dataset: CachedDataset) -> None:
     convolution or linear layer, which would otherwise surface as a failure of every client.
     """
     shape = dataset.image_shape
-    names = {config.model.name, *(parse_architecture(entry)[0] for entry in config.model.architectures)}
-    for name in sorted(names):
+    for name in sorted(_model_names(config)):
         model = build_model(name, dataset.num_classes, config.model.representation_dim, shape[-1])
         try:
             with torch.no_grad():
@@ -120,6 +158,7 @@ def prepare_resume(path: str | Path) -> tuple[RunPlan, Checkpoint]:
     plan = validate(config)
     checkpoint = Checkpoint.read(folder)
     dataset = materialize(config.data)
+    check_streams(folder, config, dataset)
     validate_against_dataset(plan, dataset.num_train, dataset.num_classes)
     partition, counts, _ = make_partition(plan, dataset)
     recorded = pd.read_csv(folder / "partition_counts.csv", index_col=0).to_numpy()
@@ -138,6 +177,8 @@ def prepare_resume(path: str | Path) -> tuple[RunPlan, Checkpoint]:
 
 def run_spec(plan: RunPlan) -> RunSpec:
     """What the workers read (``spec.json``): the dataset, the model, the recipe, the behaviours."""
+    from fedsim import __version__
+
     config, dataset, engine = plan.config, plan.dataset, plan.config.engine
     return RunSpec(
         run_dir=str(plan.staging.resolve()), dataset_folder=str(dataset.folder.resolve()),
@@ -148,6 +189,7 @@ def run_spec(plan: RunPlan) -> RunSpec:
         distill=plan.distill_recipe, hooks=tuple(config.hooks), engine=engine.kind,
         lockstep_clients=engine.lockstep_clients, lockstep_memory=engine.lockstep_memory, compile=engine.compile,
         behaviours=tuple(b.to_json() for b in plan.behaviours),
+        fedsim_version=__version__, random_streams=RANDOM_STREAMS,
     )
 
 

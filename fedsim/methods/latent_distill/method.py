@@ -189,7 +189,6 @@ class LatentDistillMethod(Method):
         y = torch.from_numpy(labels.copy()).to(device)
         teacher = plan.initial_model().to(device)
         generator = seeded_generator(config.seed, 0, config.partition.num_clients, TEACHER_STREAM)
-        torch.manual_seed(generator.initial_seed())
         train(teacher, x, y, plan.recipe.with_epochs(config.latent_distill.teacher_epochs), generator)
         metrics, _ = evaluator(ArrayRecord(teacher.state_dict()))
         recorder.extras["teacher_test_accuracy"] = metrics["test_accuracy"]
