@@ -20,10 +20,10 @@ from typing import Any
 
 from flwr.app import ConfigRecord
 from flwr.serverapp import Grid
-from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
 from fedsim.errors import InputError
+from fedsim.strategies import stacked  # Flower's strategies on stacked updates
 from fedsim.core.protocol import DP_ADAPTIVE  # tells the client which clipping mod to apply
 
 from .arguments import check_arguments
@@ -36,7 +36,7 @@ class StrategyError(InputError):
     """Unknown strategy name, or a keyword argument of the wrong name, type or range."""
 
 
-class _ClientSideAdaptiveClipping(flwr_strategy.DifferentialPrivacyClientSideAdaptiveClipping):
+class _ClientSideAdaptiveClipping(stacked.DifferentialPrivacyClientSideAdaptiveClipping):
     """Flower's client-side adaptive clipping wrapper, marking its messages for the client mod."""
 
     def configure_train(self, server_round: int, arrays, config: ConfigRecord, grid: Grid):  # noqa: ANN001, ANN201
@@ -59,18 +59,18 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "fedavg": StrategyEntry(WeightedFedAvg, "FedAvg, weighted by num-examples (or weighted_by_key)"),
     "uniform": StrategyEntry(UniformAvg, "plain mean of client models"),
     "ema": StrategyEntry(SequentialEMA, "sequential EMA w <- beta*w_i + (1-beta)*w, by partition id"),
-    "fedavgm": StrategyEntry(flwr_strategy.FedAvgM, "FedAvg with server momentum (Hsu et al. 2019)"),
-    "fedprox": StrategyEntry(flwr_strategy.FedProx, "FedAvg + client proximal term (proximal_mu)"),
-    "fedadam": StrategyEntry(flwr_strategy.FedAdam, "adaptive server optimiser Adam (Reddi et al. 2021)"),
-    "fedyogi": StrategyEntry(flwr_strategy.FedYogi, "adaptive server optimiser Yogi"),
-    "fedadagrad": StrategyEntry(flwr_strategy.FedAdagrad, "adaptive server optimiser Adagrad"),
-    "fedmedian": StrategyEntry(flwr_strategy.FedMedian, "coordinate-wise median"),
-    "fedtrimmedavg": StrategyEntry(flwr_strategy.FedTrimmedAvg, "coordinate-wise trimmed mean (beta)"),
-    "krum": StrategyEntry(flwr_strategy.Krum, "Krum (num_malicious_nodes)"),
-    "multikrum": StrategyEntry(flwr_strategy.MultiKrum, "Multi-Krum (num_malicious_nodes, num_nodes_to_select)"),
-    "bulyan": StrategyEntry(flwr_strategy.Bulyan, "Bulyan (num_malicious_nodes; needs n >= 4f + 3)"),
+    "fedavgm": StrategyEntry(stacked.FedAvgM, "FedAvg with server momentum (Hsu et al. 2019)"),
+    "fedprox": StrategyEntry(stacked.FedProx, "FedAvg + client proximal term (proximal_mu)"),
+    "fedadam": StrategyEntry(stacked.FedAdam, "adaptive server optimiser Adam (Reddi et al. 2021)"),
+    "fedyogi": StrategyEntry(stacked.FedYogi, "adaptive server optimiser Yogi"),
+    "fedadagrad": StrategyEntry(stacked.FedAdagrad, "adaptive server optimiser Adagrad"),
+    "fedmedian": StrategyEntry(stacked.FedMedian, "coordinate-wise median"),
+    "fedtrimmedavg": StrategyEntry(stacked.FedTrimmedAvg, "coordinate-wise trimmed mean (beta)"),
+    "krum": StrategyEntry(stacked.Krum, "Krum (num_malicious_nodes)"),
+    "multikrum": StrategyEntry(stacked.MultiKrum, "Multi-Krum (num_malicious_nodes, num_nodes_to_select)"),
+    "bulyan": StrategyEntry(stacked.Bulyan, "Bulyan (num_malicious_nodes; needs n >= 4f + 3)"),
     "qfedavg": StrategyEntry(
-        flwr_strategy.QFedAvg, "q-FedAvg fair aggregation (q, client_learning_rate = train.lr)",
+        stacked.QFedAvg, "q-FedAvg fair aggregation (q, client_learning_rate = train.lr)",
         defaults=lambda lr, k: {"client_learning_rate": lr, "train_loss_key": "train-loss"},
     ),
     "fedbuff": StrategyEntry(
@@ -79,17 +79,17 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "latent-distill": StrategyEntry(
         LatentDistillation, "federated distillation of logits + latent representations ([latent_distill])"),
     "dp-fixed-server": StrategyEntry(
-        flwr_strategy.DifferentialPrivacyServerSideFixedClipping,
+        stacked.DifferentialPrivacyServerSideFixedClipping,
         "central DP, server-side fixed clipping around `base` (noise_multiplier, clipping_norm)",
         defaults=lambda lr, k: {"num_sampled_clients": k}, wraps=True,
     ),
     "dp-adaptive-server": StrategyEntry(
-        flwr_strategy.DifferentialPrivacyServerSideAdaptiveClipping,
+        stacked.DifferentialPrivacyServerSideAdaptiveClipping,
         "central DP, server-side adaptive clipping around `base` (noise_multiplier)",
         defaults=lambda lr, k: {"num_sampled_clients": k}, wraps=True,
     ),
     "dp-fixed-client": StrategyEntry(
-        flwr_strategy.DifferentialPrivacyClientSideFixedClipping,
+        stacked.DifferentialPrivacyClientSideFixedClipping,
         "central DP, clients clip (fixedclipping_mod) around `base` (noise_multiplier, clipping_norm)",
         defaults=lambda lr, k: {"num_sampled_clients": k}, wraps=True,
     ),

@@ -14,11 +14,13 @@ from __future__ import annotations
 from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Strategy
 
+from . import stacked
 from .averaging import WeightedFedAvg
 
 STREAMABLE: tuple[type, ...] = (
     flwr_strategy.FedAvg, flwr_strategy.FedProx, flwr_strategy.FedAvgM, flwr_strategy.FedAdam,
     flwr_strategy.FedYogi, flwr_strategy.FedAdagrad, WeightedFedAvg,
+    stacked.FedProx, stacked.FedAvgM, stacked.FedAdam, stacked.FedYogi, stacked.FedAdagrad,
 )
 
 
