@@ -46,7 +46,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedsim.clients.client import LocalClient
-from fedsim.clients.worker import worker_run
+from fedsim.clients.worker import WorkerRun
 from fedsim.config import ExperimentConfig
 from fedsim.datasets import CachedDataset
 from fedsim.runs.experiment import run
@@ -172,7 +172,7 @@ def loop_rounds(config: ExperimentConfig) -> list[float]:
     """The same rounds in one process: sample, train each client in turn, average."""
     prepared = prepare(config)
     try:
-        worker = worker_run(str(prepared.staging.resolve()))
+        worker = WorkerRun.open(prepared.staging.resolve())
         model = worker.model()
         global_state = {k: v.detach().cpu().numpy().copy()
                         for k, v in initial_model(config, prepared.dataset).state_dict().items()}

@@ -44,8 +44,9 @@ from fedsim.core.protocol import (
 from fedsim.core.spec import SPEC_FILE
 
 from .handler import handle_evaluate, handle_train
-from .node import hosting, install_run
-from .runner import ClientRunner, ensure_task_identity
+from .node import install_run
+from .process import worker_process
+from .runner import ClientRunner, ensure_task_identity, lockstep_outcome
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -66,8 +67,11 @@ client_app = ClientApp(mods=[dp_clipping_mod])
 
 @client_app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train this node's client from the received global weights."""
-    return handle_train(msg, int(context.node_config[PARTITION_ID]))
+    """Train this node's client from the received global weights.
+
+    In a cohort, the runner's context brings the vectorized engine's outcome for this task, if any.
+    """
+    return handle_train(msg, int(context.node_config[PARTITION_ID]), lockstep_outcome(context))
 
 
 @client_app.evaluate()
@@ -93,7 +97,7 @@ def query(msg: Message, context: Context) -> Message:
     run_dir, files, digest = join
     shard = shards = None
     try:
-        with hosting(context.node_config) as node:
+        with worker_process().hosting_node(context.node_config) as node:
             shard, shards = node.shard, node.shards
             if node.own_data:
                 install_run(node, run_dir, files, digest)
@@ -108,17 +112,20 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content=answer, reply_to=msg)
 
 
-_RUNNERS: dict[tuple[int, int | None], ClientRunner] = {}  # per process, by (population, threads)
-
-
 def run_cohort(msg: Message, context: Context) -> Message:
-    """Run every client task the cohort message carries; reply once with all their results."""
+    """Run every client task the cohort message carries; reply once with all their results.
+
+    The process's runner for the cohort's population and thread count keeps each client's
+    context across rounds (:meth:`fedsim.clients.process.WorkerProcess.client_runner`).
+    """
     started = time.perf_counter()
     ensure_task_identity(msg.metadata.run_id)
     num_clients = int(msg.content[COHORT]["num-clients"])
     threads = int(msg.content[COHORT].get("threads", 0)) or None
-    runner = _RUNNERS.setdefault((num_clients, threads), ClientRunner(client_app, num_clients, threads, direct=True))
-    with hosting(context.node_config):  # a node with its own data reads its copy of the run
+    process = worker_process()
+    runner = process.client_runner(num_clients, threads,
+                                   lambda: ClientRunner(client_app, num_clients, threads, direct=True))
+    with process.hosting_node(context.node_config):  # a node with its own data reads its copy of the run
         replies = runner.run(unpack_cohort(msg))
     stream_key = str(msg.content[COHORT].get("stream-key", ""))
     return Message(content=pack_cohort_replies(replies, time.perf_counter() - started, stream_key), reply_to=msg)

@@ -1,17 +1,21 @@
 """The client-side handler: what a node does with a train or evaluate task for one client.
 
 The ClientApp (:mod:`fedsim.clients.app`) goes through :func:`handle_train` and
-:func:`handle_evaluate`: they look up the run's per-process resources
-(:func:`fedsim.clients.worker.worker_run`), build the :class:`LocalClient` for the client id
-and reply in the protocol's format (:mod:`fedsim.core.protocol`). A worker running many
+:func:`handle_evaluate`: they look up the run's per-process resources (the process owner's open
+run, :meth:`fedsim.clients.process.WorkerProcess.run`), build the :class:`LocalClient` for the
+client id and reply in the protocol's format (:mod:`fedsim.core.protocol`). A worker running many
 clients calls :func:`train_update` directly for the training tasks no mod acts on
 (:func:`trains_direct`) and keeps their weights stacked (:class:`fedsim.clients.runner.ClientRunner`).
+A client the vectorized engine already trained (or sent back to the sequential engine) comes
+with its :class:`~fedsim.clients.lockstep.planner.LockstepOutcome`, passed in by the runner:
+the handler replies from it instead of training.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from flwr.app import ArrayRecord, Message, MessageType
@@ -35,6 +39,7 @@ from fedsim.core.protocol import (
     TRAIN_ACCURACY,
     TRAIN_LOSS,
     TRAIN_STEPS,
+    TrainingEngine,
     message_config,
     read_peers,
     reply,
@@ -42,14 +47,16 @@ from fedsim.core.protocol import (
 
 from .client import LocalClient
 from .distill import distill_round, evaluate_views
-from .lockstep.planner import take_outcome
 from .limits import time_limit
-from .worker import worker_run
+from .process import worker_process
+
+if TYPE_CHECKING:
+    from .lockstep.planner import LockstepOutcome
 
 
 def _client(msg: Message, client_id: int, phase: str) -> LocalClient:
     """The client a task is for, after the behaviour configured for it (e.g. failing on purpose)."""
-    run = worker_run(str(message_config(msg)[RUN_DIR]))
+    run = worker_process().run(str(message_config(msg)[RUN_DIR]))
     run.behaviours.before_task(client_id, phase)
     return LocalClient(client_id, run)
 
@@ -103,37 +110,46 @@ def trains_direct(msg: Message) -> bool:
     return not config.get(DISTILL, False) and KEY_CLIPPING_NORM not in config
 
 
-def train_update(msg: Message, client_id: int) -> TrainUpdate:
-    """Train client ``client_id`` on the task ``msg``, stopped after ``executor.client_timeout`` seconds."""
+def train_update(msg: Message, client_id: int, lockstep: LockstepOutcome | None = None) -> TrainUpdate:
+    """Train client ``client_id`` on the task ``msg``, stopped after ``executor.client_timeout`` seconds.
+
+    ``lockstep``: the vectorized engine's outcome for this task, if it had one
+    (:func:`fedsim.clients.lockstep.planner.train_in_lockstep`): the client's result, or why it
+    trains here after all.
+    """
     with time_limit(_limit(msg), client_id):
-        return _train(msg, client_id)
+        return _train(msg, client_id, lockstep)
 
 
-def handle_train(msg: Message, client_id: int) -> Message:
-    """Train client ``client_id`` on the task ``msg``; reply with its arrays and metrics.
+def handle_train(msg: Message, client_id: int, lockstep: LockstepOutcome | None = None) -> Message:
+    """Train client ``client_id`` on the task ``msg`` (or reply from ``lockstep``); reply with its arrays and metrics.
 
     The client is stopped after ``executor.client_timeout`` seconds (:func:`time_limit`), and
     an update with NaN or infinite values is refused here, before any worker could sum it.
     """
-    update = train_update(msg, client_id)
+    update = train_update(msg, client_id, lockstep)
     arrays = ArrayRecord(update.state) if update.state is not None else update.outputs
     return reply(msg, client_id, update.metrics, _checked(arrays) if arrays is not None else None)
 
 
-def _train(msg: Message, client_id: int) -> TrainUpdate:
+def _engine(lockstep: LockstepOutcome | None) -> dict[str, float | int]:
+    """The ``fedsim.engine`` metric of a client: sequential, or what the vectorized engine said."""
+    return {ENGINE: int(TrainingEngine.SEQUENTIAL if lockstep is None else lockstep.engine)}
+
+
+def _train(msg: Message, client_id: int, lockstep: LockstepOutcome | None) -> TrainUpdate:
     started = time.perf_counter()
     client = _client(msg, client_id, "train")
     config = message_config(msg)
     server_round = int(config[SERVER_ROUND])
-    lockstep = take_outcome(server_round, client_id)  # the vectorized engine's outcome, if any
     if config.get(DISTILL, False):
         values, outputs = distill_round(client, msg.content[ARRAYS], server_round, bool(config.get(SEND_OUTPUTS, True)))
-        engine = {ENGINE: 0 if lockstep is None else lockstep.engine}
+        engine = _engine(lockstep)
         return TrainUpdate({**values, CLIENT_SECONDS: time.perf_counter() - started, **engine}, outputs=outputs)
     if lockstep is not None and lockstep.error is not None:
         raise lockstep.error
     if lockstep is not None and lockstep.state is not None:  # trained in lockstep (fedsim.clients.lockstep)
-        stats, state, engine = lockstep.stats, lockstep.state, {ENGINE: lockstep.engine}
+        stats, state, engine = lockstep.stats, lockstep.state, _engine(lockstep)
         seconds = lockstep.seconds + time.perf_counter() - started
         if lockstep.compile_seconds:
             engine[COMPILE_SECONDS] = lockstep.compile_seconds
@@ -144,7 +160,7 @@ def _train(msg: Message, client_id: int) -> TrainUpdate:
         stats = client.fit(model, server_round, recipe, peers=peers)
         # the worker's model is trained again for its next client: this client's weights are copied out
         state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-        engine = {ENGINE: 0 if lockstep is None else lockstep.engine}
+        engine = _engine(lockstep)
         seconds = time.perf_counter() - started
     metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy,
                TRAIN_STEPS: stats.steps, CLIENT_SECONDS: seconds, **engine, **stats.hook_metrics}

@@ -17,8 +17,10 @@ A node is told what it hosts by its ``node_config`` (``flower-supernode --node-c
   ``data-dir/runs/<run>-<hash>/``, with the clients' persistent state (latent-distill).
 
 A Flower SuperNode may start a fresh ClientApp process for every message, so nothing here
-relies on process memory: the node config comes with every message (:func:`hosting`), and the
-local copy of a run is found again from the server's run directory (:func:`local_run_dir`).
+relies on process memory: the node config comes with every message (the process owner hosts
+each message as its node says, :meth:`fedsim.clients.process.WorkerProcess.hosting_node`), and
+the local copy of a run is found again from the server's run directory
+(:meth:`NodeHosting.local_run_dir`).
 """
 
 from __future__ import annotations
@@ -27,8 +29,7 @@ import hashlib
 import tomllib
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -57,6 +58,16 @@ class NodeHosting:
     def own_data(self) -> bool:
         return self.data_dir is not None
 
+    def local_run_dir(self, server_run_dir: str) -> str:
+        """The folder this node reads the run at ``server_run_dir`` from: the server's, or its own copy."""
+        if not self.own_data:
+            return server_run_dir
+        folder = mirror_folder(self.data_dir, server_run_dir)  # type: ignore[arg-type]
+        if not (folder / SPEC_FILE).is_file():
+            raise RuntimeError(f"this node has no copy of the run {server_run_dir} (expected in {folder}): the server "
+                               "sends it when the node joins; was the node's data-dir changed or removed?")
+        return str(folder)
+
     @classmethod
     def from_node_config(cls, node_config: Mapping[str, object]) -> "NodeHosting":
         """Read and check the node config; raise :class:`NodeConfigError` naming a bad key."""
@@ -83,39 +94,10 @@ class NodeHosting:
                    Path(data_file).expanduser().resolve() if data_file else None)
 
 
-_HOSTING = NodeHosting()  # the node whose message this process is handling (default: shared storage)
-
-
-@contextmanager
-def hosting(node_config: Mapping[str, object]) -> Iterator[NodeHosting]:
-    """Handle one message as the node ``node_config`` describes (cohort messages and join queries).
-
-    Process-wide for the message's duration, then back to the default: a process may serve
-    several nodes (Flower's simulation runtime) or run clients directly (the in-process executor).
-    """
-    global _HOSTING
-    previous, _HOSTING = _HOSTING, NodeHosting.from_node_config(node_config)
-    try:
-        yield _HOSTING
-    finally:
-        _HOSTING = previous
-
-
 def mirror_folder(data_dir: Path, server_run_dir: str) -> Path:
     """Where a node with its own data keeps its copy of the run at ``server_run_dir``."""
     digest = hashlib.sha256(server_run_dir.encode()).hexdigest()[:12]
     return data_dir / "runs" / f"{Path(server_run_dir).name.lstrip('.')}-{digest}"  # a staging folder's name starts with "."
-
-
-def local_run_dir(server_run_dir: str) -> str:
-    """The folder this process reads the run from: the server's, or the node's own copy."""
-    if not _HOSTING.own_data:
-        return server_run_dir
-    folder = mirror_folder(_HOSTING.data_dir, server_run_dir)  # type: ignore[arg-type]
-    if not (folder / SPEC_FILE).is_file():
-        raise RuntimeError(f"this node has no copy of the run {server_run_dir} (expected in {folder}): the server "
-                           "sends it when the node joins; was the node's data-dir changed or removed?")
-    return str(folder)
 
 
 def run_files(run_dir: Path) -> dict[str, bytes]:

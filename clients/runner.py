@@ -13,12 +13,18 @@ The fast path: with fedsim's own ClientApp, a training task that no mod acts on
 around its weights. The weights of the worker's clients are stacked per layout
 (:mod:`fedsim.core.stack`) and each reply carries metrics and a view of its client's row; the
 worker sends its stacks once (cohort) or the server reads them in place (in-process).
+
+The vectorized engine: before any client runs, :func:`~fedsim.clients.lockstep.planner.train_in_lockstep`
+trains the call's vectorizable tasks together and returns one outcome per task. The runner hands
+each to its own client's call -- an argument of :func:`~fedsim.clients.handler.train_update` on
+the fast path, the client's :class:`ClientContext` for the duration of its ClientApp call
+(:func:`lockstep_outcome`) otherwise -- and keeps none of them after the call.
 """
 
 from __future__ import annotations
 
 import torch
-from flwr.app import Context, RecordDict
+from flwr.app import Context, RecordDict, UserConfig
 from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
@@ -28,7 +34,7 @@ from fedsim.core.stack import Layout, UpdateStack
 from fedsim.ops.interrupt import check_stop
 
 from .handler import train_update, trains_direct
-from .lockstep.planner import OUTCOMES, train_in_lockstep
+from .lockstep.planner import LockstepOutcome, train_in_lockstep
 
 
 SERVER_NODE_ID = 1  # Flower's SUPERLINK_NODE_ID
@@ -49,6 +55,26 @@ def ensure_task_identity(run_id: int = 0) -> None:
         TaskIdentity.node_id = SERVER_NODE_ID
 
 
+class ClientContext(Context):
+    """A client's Flower context as a :class:`ClientRunner` keeps it across rounds.
+
+    ``lockstep`` is the vectorized engine's outcome for the task the ClientApp is being called
+    on, set by the runner for that one call (None otherwise): the context is the argument
+    Flower passes through the ClientApp's mods to its handler, so the outcome reaches
+    :func:`fedsim.clients.handler.handle_train` with the call and with nothing else.
+    """
+
+    def __init__(self, run_id: int, node_id: int, node_config: UserConfig, state: RecordDict,
+                 run_config: UserConfig) -> None:
+        super().__init__(run_id=run_id, node_id=node_id, node_config=node_config, state=state, run_config=run_config)
+        self.lockstep: LockstepOutcome | None = None
+
+
+def lockstep_outcome(context: Context) -> LockstepOutcome | None:
+    """The vectorized engine's outcome for the ClientApp call ``context`` came with (None: train as usual)."""
+    return context.lockstep if isinstance(context, ClientContext) else None
+
+
 class ClientRunner:
     """Calls ``client_app(message, context)`` for each task, with a context per client.
 
@@ -66,12 +92,12 @@ class ClientRunner:
         self.num_clients = num_clients
         self.threads_per_client = None if threads_per_client is None else max(1, int(threads_per_client))
         self.run_id = run_id
-        self._contexts: dict[int, Context] = {}
+        self._contexts: dict[int, ClientContext] = {}
 
-    def context(self, client_id: int) -> Context:
+    def context(self, client_id: int) -> ClientContext:
         """The client's Flower context, created on first use and kept."""
         if client_id not in self._contexts:
-            self._contexts[client_id] = Context(
+            self._contexts[client_id] = ClientContext(
                 run_id=self.run_id, node_id=client_id,
                 node_config={PARTITION_ID: client_id, "num-partitions": self.num_clients},
                 state=RecordDict(), run_config={},
@@ -83,37 +109,43 @@ class ClientRunner:
 
         With ``direct`` set, training tasks no mod acts on skip the ClientApp: their weights
         are kept and stacked (:func:`stack_updates`), and each reply holds a view of its row.
+        The vectorized engine's outcomes live for this call only, each handed to its client.
         """
         threads = torch.get_num_threads()
         if self.threads_per_client is not None:
             torch.set_num_threads(self.threads_per_client)
         try:
-            train_in_lockstep(tasks)  # the vectorized engine's clients, trained before the ClientApp replies
+            outcomes = train_in_lockstep(tasks)  # the vectorized engine's clients, trained before any replies
             replies, states = [], {}
-            for position, task in enumerate(tasks):
+            for position, (task, outcome) in enumerate(zip(tasks, outcomes)):
                 check_stop()  # Ctrl-C in this process: no further clients
                 if self.direct and trains_direct(task.message):
-                    reply_, state = self._train_direct(task)
+                    reply_, state = self._train_direct(task, outcome)
                     if state is not None:
                         states[position] = state
                     replies.append(reply_)
                 else:
-                    replies.append(self._run_one(task))
+                    replies.append(self._run_one(task, outcome))
             return stack_updates(tasks, replies, states)
         finally:
-            OUTCOMES.clear()
             torch.set_num_threads(threads)
 
-    def _run_one(self, task: ClientTask) -> ClientReply:
+    def _run_one(self, task: ClientTask, outcome: LockstepOutcome | None) -> ClientReply:
+        """The client's task through the ClientApp, with its lockstep outcome in its context for the call."""
+        context = self.context(task.client_id)
+        context.lockstep = outcome
         try:
-            return ClientReply(task.client_id, self.client_app(task.message, self.context(task.client_id)))
+            return ClientReply(task.client_id, self.client_app(task.message, context))
         except Exception as error:  # noqa: BLE001 - a client's failure is a reply, as in Flower
             return failed_reply(task, f"{type(error).__name__}: {error}")
+        finally:
+            context.lockstep = None
 
-    def _train_direct(self, task: ClientTask) -> tuple[ClientReply, dict[str, torch.Tensor] | None]:
+    def _train_direct(self, task: ClientTask, outcome: LockstepOutcome | None
+                      ) -> tuple[ClientReply, dict[str, torch.Tensor] | None]:
         """The client trained without its ClientApp: a metrics-only reply, and its weights apart."""
         try:
-            update = train_update(task.message, task.client_id)
+            update = train_update(task.message, task.client_id, outcome)
         except Exception as error:  # noqa: BLE001 - a client's failure is a reply, as in Flower
             return failed_reply(task, f"{type(error).__name__}: {error}"), None
         return ClientReply(task.client_id, reply(task.message, task.client_id, update.metrics)), update.state

@@ -1,10 +1,11 @@
-"""Per-process worker state: the run's data, partition and models, loaded once and cached.
+"""One run's resources inside a worker process: the run's data, partition and models, loaded once.
 
-A Ray actor serves many messages over a run. The first message of a run makes this module
-open the run's ``spec.json``, memory-map the cached dataset and read ``partition.npz``;
-every later message reuses them, and the behaviour configured per client
-(:mod:`fedsim.clients.behaviours`) comes from the spec too. Models are built once per (architecture, classes, r) and
-receive new weights in place.
+A Ray actor serves many messages over a run. The first message of a run opens it
+(:meth:`WorkerRun.open`: the run's ``spec.json``, the memory-mapped dataset cache,
+``partition.npz``); every later message reuses it, and the behaviour configured per client
+(:mod:`fedsim.clients.behaviours`) comes from the spec too. Models are built once per
+(architecture, classes, r) and receive new weights in place. Which run a process holds, and
+when it lets it go, is the process owner's business (:class:`fedsim.clients.process.WorkerProcess`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from fedsim.core.spec import TRANSFER_FILE, PartitionIndex, RunSpec, TransferInd
 
 from .behaviours import BehaviourSpec, ClientBehaviours
 from .hooks import build_hooks
-from .node import local_run_dir
 from .state import ClientStateStore
 from .training import seeded_generator, seeded_init, to_tensor
 
@@ -43,6 +43,23 @@ class WorkerRun:
     stores: dict[str, ClientStateStore] = field(default_factory=dict)  # per-client state, one store per method
     hooks: list = field(default_factory=list)  # the run's client hooks, built once per worker
     behaviours: ClientBehaviours = field(default_factory=ClientBehaviours)  # configured per-client behaviour
+
+    @classmethod
+    def open(cls, run_dir: str | Path) -> WorkerRun:
+        """Open the run whose files are in ``run_dir`` (this process's copy): spec, data, partition, hooks."""
+        spec = RunSpec.load(run_dir)
+        arrays = CachedDataset.open(spec.dataset_folder).load(mmap=True)
+        return cls(
+            spec=spec,
+            x_train=arrays["x_train"],
+            y_train=np.asarray(arrays["y_train"]),
+            partition=PartitionIndex.load(run_dir),
+            device=resolve_device(spec.device),
+            transfer=TransferIndex.load(run_dir) if (Path(run_dir) / TRANSFER_FILE).is_file() else None,
+            run_dir=Path(run_dir),
+            hooks=build_hooks(list(spec.hooks)),
+            behaviours=ClientBehaviours(BehaviourSpec.from_json(raw) for raw in spec.behaviours),
+        )
 
     def model(self, name: str | None = None) -> FedsimNet:
         """The cached model instance for ``name`` (default: the run's model)."""
@@ -109,34 +126,3 @@ class WorkerRun:
             state = fresh.state_dict()
         model.load_state_dict(state)
         return model
-
-
-_RUNS: dict[str, WorkerRun] = {}
-
-
-def worker_run(run_dir: str) -> WorkerRun:
-    """Return this process's cached :class:`WorkerRun` for ``run_dir``, opening it on first use.
-
-    ``run_dir`` is the server's path; a node with its own data reads its local copy instead
-    (:func:`fedsim.clients.node.local_run_dir`).
-    """
-    cached = _RUNS.get(run_dir)
-    if cached is not None:
-        return cached
-    server_run_dir, run_dir = run_dir, local_run_dir(run_dir)
-    spec = RunSpec.load(run_dir)
-    arrays = CachedDataset.open(spec.dataset_folder).load(mmap=True)
-    run = WorkerRun(
-        spec=spec,
-        x_train=arrays["x_train"],
-        y_train=np.asarray(arrays["y_train"]),
-        partition=PartitionIndex.load(run_dir),
-        device=resolve_device(spec.device),
-        transfer=TransferIndex.load(run_dir) if (Path(run_dir) / TRANSFER_FILE).is_file() else None,
-        run_dir=Path(run_dir),
-        hooks=build_hooks(list(spec.hooks)),
-        behaviours=ClientBehaviours(BehaviourSpec.from_json(raw) for raw in spec.behaviours),
-    )
-    _RUNS.clear()  # one run at a time per worker: free the previous run's models
-    _RUNS[server_run_dir] = run
-    return run

@@ -15,7 +15,7 @@ from fedsim.clients.client import LocalClient
 from fedsim.clients.distill import distill_round
 from fedsim.clients.losses import distillation_loss, kd_loss, representation_loss
 from fedsim.clients.state import ClientStateStore, adopt_unnamespaced
-from fedsim.clients.worker import worker_run
+from fedsim.clients.worker import WorkerRun
 from fedsim.config import ConfigError
 from fedsim.config.validation import load_config
 from fedsim.datasets import PartitionError, check_disjoint, holdout_transfer, tpriv_indices
@@ -132,7 +132,7 @@ def distill_config(small_config, **extra):
 
 def test_client_state_persists_and_only_sampled_clients_load(small_config) -> None:
     prepared = prepare(distill_config(small_config, **{"output.name": "unit"}))
-    worker = worker_run(str(prepared.staging.resolve()))
+    worker = WorkerRun.open(prepared.staging.resolve())
     assert worker.spec.architecture_of(0) == "lenet5" and worker.spec.architecture_of(1) == "niid_cnn"
     _, outputs = distill_round(LocalClient(1, worker), ArrayRecord(), 1, True)
     assert outputs["logits"].numpy().shape == (120, 10) and outputs["reps"].numpy().shape == (120, 16)
@@ -184,7 +184,7 @@ def test_transfer_set_from_another_dataset(small_config, tmp_path: Path) -> None
     prepared = prepare(config)
     split = np.load(prepared.staging / "partition.npz")
     assert split["train_indices"].size + split["val_indices"].size == 600  # nothing held out
-    worker = worker_run(str(prepared.staging.resolve()))
+    worker = WorkerRun.open(prepared.staging.resolve())
     x, _ = worker.transfer_set()
     assert x.shape == (100, 3, 32, 32)
     _, outputs = distill_round(LocalClient(0, worker), ArrayRecord(), 1, True)

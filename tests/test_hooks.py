@@ -21,7 +21,7 @@ from fedsim.clients.hooks.scoring import (
 )
 from fedsim.clients.losses import kd_loss
 from fedsim.clients.training import SGDRecipe
-from fedsim.clients.worker import worker_run
+from fedsim.clients.worker import WorkerRun
 from fedsim.config import ConfigError
 from fedsim.config.validation import load_config
 from fedsim.runs.experiment import run
@@ -187,7 +187,7 @@ def test_composed_and_user_hooks_in_the_training_loop(small_config) -> None:
                                        {"name": "augment", "target": "selected", "transform": "flip_crop"}],
                              "output.name": "hooked"})
     prepared = prepare(config)
-    worker = worker_run(str(prepared.staging.resolve()))
+    worker = WorkerRun.open(prepared.staging.resolve())
     client = LocalClient(2, worker)
     model = worker.model()
     labels = worker.y_train[worker.partition.train_of(2)]

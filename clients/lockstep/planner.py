@@ -1,13 +1,15 @@
-"""Which of a worker's training tasks go through the vectorized engine, and their results.
+"""Which of a worker's training tasks go through the vectorized engine, and their outcomes.
 
 :func:`train_in_lockstep` looks at a worker's tasks before the client runner calls the ClientApp on
 them. Training tasks of a vectorized run are grouped by (architecture, recipe, received
-weights); each group of two or more is trained in lockstep chunks and each client's outcome
-is kept in :data:`OUTCOMES` for the client handler (:func:`take_outcome`), which replies
-from it exactly as after sequential training -- the ClientApp's mods (DP clipping), the
-per-client failure handling and the NaN check all still apply per client. Clients that
-cannot join a group run the sequential engine, with the reason recorded as their ``engine``
-code (:data:`fedsim.core.protocol.ENGINE_LABELS`).
+weights); each group of two or more is trained in lockstep chunks. It returns one
+:class:`LockstepOutcome` per task (None: train it as usual), which the runner hands to that
+client's handler call; the handler replies from it exactly as after sequential training -- the
+ClientApp's mods (DP clipping), the per-client failure handling and the NaN check all still
+apply per client. Clients that cannot join a group run the sequential engine, with the reason
+recorded as their ``engine`` code (:class:`fedsim.core.protocol.TrainingEngine`). Nothing of
+a call is kept: the trainers are the run's, in this process's owner
+(:meth:`fedsim.clients.process.WorkerProcess.lockstep_trainer`).
 
 A chunk is one unit of work with a time limit of ``executor.client_timeout`` times its number
 of clients. A chunk that exceeds it, or raises, is not a failure of its clients: they train
@@ -33,6 +35,7 @@ from fedsim.core.protocol import (
     RUN_DIR,
     SERVER_ROUND,
     ClientTask,
+    TrainingEngine,
     message_config,
     read_peers,
 )
@@ -41,36 +44,24 @@ from ..client import LocalClient, TrainingInputs
 from ..hooks import build_hooks
 from ..limits import ClientTimeout, time_limit
 from ..training import TrainStats
-from ..worker import WorkerRun, worker_run
+from ..process import worker_process
+from ..worker import WorkerRun
 from .engine import LockstepClient, LockstepTrainer
 from .memory import LockstepMemoryError, bytes_per_client, chunk_size, free_bytes
 
 log = logging.getLogger(__name__)
-
-VECTORIZED, FALLBACK_DISTILL, FALLBACK_ALONE, FALLBACK_HOOK, FALLBACK_RAISED, FALLBACK_SLOW = 1, 2, 3, 4, 5, 6
 
 
 @dataclass
 class LockstepOutcome:
     """A client's outcome from the vectorized engine, or the reason it trains sequentially."""
 
-    engine: int  # a code of fedsim.core.protocol.ENGINE_LABELS
+    engine: TrainingEngine
     state: dict[str, torch.Tensor] | None = None
     stats: TrainStats | None = None
     seconds: float = 0.0  # its share of the chunk's wall time, compile time excluded
     compile_seconds: float = 0.0
     error: BaseException | None = None
-
-
-OUTCOMES: dict[tuple[int, int], LockstepOutcome] = {}  # (round, client id) -> outcome, taken by the handler
-
-
-def take_outcome(server_round: int, client_id: int) -> LockstepOutcome | None:
-    """The client's lockstep outcome for this round (removed), or None: train it as usual."""
-    return OUTCOMES.pop((server_round, client_id), None)
-
-
-_TRAINERS: dict[tuple, LockstepTrainer] = {}  # per process: one per (run, architecture, dtype, compile)
 
 
 def _vectorized_run(task: ClientTask) -> WorkerRun | None:
@@ -80,40 +71,48 @@ def _vectorized_run(task: ClientTask) -> WorkerRun | None:
     run_dir = message_config(msg).get(RUN_DIR)
     if run_dir is None:
         return None
-    run = worker_run(str(run_dir))
+    run = worker_process().run(str(run_dir))
     return run if run.spec.engine == "vectorized" else None
 
 
-def train_in_lockstep(tasks: list[ClientTask]) -> None:
-    """Train the vectorizable training tasks in lockstep; leave every outcome in :data:`OUTCOMES`."""
-    OUTCOMES.clear()
-    groups: dict[tuple, list[ClientTask]] = {}
-    for task in tasks:
+def train_in_lockstep(tasks: list[ClientTask]) -> list[LockstepOutcome | None]:
+    """Train the vectorizable training tasks in lockstep; one outcome per task, in task order.
+
+    None: the task is not a vectorized run's training task (or its client's configured behaviour
+    must act in the handler); the handler trains it as usual.
+    """
+    outcomes: list[LockstepOutcome | None] = [None] * len(tasks)
+    groups: dict[tuple, list[int]] = {}  # group -> positions of its tasks
+    for position, task in enumerate(tasks):
         run = _vectorized_run(task)
         if run is None:
             continue
         config = message_config(task.message)
-        server_round = int(config[SERVER_ROUND])
         if not run.behaviours.trains_in_lockstep(task.client_id):
             continue  # e.g. a client failing on purpose: the handler fails it alone
-        key = (server_round, task.client_id)
         if config.get(DISTILL, False):
-            OUTCOMES[key] = LockstepOutcome(FALLBACK_DISTILL)
+            outcomes[position] = LockstepOutcome(TrainingEngine.FALLBACK_DISTILL)
             continue
         if any(getattr(hook, "vectorizable", True) is False for hook in run.hooks):
-            OUTCOMES[key] = LockstepOutcome(FALLBACK_HOOK)
+            outcomes[position] = LockstepOutcome(TrainingEngine.FALLBACK_HOOK)
             continue
-        group = (run.spec.run_dir, server_round, run.spec.architecture_of(task.client_id),
+        group = (str(config[RUN_DIR]), int(config[SERVER_ROUND]), run.spec.architecture_of(task.client_id),
                  float(config.get(PROXIMAL_MU, 0.0)), id(task.message.content[ARRAYS]))
-        groups.setdefault(group, []).append(task)
-    for (run_dir, server_round, architecture, mu, _), members in groups.items():
-        if len(members) < 2:
-            OUTCOMES[(server_round, members[0].client_id)] = LockstepOutcome(FALLBACK_ALONE)
+        groups.setdefault(group, []).append(position)
+    for (run_dir, server_round, architecture, mu, _), positions in groups.items():
+        if len(positions) < 2:
+            outcomes[positions[0]] = LockstepOutcome(TrainingEngine.FALLBACK_ALONE)
             continue
-        _train_group(worker_run(run_dir), server_round, architecture, mu, members)
+        trained = _train_group(worker_process().run(run_dir), server_round, architecture, mu,
+                               [tasks[p] for p in positions])
+        for position, outcome in zip(positions, trained):
+            outcomes[position] = outcome
+    return outcomes
 
 
-def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float, tasks: list[ClientTask]) -> None:
+def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float,
+                 tasks: list[ClientTask]) -> list[LockstepOutcome]:
+    """The outcomes of one group's tasks, in their order, trained chunk by chunk."""
     recipe = run.spec.recipe.with_proximal_mu(mu)
     model = run.model(architecture)
     model.load_state_dict(tasks[0].message.content[ARRAYS].to_torch_state_dict(), strict=True)
@@ -124,10 +123,9 @@ def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float
         size = chunk_size(bytes_per_client(model, input_shape, recipe), free_bytes(run.device),
                           run.spec.lockstep_memory, run.spec.lockstep_clients, architecture)
     except LockstepMemoryError as error:
-        for task in tasks:
-            OUTCOMES[(server_round, task.client_id)] = LockstepOutcome(VECTORIZED, error=error)
-        return
+        return [LockstepOutcome(TrainingEngine.VECTORIZED, error=error) for _ in tasks]
     limit = float(message_config(tasks[0].message).get(CLIENT_TIMEOUT, 0.0))
+    outcomes: list[LockstepOutcome] = []
     for first in range(0, len(tasks), size):
         chunk = tasks[first : first + size]
         started = time.perf_counter()
@@ -140,20 +138,19 @@ def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float
         except ClientTimeout:  # one slow client must not fail its chunk-mates: one by one, each limited
             log.warning("lockstep training of %d %s clients exceeded %g s; they train sequentially",
                         len(chunk), architecture, limit * len(chunk))
-            for task in chunk:
-                OUTCOMES[(server_round, task.client_id)] = LockstepOutcome(FALLBACK_SLOW)
+            outcomes += [LockstepOutcome(TrainingEngine.FALLBACK_SLOW) for _ in chunk]
             continue
         except Exception as error:  # noqa: BLE001 - the chunk's clients retry one by one
             log.warning("lockstep training of %d %s clients raised %s: %s; they train sequentially",
                         len(chunk), architecture, type(error).__name__, error)
-            for task in chunk:
-                OUTCOMES[(server_round, task.client_id)] = LockstepOutcome(FALLBACK_RAISED)
+            outcomes += [LockstepOutcome(TrainingEngine.FALLBACK_RAISED) for _ in chunk]
             continue
         seconds = (time.perf_counter() - started - result.compile_seconds) / len(chunk)
-        for task, state, stats, client_inputs in zip(chunk, result.states, result.stats, inputs):
+        for state, stats, client_inputs in zip(result.states, result.stats, inputs):
             stats.hook_metrics = client_inputs.report()
-            OUTCOMES[(server_round, task.client_id)] = LockstepOutcome(
-                VECTORIZED, state, stats, seconds, result.compile_seconds / len(chunk))
+            outcomes.append(LockstepOutcome(TrainingEngine.VECTORIZED, state, stats, seconds,
+                                            result.compile_seconds / len(chunk)))
+    return outcomes
 
 
 def _inputs(run: WorkerRun, model: torch.nn.Module, start: dict[str, torch.Tensor], server_round: int,
@@ -167,10 +164,7 @@ def _inputs(run: WorkerRun, model: torch.nn.Module, start: dict[str, torch.Tenso
 
 
 def _trainer(run: WorkerRun, architecture: str, model: torch.nn.Module, input_shape: tuple[int, ...]) -> LockstepTrainer:
-    dtype = next(model.parameters()).dtype
-    key = (run.spec.run_dir, architecture, dtype, run.spec.compile)
-    if key not in _TRAINERS:
-        if any(k[0] != run.spec.run_dir for k in _TRAINERS):
-            _TRAINERS.clear()  # one run at a time per worker: free the previous run's trainers
-        _TRAINERS[key] = LockstepTrainer(model, input_shape, compile=run.spec.compile)
-    return _TRAINERS[key]
+    """The run's trainer for this architecture and dtype, kept by the process owner while the run is open."""
+    return worker_process().lockstep_trainer(
+        run, architecture, next(model.parameters()).dtype,
+        lambda: LockstepTrainer(model, input_shape, compile=run.spec.compile))

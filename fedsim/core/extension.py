@@ -100,6 +100,8 @@ class RoundExtension:
     def on_run_end(self, arrays: ArrayRecord) -> None:
         return None
 
+    stateful = True  # False: keeps nothing between rounds and takes no part in checkpoints
+
     def state(self) -> dict[str, Any]:
         """Everything needed to resume this extension (plain values and numpy arrays)."""
         return {}
@@ -140,12 +142,19 @@ class ExtensionChain(RoundExtension):
         for ext in self.extensions:
             ext.on_run_end(arrays)
 
+    def _checkpointed(self) -> dict[str, RoundExtension]:
+        """The stateful extensions by checkpoint key: stateless ones (``stateful = False``) are left
+        out, so adding one does not change the keys of the checkpoints runs already wrote."""
+        stateful = [ext for ext in self.extensions if ext.stateful]
+        return {f"{i}:{type(ext).__name__}": ext for i, ext in enumerate(stateful)}
+
     def state(self) -> dict[str, Any]:
-        return {f"{i}:{type(ext).__name__}": ext.state() for i, ext in enumerate(self.extensions)}
+        return {key: ext.state() for key, ext in self._checkpointed().items()}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        expected = [f"{i}:{type(ext).__name__}" for i, ext in enumerate(self.extensions)]
+        expected = self._checkpointed()
         if sorted(state) != sorted(expected):
-            raise ValueError(f"extension state for {sorted(state)} does not match this run's extensions {expected}")
-        for key, ext in zip(expected, self.extensions):
+            raise ValueError(f"extension state for {sorted(state)} does not match this run's extensions "
+                             f"{list(expected)}")
+        for key, ext in expected.items():
             ext.load_state(state[key])

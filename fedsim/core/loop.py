@@ -47,7 +47,7 @@ from fedsim.outputs.recorder import RunRecorder
 from .checkpoint import Checkpoint
 from .executor import Executor
 from .extension import PHASE_EVALUATE, PHASE_TRAIN, ExtensionChain, RoundExtension, RoundRecord, RunContext
-from .protocol import COMPILE_SECONDS, ENGINE, ClientReply, ClientTask, array_bytes
+from .protocol import ClientReply, ClientTask, array_bytes
 from .rows import client_rows, training_rows, weighted_mean
 from .schedule import EvaluationSchedule, Scheduler, TrainingRound, drive
 from .screening import AggregationError, check_finite, check_success, screen_updates
@@ -253,13 +253,12 @@ class RoundLoop:
         return arrays
 
     def _training_summary(self, server_round: int, training: TrainingRound, succeeded: list[ClientReply]) -> dict:
-        """The round's rounds.csv columns about training."""
+        """The round's rounds.csv columns about training (how clients were trained is an extension's:
+        ``fedsim.clients.lockstep.columns.EngineColumns``)."""
         rows = training_rows(server_round, training)
         return {
             "clients_sampled": len(training.dispatched), "clients_succeeded": len(succeeded),
             "clients_failed": len(training.arrived) - len(succeeded),
-            "clients_vectorized": sum(int(r.metrics.get(ENGINE, 0)) == 1 for r in succeeded),
-            "compile_seconds": sum(float(r.metrics.get(COMPILE_SECONDS, 0.0)) for r in succeeded),
             "train_loss": weighted_mean(rows, "loss"), "train_accuracy": weighted_mean(rows, "accuracy"),
             "bytes_down": array_bytes(t.message for t in training.dispatched), **training.row,
         }

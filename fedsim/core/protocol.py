@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
@@ -53,20 +54,40 @@ DIGEST_LOSS = "digest-loss"  # distillation: the digest step's loss
 TPRIV_ACCURACY = "tpriv-accuracy"  # distillation: own model on a test subset with the client's class mix
 TUNI_ACCURACY = "tuni-accuracy"  # distillation: own model on the whole test set
 HOOK_PREFIX = "hook."
-ENGINE = "fedsim.engine"  # train: how the client was trained, a code of ENGINE_LABELS
+ENGINE = "fedsim.engine"  # train: how the client was trained, a TrainingEngine code
 COMPILE_SECONDS = "compile-seconds"  # train (vectorized + compile): this client's share of compile time
 
-ENGINE_LABELS = {
-    0: "sequential",
-    1: "vectorized",
-    2: "sequential: latent-distill trains in several phases",
-    3: "sequential: no other client of its architecture and recipe on its worker this round",
-    4: "sequential: a hook opts out of lockstep (vectorizable = False)",
-    5: "sequential: its lockstep chunk raised (see the worker's log)",
-    6: "sequential: its lockstep chunk exceeded executor.client_timeout x its size",
+
+class TrainingEngine(IntEnum):
+    """The codes of the ``fedsim.engine`` metric: how a client was trained, defined once.
+
+    Clients report one (:mod:`fedsim.clients.handler`, the vectorized engine's planner
+    :mod:`fedsim.clients.lockstep.planner`); the server labels it in ``clients.csv``
+    (:data:`ENGINE_LABELS`) and counts the vectorized ones in ``rounds.csv``
+    (:class:`fedsim.clients.lockstep.columns.EngineColumns`). Every code but ``VECTORIZED`` means
+    the sequential engine; the ``FALLBACK_*`` codes say why a client of a vectorized run used it.
+    """
+
+    SEQUENTIAL = 0
+    VECTORIZED = 1
+    FALLBACK_DISTILL = 2
+    FALLBACK_ALONE = 3
+    FALLBACK_HOOK = 4
+    FALLBACK_RAISED = 5
+    FALLBACK_SLOW = 6
+
+
+ENGINE_LABELS: dict[int, str] = {
+    TrainingEngine.SEQUENTIAL: "sequential",
+    TrainingEngine.VECTORIZED: "vectorized",
+    TrainingEngine.FALLBACK_DISTILL: "sequential: latent-distill trains in several phases",
+    TrainingEngine.FALLBACK_ALONE: "sequential: no other client of its architecture and recipe on its worker this round",
+    TrainingEngine.FALLBACK_HOOK: "sequential: a hook opts out of lockstep (vectorizable = False)",
+    TrainingEngine.FALLBACK_RAISED: "sequential: its lockstep chunk raised (see the worker's log)",
+    TrainingEngine.FALLBACK_SLOW: "sequential: its lockstep chunk exceeded executor.client_timeout x its size",
 }
-"""What ``clients.csv``'s ``engine`` column says for each code: the training engine, or why a client of a
-vectorized run fell back to the sequential engine."""
+"""What ``clients.csv``'s ``engine`` column says for each :class:`TrainingEngine` code: the training engine,
+or why a client of a vectorized run fell back to the sequential engine."""
 
 # ----------------------------------------------------------------------- error codes
 CLIENT_RAISED = 2  # Flower's ErrorCode.CLIENT_APP_RAISED_EXCEPTION

@@ -21,6 +21,7 @@ from flwr.serverapp.strategy import Strategy
 from tqdm.auto import tqdm
 
 from fedsim.clients.hooks import build_hooks, round_extensions
+from fedsim.clients.lockstep.columns import EngineColumns
 from fedsim.clients.node import run_files
 from fedsim.clients.training import to_tensor
 from fedsim.core.checkpoint import Checkpoint
@@ -97,7 +98,8 @@ def execute(plan: RunPlan, executor: Executor, extensions: list[RoundExtension] 
     board = tensorboard_log(config.output.tensorboard, plan.counts, plan.dataset.class_names)
     try:
         strategy = plan.strategy.build()
-        initial, own = plan.method.start(strategy, plan, outcome.recorder)
+        initial, method_extensions = plan.method.start(strategy, plan, outcome.recorder)
+        own = [EngineColumns(), *method_extensions]  # first: it reads the replies before any other extension
         own += privacy_extensions(plan, strategy)  # DP strategies: (epsilon, delta) per round
         own += round_extensions(build_hooks(list(config.hooks))) + executor.round_extensions()
         own += list(extensions or []) + ([board] if board else [])  # last: it logs the rows the others filled
