@@ -64,6 +64,7 @@ def workload(args: argparse.Namespace, out: Path, name: str, executor: str = "fl
     return load_config(None, {
         "executor.kind": executor,
         "executor.workers": args.workers,
+        "engine.kind": args.engine,
         "runtime.device": args.device,
         "runtime.num_gpus_per_client": args.gpus_per_client,
         "seed": args.seed,
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                              "and 'cohort+streaming' (cohort workers sending partial means)")
     parser.add_argument("--workers", type=int, default=0, help="cohort executor workers (0 = automatic)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where clients and the loop train")
+    parser.add_argument("--engine", default="sequential", choices=["sequential", "vectorized"],
+                        help="how fedsim's workers train their clients")
     parser.add_argument("--gpus-per-client", type=float, default=0.0,
                         help="Ray GPU share per worker (cuda: e.g. 0.5 lets two workers share a GPU)")
     parser.add_argument("--json", type=Path, help="also write the measurements here")

@@ -288,6 +288,11 @@ def round_benchmark(args: argparse.Namespace) -> dict:
         shutil.rmtree(out, ignore_errors=True)
     limit = statistics.median(rounds["training alone"])
     summary = {"workload": vars(args), "cpus": cpus, "device": str(device), "sides": {}}
+    if device.type == "cuda":  # kernel time over a whole in-process run's wall time (round 1 and start-up included)
+        config = run_config(args, out, "profiled", "vectorized", False, float(cpus), "in-process")
+        with quiet_flower(False):
+            summary["gpu_busy_whole_run"] = gpu_busy(lambda: shutil.rmtree(run(config, progress=False).path))
+        print(f"  GPU busy during a whole in-process run: {summary['gpu_busy_whole_run']:.0%}")
     print(f"{name}, {args.clients} clients x {args.samples} samples, {args.per_round} per round, batch "
           f"{args.batch_size}, momentum 0.9, vectorized engine, {cpus} CPUs, {device}; rounds 2-{args.rounds} x "
           f"{args.repetitions} repetitions (medians):")
