@@ -79,8 +79,7 @@ def sequential(model: torch.nn.Module, data: list, recipe: SGDRecipe) -> None:
 
 def lockstep_clients(model: torch.nn.Module, data: list) -> list[LockstepClient]:
     state = model.state_dict()
-    generators = [training.seeded_generator(0, 1, k) for k in range(len(data))]
-    return [LockstepClient(x, y, state, g, training.dropout_generator(g)) for (x, y), g in zip(data, generators)]
+    return [LockstepClient(x, y, state, training.seeded_generator(0, 1, k)) for k, (x, y) in enumerate(data)]
 
 
 def masked_padding(model: torch.nn.Module, data: list, recipe: SGDRecipe) -> None:

@@ -27,15 +27,14 @@ class TrainingInputs:
     """What one client trains on in a round, in the form both training engines take.
 
     ``x``/``y``: the model's inputs, or uint8 images that ``prepare_batch`` augments and
-    normalises per batch (with hooks); ``generator`` shuffles; ``dropout`` draws the dropout
-    masks (:func:`fedsim.clients.training.dropout_generator`); ``batch_loss`` is the hooks'
+    normalises per batch (with hooks); ``generator`` shuffles (and seeds the dropout masks'
+    generator, :func:`fedsim.clients.training.dropout_generator`); ``batch_loss`` is the hooks'
     loss stage and ``report`` what they did.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     generator: torch.Generator
-    dropout: torch.Generator
     prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
     batch_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     report: Callable[[], dict[str, float]] = dict
@@ -75,7 +74,7 @@ class LocalClient:
                 return inputs.batch_loss(xb, yb, logits, loss), logits
 
         stats = training.train(model, inputs.x, inputs.y, recipe or self.run.spec.recipe, inputs.generator,
-                               objective=objective, prepare_batch=inputs.prepare_batch, dropout=inputs.dropout)
+                               objective=objective, prepare_batch=inputs.prepare_batch)
         stats.hook_metrics = inputs.report()
         return stats
 
@@ -93,11 +92,10 @@ class LocalClient:
         """
         spec, device = self.run.spec, self.run.device
         generator = training.seeded_generator(spec.seed, server_round, self.client_id)
-        dropout = training.dropout_generator(generator)
         hooks = self.run.hooks if hooks is None else hooks
         if not hooks:
             x, y = self._tensors(self.run.partition.train_of(self.client_id))
-            return TrainingInputs(x, y, generator, dropout)
+            return TrainingInputs(x, y, generator)
         order = np.sort(self.run.partition.train_of(self.client_id))
         data = LocalData(training.to_uint8_tensor(self.run.x_train[order], device),
                          torch.from_numpy(self.run.y_train[order]).to(device), spec.num_classes)
@@ -125,7 +123,7 @@ class LocalClient:
                     for hook in hooks for key, value in hook.report(ctx).items()}
 
         changes_loss = any(hook.has_stage("loss") for hook in hooks)
-        return TrainingInputs(data.images, data.labels, generator, dropout, prepare_batch, batch_loss if changes_loss else None, report)
+        return TrainingInputs(data.images, data.labels, generator, prepare_batch, batch_loss if changes_loss else None, report)
 
     def evaluate(self, model: torch.nn.Module) -> training.EvalStats:
         """Loss and accuracy on the client's held-out split."""

@@ -563,24 +563,31 @@ class _StackedDP:
     def _base(self, server_round: int, replies: list[ClientReply]) -> Result:
         return self.strategy.aggregate_stacked(server_round, replies)  # type: ignore[attr-defined]
 
+    def _noised_release(self, server_round: int, replies: list[ClientReply], clip: bool) -> Result:
+        """The fixed-clipping wrappers' round, as Flower's: validate the replies, clip each update to
+        the global model on the stack (server-side clipping only), the base's stacked aggregate,
+        then Flower's noise and the accountant's release."""
+        messages = [r.message for r in replies]
+        event = self._pop_pending_event(server_round)
+        if not validate_replies(messages, self.num_sampled_clients, strict=self.accountant is not None):
+            return None, None
+        self._validate_uniform_weights(messages)
+        if clip:
+            replies, _ = clip_to_global(replies, self.current_arrays, self.clipping_norm)
+            log(INFO, "aggregate_fit: parameters are clipped by value: %.4f.", self.clipping_norm)
+        arrays, metrics = self._base(server_round, replies)
+        if arrays:
+            arrays = self._add_noise_to_aggregated_arrays(arrays)
+            self._compose_release(event)
+        return arrays, metrics
+
 
 class DifferentialPrivacyServerSideFixedClipping(_StackedDP,
                                                   flwr_strategy.DifferentialPrivacyServerSideFixedClipping):
     """Flower's central DP with server-side fixed clipping (McMahan et al., ICLR 2018): clipping on the stack."""
 
     def _aggregate_stacked(self, server_round: int, replies: list[ClientReply]) -> Result:
-        messages = [r.message for r in replies]
-        event = self._pop_pending_event(server_round)
-        if not validate_replies(messages, self.num_sampled_clients, strict=self.accountant is not None):
-            return None, None
-        self._validate_uniform_weights(messages)
-        clipped, _ = clip_to_global(replies, self.current_arrays, self.clipping_norm)
-        log(INFO, "aggregate_fit: parameters are clipped by value: %.4f.", self.clipping_norm)
-        arrays, metrics = self._base(server_round, clipped)
-        if arrays:
-            arrays = self._add_noise_to_aggregated_arrays(arrays)
-            self._compose_release(event)
-        return arrays, metrics
+        return self._noised_release(server_round, replies, clip=True)
 
 
 class DifferentialPrivacyServerSideAdaptiveClipping(_StackedDP,
@@ -605,16 +612,7 @@ class DifferentialPrivacyClientSideFixedClipping(_StackedDP,
     """Flower's central DP with client-side fixed clipping: the base's stacked aggregate plus Flower's noise."""
 
     def _aggregate_stacked(self, server_round: int, replies: list[ClientReply]) -> Result:
-        messages = [r.message for r in replies]
-        event = self._pop_pending_event(server_round)
-        if not validate_replies(messages, self.num_sampled_clients, strict=self.accountant is not None):
-            return None, None
-        self._validate_uniform_weights(messages)
-        arrays, metrics = self._base(server_round, replies)
-        if arrays:
-            arrays = self._add_noise_to_aggregated_arrays(arrays)
-            self._compose_release(event)
-        return arrays, metrics
+        return self._noised_release(server_round, replies, clip=False)
 
 
 class DifferentialPrivacyClientSideAdaptiveClipping(_StackedDP,

@@ -50,7 +50,7 @@ def _both_engines(name: str, sizes: tuple[int, ...], recipe: SGDRecipe, dtype: t
     clients = []
     for k, (x, y) in enumerate(data):
         generator = training.seeded_generator(0, 1, k)
-        clients.append(LockstepClient(x, y, model.state_dict(), generator, training.dropout_generator(generator)))
+        clients.append(LockstepClient(x, y, model.state_dict(), generator))
     return sequential, LockstepTrainer(model, (3, 32, 32)).train(clients, recipe)
 
 

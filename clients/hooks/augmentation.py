@@ -69,7 +69,6 @@ class AugmentHook(Hook):
         elif target == "random":
             self.needs = ("crucial" if random_like == "crucial" else "select",)
         self.transform = build_transform(transform, num_ops, magnitude)
-        self._batches = 0
 
     def _targets(self, data: LocalData, ctx: HookContext) -> np.ndarray:
         if self.target == "all":

@@ -30,7 +30,7 @@ from torch.func import grad_and_value, vmap
 from fedsim.ops.interrupt import check_stop
 from fedsim.core.recipe import SGDRecipe
 
-from ..training import TrainStats
+from ..training import TrainStats, dropout_generator
 from .functional import FunctionalModel
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,15 +43,15 @@ class LockstepClient:
 
     ``x``: the model's inputs, or uint8 images that ``prepare_batch`` turns into them per batch.
     ``generator`` shuffles (one ``randperm`` per epoch, as the sequential engine draws them);
-    ``dropout`` draws the client's dropout masks, layer by layer and step by step as the
-    sequential engine draws them (:func:`fedsim.clients.training.dropout_from`).
+    The client's dropout masks come from :func:`~fedsim.clients.training.dropout_generator` of
+    ``generator``, layer by layer and step by step as the sequential engine draws them
+    (:func:`fedsim.clients.training.dropout_from`).
     """
 
     x: torch.Tensor
     y: torch.Tensor
     state: dict[str, torch.Tensor]
     generator: torch.Generator
-    dropout: torch.Generator
     prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
     batch_loss: BatchLoss | None = None
 
@@ -127,7 +127,7 @@ class LockstepTrainer:
         device = clients[0].x.device
         stacked = self._stack(clients, recipe)
         plans = [batch_plan(len(c.y), recipe, c.generator, fm.has_batchnorm) for c in clients]
-        dropout_generators = [c.dropout for c in clients]
+        dropout_generators = [dropout_generator(c.generator) for c in clients]  # from the initial seed: shuffles drawn do not matter
         dtype = next(iter(stacked.params.values())).dtype
         k = len(clients)
         total_loss = torch.zeros(k, device=device)  # float32, as training.train accumulates

@@ -132,7 +132,7 @@ def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float
         try:
             with time_limit(limit * len(chunk), chunk[0].client_id):
                 inputs = [_inputs(run, model, start, server_round, task) for task in chunk]
-                clients = [LockstepClient(i.x, i.y, start, i.generator, i.dropout, i.prepare_batch,
+                clients = [LockstepClient(i.x, i.y, start, i.generator, i.prepare_batch,
                                           i.batch_loss) for i in inputs]
                 result = trainer.train(clients, recipe)
         except ClientTimeout:  # one slow client must not fail its chunk-mates: one by one, each limited
