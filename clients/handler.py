@@ -46,6 +46,7 @@ from fedsim.core.protocol import (
 )
 
 from .client import LocalClient
+from .clipping import ClientClipping
 from .distill import distill_round, evaluate_views
 from .limits import time_limit
 from .process import worker_process
@@ -97,17 +98,20 @@ class TrainUpdate:
 
 
 def trains_direct(msg: Message) -> bool:
-    """Whether a task can skip the ClientApp: a plain training task no mod acts on.
+    """Whether a task can skip fedsim's ClientApp: a training task whose reply is weights.
 
-    The ClientApp's one mod, client-side DP clipping, acts only on a train config with a
-    clipping norm; distillation rounds reply with outputs, not weights. Every other training
-    task gives the same reply whether the ClientApp's mods run or not, so a worker may call
+    Distillation rounds reply with outputs, not weights. The ClientApp's one mod, client-side DP
+    clipping, acts only on a train config with a clipping norm, and the worker applies it itself
+    (:class:`fedsim.clients.clipping.ClientClipping`) when the mod's preconditions hold. Every
+    such task gives the same reply as through the ClientApp, so a worker may call
     :func:`train_update` directly and keep the weights stacked (:mod:`fedsim.core.stack`).
     """
     if msg.metadata.message_type != MessageType.TRAIN or not msg.has_content():
         return False
     config = message_config(msg)
-    return not config.get(DISTILL, False) and KEY_CLIPPING_NORM not in config
+    if config.get(DISTILL, False):
+        return False
+    return KEY_CLIPPING_NORM not in config or ClientClipping.fits_fast_path(msg)
 
 
 def train_update(msg: Message, client_id: int, lockstep: LockstepOutcome | None = None) -> TrainUpdate:

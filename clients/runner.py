@@ -8,9 +8,11 @@ the client's message, and an exception becomes that client's error reply -- the 
 clients go on. A client that takes longer than ``executor.client_timeout`` is interrupted by
 the client handler (:func:`fedsim.clients.limits.time_limit`) and fails alone.
 
-The fast path: with fedsim's own ClientApp, a training task that no mod acts on
-(:func:`fedsim.clients.handler.trains_direct`) is trained without building a reply per client
-around its weights. The weights of the worker's clients are stacked per layout
+The fast path: with fedsim's own ClientApp, a training task whose reply is weights
+(:func:`fedsim.clients.handler.trains_direct`) is trained without the ClientApp and without a
+Flower ``Message`` per client (the reply's records, :class:`~fedsim.core.protocol.ClientReply`);
+the ClientApp's one mod, client-side DP clipping, is applied by the worker to the client's
+weights as the mod would (:class:`~fedsim.clients.clipping.ClientClipping`). The weights of the worker's clients are stacked per layout
 (:mod:`fedsim.core.stack`) and each reply carries metrics and a view of its client's row; the
 worker sends its stacks once (cohort) or the server reads them in place (in-process).
 
@@ -29,10 +31,11 @@ from flwr.clientapp import ClientApp
 from flwr.supercore.task_identity import TaskIdentity
 
 from fedsim.core.arrays import nonfinite_update
-from fedsim.core.protocol import PARTITION_ID, ClientReply, ClientTask, failed_reply, reply
+from fedsim.core.protocol import PARTITION_ID, ClientReply, ClientTask, failed_reply, reply_content
 from fedsim.core.stack import Layout, UpdateStack
 from fedsim.ops.interrupt import check_stop
 
+from .clipping import ClientClipping
 from .handler import train_update, trains_direct
 from .lockstep.planner import LockstepOutcome, train_in_lockstep
 
@@ -146,9 +149,14 @@ class ClientRunner:
         """The client trained without its ClientApp: a metrics-only reply, and its weights apart."""
         try:
             update = train_update(task.message, task.client_id, outcome)
+            state, metrics = update.state, dict(update.metrics)
+            clipping = ClientClipping.asked_by(task.message)  # the ClientApp's DP clipping mod, on its weights
+            if clipping is not None and state is not None:
+                state = clipping.apply(task.message, state, metrics)
         except Exception as error:  # noqa: BLE001 - a client's failure is a reply, as in Flower
             return failed_reply(task, f"{type(error).__name__}: {error}"), None
-        return ClientReply(task.client_id, reply(task.message, task.client_id, update.metrics)), update.state
+        content = reply_content(task.client_id, metrics)  # no Message: made only if a strategy asks
+        return ClientReply(task.client_id, content=content, reply_to=task.message), state
 
 
 def stack_updates(tasks: list[ClientTask], replies: list[ClientReply],

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedsim.core.arrays import aggregate_arrays
@@ -52,9 +52,10 @@ def reply_order_key(msg: Message) -> tuple[int, int]:
 class WeightedFedAvg(FedAvg):
     """FedAvg (McMahan et al. 2017): mean weighted by ``weighted_by_key``; dtypes preserved."""
 
-    def _weights(self, replies: list[Message]) -> np.ndarray:
-        return np.array([float(next(iter(m.content.metric_records.values()))[self.weighted_by_key])
-                         for m in replies])
+    def _weights(self, contents: list[RecordDict]) -> np.ndarray:
+        """Each reply's weight, from its records (in the order given)."""
+        return np.array([float(next(iter(c.metric_records.values()))[self.weighted_by_key])
+                         for c in contents])
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
@@ -64,8 +65,9 @@ class WeightedFedAvg(FedAvg):
             return None, None
         valid = sorted(valid, key=reply_order_key)
         records = [next(iter(m.content.array_records.values())) for m in valid]
-        arrays = aggregate_arrays(records, self._weights(valid))
-        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
+        contents = [m.content for m in valid]
+        arrays = aggregate_arrays(records, self._weights(contents))
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return arrays, metrics
 
     def aggregate_stacked(
@@ -76,17 +78,17 @@ class WeightedFedAvg(FedAvg):
         if not replies:
             return None, None
         valid = sorted(replies, key=lambda r: r.client_id)
-        messages = [r.message for r in valid]
-        arrays = weighted_mean([r.update for r in valid], self._weights(messages))
-        metrics = self.train_metrics_aggr_fn([m.content for m in messages], self.weighted_by_key)
+        contents = [r.content for r in valid]  # no per-client Message is made on this path
+        arrays = weighted_mean([r.update for r in valid], self._weights(contents))
+        metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
         return arrays, metrics
 
 
 class UniformAvg(WeightedFedAvg):
     """Plain (unweighted) mean of the client models."""
 
-    def _weights(self, replies: list[Message]) -> np.ndarray:
-        return np.ones(len(replies))
+    def _weights(self, contents: list[RecordDict]) -> np.ndarray:
+        return np.ones(len(contents))
 
 
 class SequentialEMA(WeightedFedAvg):
@@ -104,5 +106,5 @@ class SequentialEMA(WeightedFedAvg):
         super().__init__(**kwargs)
         self.beta = beta
 
-    def _weights(self, replies: list[Message]) -> np.ndarray:
-        return ema_weights(len(replies), self.beta)
+    def _weights(self, contents: list[RecordDict]) -> np.ndarray:
+        return ema_weights(len(contents), self.beta)

@@ -42,9 +42,9 @@ BatchNorm's ``num_batches_tracked`` comes out float64, as ``aggregate_arrayrecor
   stack with its norm from Flower's own ``get_norm`` (:func:`flower_norm`), the base strategy
   aggregates the clipped stack, and the noise is Flower's own function on the aggregate
   (NumPy's global generator: the same draws, in the same order, as the per-client path).
-* ``dp-*-client`` -- the base's aggregate plus Flower's noise: as the base. Their tasks take
-  fedsim's ClientApp path (the clipping mod), so their replies usually carry no stack and the
-  loop calls ``aggregate_train``.
+* ``dp-*-client`` -- the base's aggregate plus Flower's noise: as the base. Their clients' weights
+  are clipped by the worker with the clipping mod's own arithmetic before they are stacked
+  (:mod:`fedsim.clients.clipping`), so their replies carry a stack like any other.
 
 On a CPU, two reductions are NumPy's own, on views of the stack: sorting (:func:`sorted_rows`,
 an order of magnitude faster there than torch's) and the norms (whose float32 summation order
@@ -64,7 +64,6 @@ Bulyan with fewer than ``4f + 3`` clients (no aggregate), a zero update norm (di
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,7 +132,7 @@ class StackedRound:
 
     @property
     def contents(self) -> list[RecordDict]:
-        return [r.message.content for r in self.replies]
+        return [r.content for r in self.replies]
 
     def weights(self, key: str) -> list[float]:
         """Each reply's weight, read as ``aggregate_arrayrecords`` reads it (the first MetricRecord)."""
@@ -359,7 +358,7 @@ def clip_to_global(replies: Sequence[ClientReply], current: ArrayRecord,
     rows = {dtype: torch.cat([restored[name] for name, *_ in members], dim=1)
             for dtype, members in new_layout.groups.items()}
     stack = UpdateStack([r.client_id for r in stacked.replies], new_layout, rows)
-    return [dataclasses.replace(r, update=stack.view(k)) for k, r in enumerate(stacked.replies)], clipped
+    return [r.with_update(stack.view(k)) for k, r in enumerate(stacked.replies)], clipped
 
 
 # ----------------------------------------------------------------------------- FedAvg and its server optimizers

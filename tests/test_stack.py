@@ -161,7 +161,10 @@ def test_the_server_screen_reads_stacked_updates_in_place() -> None:
 
 def test_only_plain_training_tasks_skip_the_client_app() -> None:
     assert trains_direct(task(0, ArrayRecord(states(1)[0]), **{"server-round": 1}).message)
-    assert not trains_direct(task(0, ArrayRecord(states(1)[0]), **{KEY_CLIPPING_NORM: 1.0}).message)  # DP clipping mod
+    assert trains_direct(task(0, ArrayRecord(states(1)[0]), **{KEY_CLIPPING_NORM: 1.0}).message)  # clipped by the worker
+    with_peer = task(0, ArrayRecord(states(1)[0]), **{KEY_CLIPPING_NORM: 1.0}).message
+    with_peer.content["peer-3"] = ArrayRecord(states(1)[0])  # the mod refuses several ArrayRecords: the ClientApp's path
+    assert not trains_direct(with_peer)
     assert not trains_direct(task(0, ArrayRecord(states(1)[0]), **{"fedsim.distill": True}).message)
     evaluate = Message(RecordDict({"config": ConfigRecord()}), dst_node_id=0, message_type=MessageType.EVALUATE)
     assert not trains_direct(evaluate)
@@ -183,3 +186,62 @@ def test_the_in_process_executor_keeps_weights_stacked_with_fedsims_client_app(s
         assert_same_bits(as_dict(f.arrays), as_dict(s.arrays))
         assert f.upload_bytes == s.upload_bytes
     assert Layout.of(fast[0].update.tensors()) == fast[0].update.layout
+
+
+def test_the_fast_path_and_a_stacked_aggregate_build_no_message_per_client(small_config, monkeypatch) -> None:
+    """Replies of the fast path are records without a Flower ``Message``; one is made only on request."""
+    from fedsim.strategies.averaging import WeightedFedAvg
+
+    prepared = prepare(small_config())
+    arrays = ArrayRecord(initial_model(prepared.config, prepared.dataset).state_dict())
+    config = ConfigRecord({"fedsim.run-dir": str(prepared.staging.resolve()), "server-round": 1})
+    tasks = [task(c, arrays, **dict(config)) for c in (0, 3, 4)]
+    made = []
+    original = Message.__init__
+
+    def counting(self, *args, **kwargs) -> None:  # noqa: ANN001, ANN002, ANN003 - Message's signature
+        made.append(kwargs.get("reply_to"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Message, "__init__", counting)
+    replies = InProcessExecutor(client_app, 10).execute(tasks)
+    expected = aggregate_arrays([ArrayRecord(r.update.tensors()) for r in replies],
+                                np.array([r.metrics["num-examples"] for r in replies], dtype=np.float64))
+    mean, metrics = WeightedFedAvg().aggregate_stacked(1, replies)
+    assert made == []  # neither the executor nor the stacked aggregate made a message
+    assert_same_bits(as_dict(mean), as_dict(expected))
+    weights = [r.metrics["num-examples"] for r in replies]
+    loss = sum(w * r.metrics["train-loss"] for w, r in zip(weights, replies)) / sum(weights)
+    assert metrics["train-loss"] == pytest.approx(loss, rel=1e-12)
+    message = replies[1].message  # asked for: made once, replying to its task, with the same records
+    assert len(made) == 1 and made[0] is tasks[1].message and replies[1].message is message
+    assert message.content["metrics"]["num-examples"] == replies[1].metrics["num-examples"]
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_client_side_dp_clipping_on_the_fast_path_equals_flowers_mod_bit_for_bit(small_config, adaptive) -> None:
+    """The worker clips a client's weights as Flower's fixed/adaptive clipping mod does through the ClientApp."""
+    from flwr.supercore.differential_privacy import KEY_NORM_BIT
+
+    prepared = prepare(small_config())
+    arrays = ArrayRecord(initial_model(prepared.config, prepared.dataset).state_dict())
+    norms = {}
+    for norm in (1e-3, 1e3):  # every update clipped; none clipped
+        config = {"fedsim.run-dir": str(prepared.staging.resolve()), "server-round": 1, KEY_CLIPPING_NORM: norm,
+                  "fedsim.dp-adaptive": adaptive}
+        tasks = [task(c, arrays, **config) for c in (0, 3, 4)]
+        fast = InProcessExecutor(client_app, 10).execute(tasks)
+        slow = InProcessExecutor(lambda msg, context: client_app(msg, context), 10).execute(tasks)
+        assert all(r.ok and r.update is not None for r in fast) and all(r.ok and r.update is None for r in slow)
+        for f, s in zip(fast, slow):
+            assert_same_bits(as_dict(f.arrays), as_dict(s.arrays))
+            if adaptive:
+                assert f.metrics[KEY_NORM_BIT] == s.metrics[KEY_NORM_BIT]
+            else:
+                assert KEY_NORM_BIT not in f.metrics
+        update = {k: f.arrays[k].numpy().astype(np.float64) - arrays[k].numpy() for k in arrays.keys()}
+        norms[norm] = float(np.sqrt(sum(np.sum(u * u) for u in update.values())))
+        if adaptive:
+            assert [int(r.metrics[KEY_NORM_BIT]) for r in fast] == [int(norm < 1)] * 3
+    assert norms[1e-3] == pytest.approx(1e-3, rel=1e-3)  # clipped to the norm
+    assert norms[1e3] > 1e-2  # left as trained

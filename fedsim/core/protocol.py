@@ -103,38 +103,80 @@ class ClientTask:
     message: Message
 
 
-@dataclass
 class ClientReply:
     """What came back for one task: the client's reply message, or one carrying an ``Error``.
 
+    A reply is built either from a ``message`` (what a ClientApp or a Flower node returned) or,
+    on a worker's fast path, from the reply's ``content`` and the task it answers
+    (``reply_to``): the Flower ``Message`` around that content is then made only when someone
+    asks for :attr:`message` (a strategy on the per-client path, Flower's evaluate aggregation),
+    so a round whose strategy aggregates the stack builds none per client. Such a reply is
+    always a success (a failure is an ``Error`` message, :func:`failed_reply`).
+
     ``sent_bytes`` is what the client uploaded when its arrays did not travel on their own (a
-    streaming cohort worker summed them); None means: count the message's arrays.
+    streaming cohort worker summed them); None means: count the message's arrays. ``update``
+    is the client's arrays as a row of its worker's stack (not in the message).
     """
 
-    client_id: int
-    message: Message
-    sent_bytes: int | None = None
-    update: StackedUpdate | None = None  # the client's arrays as a row of its worker's stack (not in the message)
+    __slots__ = ("client_id", "sent_bytes", "update", "_message", "_content", "_reply_to")
+
+    def __init__(self, client_id: int, message: Message | None = None, sent_bytes: int | None = None,
+                 update: StackedUpdate | None = None, *, content: RecordDict | None = None,
+                 reply_to: Message | None = None) -> None:
+        if (message is None) == (content is None):
+            raise ValueError("a ClientReply needs a message or a content (with the task it replies to), not both")
+        if content is not None and reply_to is None:
+            raise ValueError("a ClientReply built from a content needs the task message it replies to")
+        self.client_id = client_id
+        self.sent_bytes = sent_bytes
+        self.update = update
+        self._message = message
+        self._content = content
+        self._reply_to = reply_to
+
+    def __repr__(self) -> str:
+        state = "ok" if self.ok else f"error {self.error!r}"
+        return f"ClientReply(client_id={self.client_id}, {state}, stacked={self.update is not None})"
+
+    def with_update(self, update: StackedUpdate) -> ClientReply:
+        """This reply with another stacked row (e.g. the row after clipping); the records are shared."""
+        return ClientReply(self.client_id, self._message, self.sent_bytes, update,
+                           content=self._content, reply_to=self._reply_to)
+
+    @property
+    def message(self) -> Message:
+        """The reply as a Flower ``Message`` (made from the content on first use)."""
+        if self._message is None:
+            self._message = Message(content=self._content, reply_to=self._reply_to)
+            self._content = self._reply_to = None
+        return self._message
+
+    @property
+    def content(self) -> RecordDict:
+        """The reply's records (of a successful reply), without making a ``Message`` for them."""
+        return self._content if self._message is None else self._message.content
 
     @property
     def upload_bytes(self) -> int:
         """Bytes of model arrays the client sent (what a real client would upload)."""
         if self.sent_bytes is not None:
             return self.sent_bytes
-        return self.update.nbytes if self.update is not None else array_bytes([self.message])
+        if self.update is not None:
+            return self.update.nbytes
+        return 0 if not self.ok else sum(record.count_bytes() for record in self.content.array_records.values())
 
     @property
     def ok(self) -> bool:
-        return not self.message.has_error()
+        return self._message is None or not self._message.has_error()
 
     @property
     def error(self) -> str:
         """The failure's reason ("" for a successful reply)."""
-        return (self.message.error.reason or "error") if self.message.has_error() else ""
+        return "" if self.ok else (self._message.error.reason or "error")
 
     @property
     def metrics(self) -> MetricRecord:
-        return self.message.content[METRICS]
+        return self.content[METRICS]
 
     @property
     def arrays(self) -> ArrayRecord:
@@ -147,8 +189,8 @@ class ClientReply:
         A stacked update (:mod:`fedsim.core.stack`) is serialized into the message here, once;
         a reply that already carries its arrays is returned as it is.
         """
-        if self.update is not None and self.ok and ARRAYS not in self.message.content.array_records:
-            self.message.content[ARRAYS] = self.update.record()
+        if self.update is not None and self.ok and ARRAYS not in self.content.array_records:
+            self.content[ARRAYS] = self.update.record()
         return self.message
 
 
@@ -157,14 +199,20 @@ def failed_reply(task: ClientTask, reason: str, code: int = CLIENT_RAISED) -> Cl
     return ClientReply(task.client_id, Message(Error(code=code, reason=reason), reply_to=task.message))
 
 
-def reply(to: Message, client_id: int, metrics: Mapping[str, float | int],
-          arrays: ArrayRecord | None = None) -> Message:
-    """A client's reply: its metrics, its partition id and (train) its arrays."""
+def reply_content(client_id: int, metrics: Mapping[str, float | int],
+                  arrays: ArrayRecord | None = None) -> RecordDict:
+    """A client's reply records: its metrics, its partition id and (train) its arrays."""
     content = RecordDict({METRICS: MetricRecord(dict(metrics)),
                           CLIENT: ConfigRecord({PARTITION_ID: int(client_id)})})
     if arrays is not None:
         content[ARRAYS] = arrays
-    return Message(content=content, reply_to=to)
+    return content
+
+
+def reply(to: Message, client_id: int, metrics: Mapping[str, float | int],
+          arrays: ArrayRecord | None = None) -> Message:
+    """A client's reply message to the task ``to`` (:func:`reply_content` in a ``Message``)."""
+    return Message(content=reply_content(client_id, metrics, arrays), reply_to=to)
 
 
 def reply_client_id(message: Message) -> int | None:
@@ -311,7 +359,7 @@ def pack_cohort_replies(replies: list[ClientReply], seconds: float, stream_key: 
             failed.append(client_reply.client_id)
             reasons.append(client_reply.error)
             continue
-        if stream_key and (client_reply.update is not None or ARRAYS in client_reply.message.content.array_records):
+        if stream_key and (client_reply.update is not None or ARRAYS in client_reply.content.array_records):
             streamed.append(client_reply)
             sizes.append(client_reply.upload_bytes)
         elif client_reply.update is not None and id(client_reply.update.stack) not in stacks:
@@ -319,7 +367,7 @@ def pack_cohort_replies(replies: list[ClientReply], seconds: float, stream_key: 
             record, layout = client_reply.update.stack.to_record()
             packed[f"stack{j}"] = record
             meta.update({f"stack{j}-{key}": value for key, value in layout.items()})
-        for name, record in client_reply.message.content.items():
+        for name, record in client_reply.content.items():
             if not (stream_key and name == ARRAYS):
                 packed[f"{client_reply.client_id}:{name}"] = record
     if streamed:

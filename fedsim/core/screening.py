@@ -54,7 +54,7 @@ def screen_updates(tasks: list[ClientTask], replies: list[ClientReply], referenc
             bad = reply.update.stack.nonfinite(reply.update.index) if not reason else []
             if bad:
                 reason = nonfinite_update(bad)
-        elif reply.ok and reply.message.content.array_records:
+        elif reply.ok and reply.content.array_records:
             arrays = reply.arrays
             reason = _mismatch({key: tuple(arrays[key].shape) for key in arrays.keys()}, expected)
             bad = nonfinite_keys(arrays) if not reason else []
