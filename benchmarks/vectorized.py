@@ -14,6 +14,10 @@ Two measurements, each printing ratios of medians measured side by side in one i
   sizes spread around ``--samples`` and also times the alternative to fedsim's
   group-by-batch-size steps: padding every batch to full size and masking padded samples out
   of the loss (for models without BatchNorm, where padding would corrupt the statistics).
+  ``--augment TRANSFORM`` gives clients uint8 images that the ``augment`` hook transforms
+  online (then normalised), as with hooks in a run, and adds the side ``vectorized+client-augment``:
+  the lockstep engine with one augmentation call per client and step instead of one per step
+  group (how it prepared batches before the cohort call).
 * ``run``: a real fedsim run on the cohort executor (Flower + Ray), sequential vs vectorized
   (+ compile): seconds per round after the first (the first compiles), and the compile time.
   Each engine runs in its best shape on the same CPUs: the sequential engine with one
@@ -22,6 +26,7 @@ Two measurements, each printing ratios of medians measured side by side in one i
 
     python benchmarks/vectorized.py                                  # engine: lenet5, resnet8; K = 10, 50, 100
     python benchmarks/vectorized.py --models lenet5 --cohorts 50 --unequal
+    python benchmarks/vectorized.py --models lenet5 --cohorts 50 --augment flip_crop --no-compile
     python benchmarks/vectorized.py run --clients 1000 --per-round 100 --rounds 4
     python benchmarks/vectorized.py round --models lenet5 --clients 1000 --per-round 100 --rounds 4
 
@@ -51,7 +56,10 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
 from fedsim.clients import training
+from fedsim.clients.hooks import AugmentHook, HookContext, LocalData
+from fedsim.clients.hooks.augmentation import TRANSFORMS
 from fedsim.clients.lockstep.engine import LockstepClient, LockstepTrainer
+from fedsim.clients.preparation import PrepareBatch, batch_preparation
 from fedsim.runs.experiment import run
 from fedsim.ops.logs import quiet_flower
 from fedsim.models import build_model
@@ -61,25 +69,51 @@ from fedsim.config.validation import load_config
 
 # ------------------------------------------------------------------------------ engine level
 
+MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # CIFAR-10's, for --augment
 
-def make_clients(k: int, samples: int, unequal: bool, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+
+def make_clients(k: int, samples: int, unequal: bool, device: torch.device,
+                 images: bool = False) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Synthetic clients: float inputs, or (``images``) uint8 images to prepare per batch."""
     rng = torch.Generator().manual_seed(0)
     sizes = [samples] * k if not unequal else \
         torch.randint(max(2, samples // 2), samples * 3 // 2 + 1, (k,), generator=rng).tolist()
-    return [(torch.randn(n, 3, 32, 32, generator=rng).to(device), torch.randint(0, 10, (n,), generator=rng).to(device))
-            for n in sizes]
+    return [(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=rng).to(device) if images
+             else torch.randn(n, 3, 32, 32, generator=rng).to(device),
+             torch.randint(0, 10, (n,), generator=rng).to(device)) for n in sizes]
 
 
-def sequential(model: torch.nn.Module, data: list, recipe: SGDRecipe) -> None:
+def online_augment(transform: str, client_id: int, x: torch.Tensor, y: torch.Tensor) -> PrepareBatch:
+    """Client ``client_id``'s batch preparation with the ``augment`` hook online, as a run builds it."""
+    hooks = [AugmentHook(transform=transform, mode="online")]
+    ctx = HookContext(seed=0, server_round=1, client_id=client_id, device=x.device, global_model=None,
+                      normalize=lambda xb: training.normalize(xb, MEAN, STD), build_model=None,
+                      recipe=None, peers=[])
+    hooks[0].prepare(LocalData(x, y, 10), ctx)
+    return batch_preparation(hooks, ctx, MEAN, STD)
+
+
+def preparations(data: list, augment: str | None, per_client: bool = False) -> list[PrepareBatch | None]:
+    """Fresh preparations of the clients' batches (None: their data are the inputs); ``per_client``
+    wraps each in a plain function, which the lockstep engine calls per client and step."""
+    if augment is None:
+        return [None] * len(data)
+    prepared = [online_augment(augment, k, x, y) for k, (x, y) in enumerate(data)]
+    return [(lambda xb, p=p: p(xb)) for p in prepared] if per_client else prepared
+
+
+def sequential(model: torch.nn.Module, data: list, recipe: SGDRecipe, augment: str | None = None) -> None:
     start = copy.deepcopy(model.state_dict())
-    for k, (x, y) in enumerate(data):
+    for k, ((x, y), prepare) in enumerate(zip(data, preparations(data, augment))):
         model.load_state_dict(start)
-        training.train(model, x, y, recipe, training.seeded_generator(0, 1, k))
+        training.train(model, x, y, recipe, training.seeded_generator(0, 1, k), prepare_batch=prepare)
 
 
-def lockstep_clients(model: torch.nn.Module, data: list) -> list[LockstepClient]:
+def lockstep_clients(model: torch.nn.Module, data: list, augment: str | None = None,
+                     per_client: bool = False) -> list[LockstepClient]:
     state = model.state_dict()
-    return [LockstepClient(x, y, state, training.seeded_generator(0, 1, k)) for k, (x, y) in enumerate(data)]
+    return [LockstepClient(x, y, state, training.seeded_generator(0, 1, k), prepare)
+            for k, ((x, y), prepare) in enumerate(zip(data, preparations(data, augment, per_client)))]
 
 
 def masked_padding(model: torch.nn.Module, data: list, recipe: SGDRecipe) -> None:
@@ -152,19 +186,23 @@ def engine_benchmark(args: argparse.Namespace) -> list[dict]:
         for k in (int(c) for c in args.cohorts.split(",")):
             torch.manual_seed(0)
             model = build_model(name, 10, 0, 3).to(device)
-            data = make_clients(k, args.samples, args.unequal, device)
+            augment = args.augment
+            data = make_clients(k, args.samples, args.unequal, device, images=augment is not None)
             eager = LockstepTrainer(model, (3, 32, 32))
             compiled = LockstepTrainer(model, (3, 32, 32), compile=True)
             compiled_model = copy.deepcopy(model)
             compiled_model.forward = torch.compile(compiled_model.forward)
             sides: dict[str, Callable[[], object]] = {
-                "sequential": lambda: sequential(model, data, recipe),
-                "vectorized": lambda: eager.train(lockstep_clients(model, data), recipe),
+                "sequential": lambda: sequential(model, data, recipe, augment),
+                "vectorized": lambda: eager.train(lockstep_clients(model, data, augment), recipe),
             }
+            if augment is not None:
+                sides["vectorized+client-augment"] = lambda: eager.train(
+                    lockstep_clients(model, data, augment, per_client=True), recipe)
             if args.compile:
-                sides["sequential+compile"] = lambda: sequential(compiled_model, data, recipe)
-                sides["vectorized+compile"] = lambda: compiled.train(lockstep_clients(model, data), recipe)
-            if args.unequal and not eager.functional.has_batchnorm:
+                sides["sequential+compile"] = lambda: sequential(compiled_model, data, recipe, augment)
+                sides["vectorized+compile"] = lambda: compiled.train(lockstep_clients(model, data, augment), recipe)
+            if args.unequal and not eager.functional.has_batchnorm and augment is None:
                 sides["padded+masked"] = lambda: masked_padding(model, data, recipe)
             warm = {side: timed(fn, device) for side, fn in sides.items()}  # first calls compile
             times: dict[str, list[float]] = {side: [] for side in sides}
@@ -313,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=50, help="samples per client")
     parser.add_argument("--unequal", action="store_true", help="engine: client sizes spread around --samples")
     parser.add_argument("--batch-size", type=int, default=10)
+    parser.add_argument("--augment", choices=TRANSFORMS, help="engine: uint8 images augmented online by the "
+                        "augment hook; adds the side with one augmentation call per client and step")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="engine: skip compiled sides")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="engine: torch threads (0 = torch's default)")

@@ -76,8 +76,11 @@ def train(msg: Message, context: Context) -> Message:
 
 @client_app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate on this node's client's held-out split."""
-    return handle_evaluate(msg, int(context.node_config[PARTITION_ID]))
+    """Evaluate on this node's client's held-out split.
+
+    In a cohort, the runner's context brings the vectorized engine's scores for this task, if any.
+    """
+    return handle_evaluate(msg, int(context.node_config[PARTITION_ID]), lockstep_outcome(context))
 
 
 @client_app.query()

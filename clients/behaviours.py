@@ -9,8 +9,8 @@ runs, and no message has to carry it.
 
 A :class:`Behaviour` acts at named points of a client's task; the client handler
 (:mod:`fedsim.clients.handler`) calls them. ``trains_in_lockstep`` says whether the vectorized
-engine may train the client with the others (a client that fails on purpose is left to the
-handler, which fails it alone).
+engine may train (or evaluate) the client with the others (a client that fails on purpose is left
+to the handler, which fails it alone).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class Behaviour:
     """Base class: every point does nothing; a behaviour overrides what it changes."""
 
     name: ClassVar[str] = ""
-    trains_in_lockstep: ClassVar[bool] = True  # may the vectorized engine train this client with others?
+    trains_in_lockstep: ClassVar[bool] = True  # may the vectorized engine train (or evaluate) this client with others?
 
     def __init__(self, **params: Any) -> None:
         self.params = params

@@ -19,6 +19,7 @@ from fedsim.core.recipe import SGDRecipe
 
 from . import training
 from .hooks import HookContext, LocalData
+from .preparation import PrepareBatch, batch_preparation
 from .worker import WorkerRun
 
 
@@ -27,17 +28,31 @@ class TrainingInputs:
     """What one client trains on in a round, in the form both training engines take.
 
     ``x``/``y``: the model's inputs, or uint8 images that ``prepare_batch`` augments and
-    normalises per batch (with hooks); ``generator`` shuffles (and seeds the dropout masks'
-    generator, :func:`fedsim.clients.training.dropout_generator`); ``batch_loss`` is the hooks'
-    loss stage and ``report`` what they did.
+    normalises per batch (with hooks; a :class:`~fedsim.clients.preparation.BatchPreparation`
+    when the vectorized engine may prepare several clients' batches in one call); ``generator``
+    shuffles (and seeds the dropout masks' generator,
+    :func:`fedsim.clients.training.dropout_generator`); ``batch_loss`` is the hooks' loss stage
+    and ``report`` what they did.
     """
 
     x: torch.Tensor
     y: torch.Tensor
     generator: torch.Generator
-    prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
+    prepare_batch: PrepareBatch | None = None
     batch_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     report: Callable[[], dict[str, float]] = dict
+
+
+def read_samples(run: WorkerRun, order: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The run's samples at ``order``, in that order, as a model takes them: normalised float32 images, labels.
+
+    On the run's device. The one place a client's images become model inputs without hooks
+    (training without hooks, :meth:`LocalClient.evaluate`, and the vectorized engine's batched
+    evaluation, :mod:`fedsim.clients.lockstep.evaluation`), so every path preprocesses alike.
+    """
+    x = training.to_tensor(run.x_train[order], run.spec.mean, run.spec.std, run.device)
+    y = torch.from_numpy(run.y_train[order]).to(run.device)
+    return x, y
 
 
 @dataclass
@@ -48,11 +63,11 @@ class LocalClient:
     run: WorkerRun
 
     def _tensors(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        order = np.sort(indices)  # sorted reads are sequential on the memory map
-        x = training.to_tensor(self.run.x_train[order], self.run.spec.mean, self.run.spec.std,
-                               self.run.device)
-        y = torch.from_numpy(self.run.y_train[order]).to(self.run.device)
-        return x, y
+        return read_samples(self.run, np.sort(indices))  # sorted reads are sequential on the memory map
+
+    def held_out(self) -> np.ndarray:
+        """The indices of the client's held-out split, sorted: the order every evaluation reads them in."""
+        return np.sort(self.run.partition.val_of(self.client_id))
 
     @property
     def num_train(self) -> int:
@@ -107,11 +122,7 @@ class LocalClient:
         )
         for hook in hooks:
             data = hook.prepare(data, ctx)
-
-        def prepare_batch(xb: torch.Tensor) -> torch.Tensor:
-            for hook in hooks:
-                xb = hook.transform_batch(xb, ctx)
-            return ctx.normalize(xb)
+        prepare_batch = batch_preparation(hooks, ctx, spec.mean, spec.std)
 
         def batch_loss(xb: torch.Tensor, yb: torch.Tensor, logits: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
             for hook in hooks:
@@ -127,5 +138,5 @@ class LocalClient:
 
     def evaluate(self, model: torch.nn.Module) -> training.EvalStats:
         """Loss and accuracy on the client's held-out split."""
-        x, y = self._tensors(self.run.partition.val_of(self.client_id))
+        x, y = read_samples(self.run, self.held_out())
         return training.evaluate(model, x, y, self.run.spec.eval_batch_size)

@@ -6,9 +6,10 @@ run, :meth:`fedsim.clients.process.WorkerProcess.run`), build the :class:`LocalC
 client id and reply in the protocol's format (:mod:`fedsim.core.protocol`). A worker running many
 clients calls :func:`train_update` directly for the training tasks no mod acts on
 (:func:`trains_direct`) and keeps their weights stacked (:class:`fedsim.clients.runner.ClientRunner`).
-A client the vectorized engine already trained (or sent back to the sequential engine) comes
-with its :class:`~fedsim.clients.lockstep.planner.LockstepOutcome`, passed in by the runner:
-the handler replies from it instead of training.
+A client the vectorized engine already trained (or sent back to the sequential engine), or
+already evaluated with the others that received its weights, comes with its
+:class:`~fedsim.clients.lockstep.planner.LockstepOutcome`, passed in by the runner: the handler
+replies from it instead of training or evaluating.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from .process import worker_process
 
 if TYPE_CHECKING:
     from .lockstep.planner import LockstepOutcome
+    from .worker import WorkerRun
 
 
 def _client(msg: Message, client_id: int, phase: str) -> LocalClient:
@@ -62,8 +64,13 @@ def _client(msg: Message, client_id: int, phase: str) -> LocalClient:
     return LocalClient(client_id, run)
 
 
-def _global_model(client: LocalClient, msg: Message):  # noqa: ANN202 - a FedsimNet
-    model = client.run.model()
+def global_model(run: WorkerRun, msg: Message):  # noqa: ANN201 - a FedsimNet
+    """The run's model (the worker's cached instance) holding the weights the task received.
+
+    What a client trains from and what federated evaluation scores, one client at a time here or
+    a group at once (:mod:`fedsim.clients.lockstep.evaluation`).
+    """
+    model = run.model()
     model.load_state_dict(msg.content[ARRAYS].to_torch_state_dict(), strict=True)
     return model
 
@@ -158,7 +165,7 @@ def _train(msg: Message, client_id: int, lockstep: LockstepOutcome | None) -> Tr
         if lockstep.compile_seconds:
             engine[COMPILE_SECONDS] = lockstep.compile_seconds
     else:
-        model = _global_model(client, msg)
+        model = global_model(client.run, msg)
         recipe = client.run.spec.recipe.with_proximal_mu(float(config.get(PROXIMAL_MU, 0.0)))
         peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(msg)]
         stats = client.fit(model, server_round, recipe, peers=peers)
@@ -171,16 +178,24 @@ def _train(msg: Message, client_id: int, lockstep: LockstepOutcome | None) -> Tr
     return TrainUpdate(metrics, state=state)
 
 
-def handle_evaluate(msg: Message, client_id: int) -> Message:
-    """Evaluate the task's weights (or, for distillation, the client's own model) on its held-out data."""
+def handle_evaluate(msg: Message, client_id: int, lockstep: LockstepOutcome | None = None) -> Message:
+    """Evaluate the task's weights (or, for distillation, the client's own model) on its held-out data.
+
+    ``lockstep``: the vectorized engine's outcome for this task, if it had one
+    (:func:`fedsim.clients.lockstep.evaluation.evaluate_in_lockstep`): the client's scores from
+    its group's batched evaluation, replied in the same form.
+    """
     with time_limit(_limit(msg), client_id):
-        return _evaluate(msg, client_id)
+        return _evaluate(msg, client_id, lockstep)
 
 
-def _evaluate(msg: Message, client_id: int) -> Message:
-    client = _client(msg, client_id, "evaluate")
+def _evaluate(msg: Message, client_id: int, lockstep: LockstepOutcome | None) -> Message:
+    client = _client(msg, client_id, "evaluate")  # its configured behaviour acts here, whichever engine scored it
     if message_config(msg).get(DISTILL, False):
         return reply(msg, client_id, evaluate_views(client))
-    stats = client.evaluate(_global_model(client, msg))
+    if lockstep is not None and lockstep.evaluation is not None:
+        stats = lockstep.evaluation
+    else:
+        stats = client.evaluate(global_model(client.run, msg))
     return reply(msg, client_id, {NUM_EXAMPLES: stats.num_examples, EVAL_LOSS: stats.loss,
                                   EVAL_ACCURACY: stats.accuracy})

@@ -16,7 +16,8 @@ messages. Whatever it keeps between them is owned by one :class:`WorkerProcess` 
   keep each client's Flower context across rounds.
 
 Results never pass through it: the vectorized engine's per-client outcomes are returned by
-:func:`~fedsim.clients.lockstep.planner.train_in_lockstep` and handed by the runner to each
+:func:`~fedsim.clients.lockstep.planner.train_in_lockstep` (and, for evaluate tasks,
+:func:`~fedsim.clients.lockstep.evaluation.evaluate_in_lockstep`) and handed by the runner to each
 client's handler call, so nothing of one call is left for the next.
 """
 

@@ -17,7 +17,8 @@ weights as the mod would (:class:`~fedsim.clients.clipping.ClientClipping`). The
 worker sends its stacks once (cohort) or the server reads them in place (in-process).
 
 The vectorized engine: before any client runs, :func:`~fedsim.clients.lockstep.planner.train_in_lockstep`
-trains the call's vectorizable tasks together and returns one outcome per task. The runner hands
+trains the call's vectorizable tasks together, and :func:`~fedsim.clients.lockstep.evaluation.evaluate_in_lockstep`
+scores its evaluate tasks that received the same weights together; one outcome per task. The runner hands
 each to its own client's call -- an argument of :func:`~fedsim.clients.handler.train_update` on
 the fast path, the client's :class:`ClientContext` for the duration of its ClientApp call
 (:func:`lockstep_outcome`) otherwise -- and keeps none of them after the call.
@@ -37,6 +38,7 @@ from fedsim.ops.interrupt import check_stop
 
 from .clipping import ClientClipping
 from .handler import train_update, trains_direct
+from .lockstep.evaluation import evaluate_in_lockstep
 from .lockstep.planner import LockstepOutcome, train_in_lockstep
 
 
@@ -64,7 +66,7 @@ class ClientContext(Context):
     ``lockstep`` is the vectorized engine's outcome for the task the ClientApp is being called
     on, set by the runner for that one call (None otherwise): the context is the argument
     Flower passes through the ClientApp's mods to its handler, so the outcome reaches
-    :func:`fedsim.clients.handler.handle_train` with the call and with nothing else.
+    :func:`fedsim.clients.handler.handle_train` (or ``handle_evaluate``) with the call and with nothing else.
     """
 
     def __init__(self, run_id: int, node_id: int, node_config: UserConfig, state: RecordDict,
@@ -118,7 +120,8 @@ class ClientRunner:
         if self.threads_per_client is not None:
             torch.set_num_threads(self.threads_per_client)
         try:
-            outcomes = train_in_lockstep(tasks)  # the vectorized engine's clients, trained before any replies
+            # the vectorized engine's clients, trained (or evaluated) before any replies; a task is one or the other
+            outcomes = [t or e for t, e in zip(train_in_lockstep(tasks), evaluate_in_lockstep(tasks))]
             replies, states = [], {}
             for position, (task, outcome) in enumerate(zip(tasks, outcomes)):
                 check_stop()  # Ctrl-C in this process: no further clients

@@ -59,6 +59,10 @@ class _UserHook(Hook):
         stage = getattr(self.inner, "transform_batch", None)
         return stage(xb, ctx) if stage else xb
 
+    def seeded_transform(self, ctx: HookContext):  # noqa: ANN201 - SeededTransform | None
+        stage = getattr(self.inner, "seeded_transform", None)
+        return stage(ctx) if stage else None
+
     def loss(self, xb, yb, logits, base_loss, ctx: HookContext):  # noqa: ANN001, ANN201
         stage = getattr(self.inner, "loss", None)
         return stage(xb, yb, logits, base_loss, ctx) if stage else base_loss

@@ -18,7 +18,8 @@ training; targets: ``all``, ``crucial`` / ``selected`` (the masks of earlier hoo
 marks, Singh and Toshniwal's baseline). ``mode = "online"`` transforms every training mini-batch instead.
 Each sample gets its own random parameters, drawn as tensors from the client's generator (seeded
 by (seed, round, client)) and applied to the whole batch at once; torch's global generator is
-not touched.
+not touched. Online, the hook describes its stage as a :class:`SeededTransform`, so the
+vectorized engine augments a step's batches of all clients in one call.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from .base import Hook, HookContext, LocalData, require
-from .transforms import Affine, BatchTransform, FlipCrop, RandAugment, Sequence
+from .transforms import Affine, BatchTransform, FlipCrop, RandAugment, SeededTransform, Sequence
 
 TRANSFORMS = ("affine", "flip_crop", "randaugment", "flip_crop_randaugment")
 TARGETS = ("all", "crucial", "selected", "random")
@@ -96,7 +97,17 @@ class AugmentHook(Hook):
         ctx.stats[self.name] = {"copies": float(len(targets)), "fraction_augmented": float(len(targets) / max(len(data), 1))}
         return data.append(copies, data.labels[idx], source="augmented")
 
+    def has_stage(self, stage: str) -> bool:
+        if stage == "transform_batch":  # copies are made in prepare: batches pass unchanged
+            return self.mode == "online"
+        return super().has_stage(stage)
+
     def transform_batch(self, xb: torch.Tensor, ctx: HookContext) -> torch.Tensor:
         if self.mode != "online":
             return xb
         return self.transform(xb, self._generator)
+
+    def seeded_transform(self, ctx: HookContext) -> SeededTransform | None:
+        if self.mode != "online":
+            return None
+        return SeededTransform(self.transform, self._generator)

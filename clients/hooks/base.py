@@ -19,10 +19,15 @@ Hooks must be deterministic given ``(seed, round, client id)``: draw randomness 
 ``ctx.generator`` (or ``ctx.seed_for(...)``).
 
 Under the vectorized engine (``engine.kind = "vectorized"``) every client gets fresh hook
-instances; ``prepare`` runs per client before the lockstep training, ``transform_batch`` and
-``loss`` per client and step on that client's batch and logits, so results are the sequential
-engine's. A hook that cannot work that way (e.g. it reads the model being trained) sets the
-class attribute ``vectorizable = False``; its clients then train one by one, recorded in
+instances; ``prepare`` runs per client before the lockstep training, ``loss`` per client and step
+on that client's batch and logits, so results are the sequential engine's. ``transform_batch``
+runs per client and step too, unless the hook describes it by ``seeded_transform(ctx)``: a
+:class:`~fedsim.clients.hooks.transforms.SeededTransform` (a batch transform and the client's
+generator its per-sample parameters come from). When every such stage of a client's hooks is
+one, the engine draws each client's parameters from its own generator and transforms the
+cohort's batches in one call, with the same result (:mod:`fedsim.clients.preparation`). A hook
+that cannot work under the vectorized engine at all (e.g. it reads the model being trained) sets
+the class attribute ``vectorizable = False``; its clients then train one by one, recorded in
 ``clients.csv`` (``engine``).
 
 A user hook is any class with these methods, named by import path in the config::
@@ -43,6 +48,8 @@ from torch import nn
 
 from fedsim.errors import InputError
 from fedsim.core.extension import RoundExtension
+
+from .transforms import SeededTransform
 
 
 @dataclass
@@ -122,6 +129,15 @@ class Hook:
 
     def transform_batch(self, xb: torch.Tensor, ctx: HookContext) -> torch.Tensor:
         return xb
+
+    def seeded_transform(self, ctx: HookContext) -> SeededTransform | None:
+        """``transform_batch`` as a batch transform and the generator it draws from, or None.
+
+        Not None promises that ``transform_batch(xb, ctx)`` is ``transform(xb, generator)``
+        with the returned pair: the vectorized engine may then draw the parameters and apply
+        them to several clients' batches at once. None: ``transform_batch`` is called as it is.
+        """
+        return None
 
     def loss(self, xb: torch.Tensor, yb: torch.Tensor, logits: torch.Tensor, base_loss: torch.Tensor,
              ctx: HookContext) -> torch.Tensor:

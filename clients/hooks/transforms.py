@@ -22,12 +22,22 @@ parameters, :meth:`apply` computes what torchvision computes for one image (same
 matrix, same sampling grid, nearest neighbour, zero fill; RandAugment's ops are torchvision's
 own kernels); the random draws themselves differ from the per-sample loop's, so runs with the
 ``augment`` hook changed when this replaced it (fedsim 0.2.0's random streams).
+
+:meth:`BatchTransform.apply` treats every sample on its own: each parameter tensor has one row
+per sample, and no sample's output depends on another's (RandAugment's sub-batch of an (op, sign)
+pair holds whichever samples drew it, and the statistics of its ``AutoContrast``, ``Equalize``
+and ``Contrast`` kernels are per image). So the
+vectorized engine draws each client's parameters from that client's generator
+(:class:`SeededTransform`), joins them with :func:`concat_params` and applies them to all its
+clients' batches in one call, with the same result for every sample, bit for bit, as the
+client's own call (:mod:`fedsim.clients.lockstep.batches`).
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -45,12 +55,42 @@ class BatchTransform(ABC):
 
     @abstractmethod
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
-        """``images`` (N, C, H, W) uint8 transformed with ``params``; a new tensor on their device."""
+        """``images`` (N, C, H, W) uint8 transformed with ``params``; a new tensor on their device.
+
+        Sample ``i``'s output depends only on sample ``i`` and row ``i`` of every parameter.
+        """
+
+    @abstractmethod
+    def settings(self) -> tuple:
+        """What :meth:`apply` depends on besides the parameters: equal settings apply alike."""
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if not len(images):
             return images
         return self.apply(images, self.draw(len(images), images.shape[-2], images.shape[-1], generator))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.settings() == self.settings()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.settings()))
+
+
+@dataclass(frozen=True, eq=False)
+class SeededTransform:
+    """A batch transform and the generator one client's parameters for it are drawn from."""
+
+    transform: BatchTransform
+    generator: torch.Generator
+
+    def draw(self, n: int, height: int, width: int) -> Params:
+        """The parameters of the client's next ``n`` samples (advances its generator)."""
+        return self.transform.draw(n, height, width, self.generator)
+
+
+def concat_params(draws: list[Params]) -> Params:
+    """Several draws of one transform as one, for the concatenation of their batches (in that order)."""
+    return {key: torch.cat([params[key] for params in draws]) for key in draws[0]}
 
 
 class FlipCrop(BatchTransform):
@@ -63,6 +103,9 @@ class FlipCrop(BatchTransform):
 
     def __init__(self, padding: int = 4) -> None:
         self.padding = padding
+
+    def settings(self) -> tuple:
+        return (self.padding,)
 
     def draw(self, n: int, height: int, width: int, generator: torch.Generator) -> Params:
         offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator)
@@ -93,6 +136,9 @@ class Affine(BatchTransform):
 
     def __init__(self, degrees: float = 45.0, translate: tuple[float, float] = (0.2, 0.2)) -> None:
         self.degrees, self.translate = float(degrees), translate
+
+    def settings(self) -> tuple:
+        return (self.degrees, tuple(self.translate))
 
     def draw(self, n: int, height: int, width: int, generator: torch.Generator) -> Params:
         angle = torch.empty(n).uniform_(-self.degrees, self.degrees, generator=generator)
@@ -137,6 +183,9 @@ class RandAugment(BatchTransform):
         self._torchvision = v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
         self.ops = list(v2.RandAugment._AUGMENTATION_SPACE)
 
+    def settings(self) -> tuple:
+        return (self.num_ops, self.magnitude)
+
     def draw(self, n: int, height: int, width: int, generator: torch.Generator) -> Params:
         ops = torch.randint(0, len(self.ops), (n, self.num_ops), generator=generator)
         negate = torch.rand(n, self.num_ops, generator=generator) <= 0.5
@@ -178,6 +227,9 @@ class Sequence(BatchTransform):
 
     def __init__(self, *transforms: BatchTransform) -> None:
         self.transforms = transforms
+
+    def settings(self) -> tuple:
+        return self.transforms
 
     def draw(self, n: int, height: int, width: int, generator: torch.Generator) -> Params:
         return {f"{i}.{key}": value for i, t in enumerate(self.transforms)

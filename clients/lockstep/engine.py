@@ -30,7 +30,9 @@ from torch.func import grad_and_value, vmap
 from fedsim.ops.interrupt import check_stop
 from fedsim.core.recipe import SGDRecipe
 
+from ..preparation import PrepareBatch
 from ..training import TrainStats, dropout_generator
+from .batches import step_batches
 from .functional import FunctionalModel
 
 BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -41,7 +43,9 @@ BatchLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], t
 class LockstepClient:
     """One client's inputs to a lockstep chunk, as :func:`~fedsim.clients.training.train` takes them.
 
-    ``x``: the model's inputs, or uint8 images that ``prepare_batch`` turns into them per batch.
+    ``x``: the model's inputs, or uint8 images that ``prepare_batch`` turns into them per batch
+    (when every client's is a :class:`~fedsim.clients.preparation.BatchPreparation` and all apply
+    alike, a step group's batches are prepared in one call: :mod:`fedsim.clients.lockstep.batches`).
     ``generator`` shuffles (one ``randperm`` per epoch, as the sequential engine draws them);
     The client's dropout masks come from :func:`~fedsim.clients.training.dropout_generator` of
     ``generator``, layer by layer and step by step as the sequential engine draws them
@@ -52,7 +56,7 @@ class LockstepClient:
     y: torch.Tensor
     state: dict[str, torch.Tensor]
     generator: torch.Generator
-    prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None
+    prepare_batch: PrepareBatch | None = None
     batch_loss: BatchLoss | None = None
 
 
@@ -133,12 +137,8 @@ class LockstepTrainer:
         total_loss = torch.zeros(k, device=device)  # float32, as training.train accumulates
         correct = torch.zeros(k, dtype=torch.long, device=device)
         steps = [0] * k
-        fast = all(c.prepare_batch is None for c in clients)  # inputs ready: one gather per step
+        step_inputs = step_batches(clients, device)  # a step group's inputs, in as few calls as the clients allow
         pure = all(c.batch_loss is None for c in clients)  # the loss is cross-entropy: the pure step
-        if fast:  # one gather per step from all clients' data
-            offsets = torch.tensor([0] + [len(c.y) for c in clients]).cumsum(0).tolist()
-            x_all = torch.cat([c.x for c in clients])
-            y_all = torch.cat([c.y for c in clients])
         compile_seconds, calls = 0.0, 0
         for s in range(max((len(p) for p in plans), default=0)):
             check_stop()  # Ctrl-C in this process: stop between steps
@@ -149,16 +149,7 @@ class LockstepTrainer:
                 if s < len(plan):
                     groups.setdefault(len(plan[s]), []).append(j)
             for b, members in sorted(groups.items(), reverse=True):
-                idx = [plans[j][s] for j in members]
-                if fast:
-                    flat = torch.cat([i + offsets[j] for i, j in zip(idx, members)]).to(device)
-                    xb = x_all[flat].view(len(members), b, *x_all.shape[1:])
-                    yb = y_all[flat].view(len(members), b)
-                else:
-                    xb = torch.stack([clients[j].x[i.to(device)] if clients[j].prepare_batch is None
-                                      else clients[j].prepare_batch(clients[j].x[i.to(device)])
-                                      for i, j in zip(idx, members)])
-                    yb = torch.stack([clients[j].y[i.to(device)] for i, j in zip(idx, members)])
+                xb, yb = step_inputs(members, [plans[j][s] for j in members])
                 masks = fm.draw_masks([dropout_generators[j] for j in members], b, dtype, device)
                 full = len(members) == k  # the compiled step takes the whole chunk at the recipe's batch size only
                 losses, logits, compiling = self._step(

@@ -43,7 +43,7 @@ from fedsim.core.protocol import (
 from ..client import LocalClient, TrainingInputs
 from ..hooks import build_hooks
 from ..limits import ClientTimeout, time_limit
-from ..training import TrainStats
+from ..training import EvalStats, TrainStats
 from ..process import worker_process
 from ..worker import WorkerRun
 from .engine import LockstepClient, LockstepTrainer
@@ -54,7 +54,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LockstepOutcome:
-    """A client's outcome from the vectorized engine, or the reason it trains sequentially."""
+    """A client's outcome from the vectorized engine, or the reason it trains sequentially.
+
+    A training task's: its trained ``state`` and ``stats`` (or ``error``). An evaluate task's
+    (:func:`~fedsim.clients.lockstep.evaluation.evaluate_in_lockstep`): its held-out ``evaluation``.
+    """
 
     engine: TrainingEngine
     state: dict[str, torch.Tensor] | None = None
@@ -62,6 +66,7 @@ class LockstepOutcome:
     seconds: float = 0.0  # its share of the chunk's wall time, compile time excluded
     compile_seconds: float = 0.0
     error: BaseException | None = None
+    evaluation: EvalStats | None = None  # evaluate tasks: scored with the others that received its weights
 
 
 def _vectorized_run(task: ClientTask) -> WorkerRun | None:
