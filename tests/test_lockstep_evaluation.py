@@ -103,16 +103,22 @@ def forward_sizes(owner: WorkerProcess, plan) -> list[int]:  # noqa: ANN001
     return sizes
 
 
-@pytest.mark.parametrize("model", ["lenet5", "resnet8"])  # resnet8: BatchNorm in eval mode, with running statistics
-def test_batched_scores_equal_one_by_one_and_a_cohort_is_one_forward(small_config, owner, model: str) -> None:  # noqa: ANN001
-    sequential, vectorized = prepared(small_config, "sequential", model), prepared(small_config, "vectorized", model)
+def both_engines(small_config, owner, model: str = "lenet5", **overrides):  # noqa: ANN001, ANN201
+    """The same evaluate tasks one by one (sequential run) and batched (vectorized run): forward sizes and replies."""
+    sequential = prepared(small_config, "sequential", model, **overrides)
+    vectorized = prepared(small_config, "vectorized", model, **overrides)
     arrays = global_weights(sequential)
     runner = ClientRunner(client_app, 10, 1, direct=True)
-
     sequential_sizes = forward_sizes(owner, sequential)
     one_by_one = runner.run(evaluate_tasks(sequential, arrays))
     vectorized_sizes = forward_sizes(owner, vectorized)
     batched = runner.run(evaluate_tasks(vectorized, arrays))
+    return sequential_sizes, one_by_one, vectorized_sizes, batched
+
+
+@pytest.mark.parametrize("model", ["lenet5", "resnet8"])  # resnet8: BatchNorm in eval mode, with running statistics
+def test_batched_scores_equal_one_by_one_and_a_cohort_is_one_forward(small_config, owner, model: str) -> None:  # noqa: ANN001
+    sequential_sizes, one_by_one, vectorized_sizes, batched = both_engines(small_config, owner, model)
 
     assert_same_scores(batched, one_by_one)
     examples = [n for _, n, _, _ in scores(one_by_one)]
@@ -121,14 +127,8 @@ def test_batched_scores_equal_one_by_one_and_a_cohort_is_one_forward(small_confi
 
 
 def test_forwards_of_evaluation_batch_size_cut_across_clients_and_give_the_same_scores(small_config, owner) -> None:  # noqa: ANN001
-    small = {"evaluation.batch_size": SMALL_BATCH}
-    sequential, vectorized = prepared(small_config, "sequential", **small), prepared(small_config, "vectorized", **small)
-    arrays = global_weights(sequential)
-    runner = ClientRunner(client_app, 10, 1, direct=True)
-    sequential_sizes = forward_sizes(owner, sequential)
-    one_by_one = runner.run(evaluate_tasks(sequential, arrays))
-    sizes = forward_sizes(owner, vectorized)
-    batched = runner.run(evaluate_tasks(vectorized, arrays))
+    sequential_sizes, one_by_one, sizes, batched = both_engines(small_config, owner,
+                                                                **{"evaluation.batch_size": SMALL_BATCH})
 
     assert_same_scores(batched, one_by_one)
     examples = [n for _, n, _, _ in scores(one_by_one)]
