@@ -49,6 +49,8 @@ def small_config(tmp_path: Path):
             "train.lr": 0.05,
             "train.batch_size": 16,
             "output.dir": str(tmp_path / "runs"),
+            # drawing a run's figures costs more than training these runs; tests of figures ask for them
+            "output.figures": False,
             "runtime.num_cpus_per_client": 1.0,
             # the fast set runs in process; FEDSIM_TEST_EXECUTOR=cohort runs it on Ray cohort workers
             "executor.kind": os.environ.get("FEDSIM_TEST_EXECUTOR", "in-process"),

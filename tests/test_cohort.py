@@ -256,6 +256,7 @@ def hung_client_config(small_config, **extra):  # noqa: ANN001, ANN003, ANN201
                            "hooks": [{"name": "user_hooks:SlowClient", "client": 3, "seconds": 120}], **extra})
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_a_hung_client_is_stopped_by_the_client_timeout(small_config) -> None:
     import time
 

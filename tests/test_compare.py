@@ -32,7 +32,8 @@ def test_every_strategy_runs_on_identical_partition_init_and_sampling(small_conf
     specs += ["fedprox:proximal_mu=0.1", "centralized", "bulyan:num_malicious_nodes=2"]
     config = small_config(**{"partition.num_clients": 6, "data.synthetic_train": 360,
                              "train.rounds": 2, "train.fraction_train": 0.5,
-                             "evaluation.federated_every": 0, "output.name": "all"})
+                             "evaluation.federated_every": 0, "output.name": "all",
+                             "output.figures": True})
     result = compare(config, specs, target=0.01, progress=False)
     summary = result.summary.set_index("strategy")
 
@@ -122,7 +123,7 @@ def test_one_shot_evaluates_every_client_model(small_config) -> None:
 
 
 def test_compare_tabulates_and_plots_hook_statistics(small_config) -> None:
-    config = small_config(**{"partition.num_clients": 4, "data.synthetic_train": 240, "train.rounds": 2,
+    config = small_config(**{"output.figures": True, "partition.num_clients": 4, "data.synthetic_train": 240, "train.rounds": 2,
                              "evaluation.federated_every": 0, "output.name": "hooked",
                              "hooks": [{"name": "select", "rho": 0.5}]})
     result = compare(config, "fedavg,uniform", progress=False)

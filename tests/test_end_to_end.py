@@ -15,7 +15,8 @@ from fedsim.core.screening import TooFewClientsError
 
 @pytest.mark.ray
 def test_run_directory_is_complete_accuracy_rises_and_sampling_reproduces(small_config) -> None:
-    config = small_config(**{"train.fraction_train": 0.5, "output.name": "first", "executor.kind": "flower"})
+    config = small_config(**{"train.fraction_train": 0.5, "output.name": "first", "executor.kind": "flower",
+                             "output.figures": True})
     result = run(config, progress=False)
     folder = result.path
     for name in ("config.toml", "spec.json", "partition.npz", "partition_counts.csv", "rounds.csv",

@@ -127,6 +127,7 @@ class Reversed(Executor):
         return list(reversed(self.inner.execute(list(reversed(tasks)))))
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_results_do_not_depend_on_execution_order(small_config) -> None:
     config = small_config(**{"train.fraction_train": 0.6, "output.name": "ordered",
                              "hooks": [{"name": "crucial", "committee": "peers", "k": 3, "theta": 2}]})

@@ -45,7 +45,7 @@ def trained(rounds: pd.DataFrame) -> pd.DataFrame:
 
 @pytest.mark.slow  # keeps the fast set under a minute
 def test_fixed_clipping_epsilon_per_round_equals_opacus(small_config) -> None:
-    result = run(small_config(**DP_FIXED), progress=False)
+    result = run(small_config(**DP_FIXED, **{"output.figures": True}), progress=False)
     eps = trained(result.rounds)["dp_epsilon"].tolist()
     delta = min(1e-5, N ** -1.1)
     assert eps == pytest.approx(direct_epsilons(1.0, K / N, 3, delta), rel=0, abs=1e-9)
@@ -61,7 +61,8 @@ def test_fixed_clipping_epsilon_per_round_equals_opacus(small_config) -> None:
 
 @pytest.mark.slow  # keeps the fast set under a minute
 def test_non_dp_run_has_no_epsilon_and_no_figure(small_config) -> None:
-    result = run(small_config(**{"train.rounds": 2, "evaluation.federated_every": 0}), progress=False)
+    result = run(small_config(**{"train.rounds": 2, "evaluation.federated_every": 0, "output.figures": True}),
+                 progress=False)
     assert "dp_epsilon" in result.rounds and result.rounds["dp_epsilon"].isna().all()
     assert not any(k.startswith("dp_") for k in result.summary)
     assert (result.path / "figures" / "accuracy.png").exists()

@@ -320,7 +320,7 @@ def test_overwrite_never_replaces_a_folder_fedsim_did_not_create(small_config, t
 
 def test_plot_never_writes_through_a_symlink(small_config, tmp_path) -> None:
     """R-PLOT: a figure that is a symlink is replaced by a file; a figures/ symlink is refused."""
-    result = run(small_config(**{"train.rounds": 1}), progress=False)
+    result = run(small_config(**{"train.rounds": 1, "output.figures": True}), progress=False)
     outside = tmp_path / "outside.png"
     outside.write_bytes(b"keep me")
     figure = result.path / "figures" / "accuracy.png"

@@ -409,7 +409,7 @@ def test_simulated_time_without_policies_changes_no_result(small_config) -> None
 
     plain = run(small_config(**{k: v for k, v in TIMED.items() if k != "time.devices.kind"}, **{"output.name": "plain"}),
                 progress=False)
-    timed = run(small_config(**TIMED, **{"output.name": "timed"}), progress=False)
+    timed = run(small_config(**TIMED, **{"output.name": "timed", "output.figures": True}), progress=False)
     assert plain.rounds["test_accuracy"].tolist() == timed.rounds["test_accuracy"].tolist()
     assert plain.clients["client_id"].tolist() == timed.clients["client_id"].tolist()
     assert plain.rounds["sim_time"].isna().all() and plain.summary["simulated_hours"] is None
@@ -468,7 +468,7 @@ def test_an_asynchronous_run_learns_and_resumes_exactly(small_config) -> None:
 def test_compare_runs_per_entry_settings_and_plots_accuracy_against_time(small_config) -> None:
     from fedsim import compare
 
-    config = small_config(**{**TIMED, "train.rounds": 2, "output.name": "cmp"})
+    config = small_config(**{**TIMED, "train.rounds": 2, "output.name": "cmp", "output.figures": True})
     result = compare(config, "fedavg,fedavg:time.policy.deadline=1.0,fedbuff:buffer_size=3", progress=False)
     assert result.summary["status"].tolist() == ["ok"] * 3
     runs = {row["strategy"]: row for _, row in result.summary.iterrows()}
@@ -516,7 +516,8 @@ def test_the_example_files_drive_a_run(small_config) -> None:
 
 @pytest.mark.parametrize("settings", [
     {"time.policy.deadline": 1.0, "time.policy.over_selection": 0.4},
-    {"strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3, "train.clients_per_round": 6},
+    pytest.param({"strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3, "train.clients_per_round": 6},
+                 marks=pytest.mark.slow),  # keeps the fast set under a minute
 ], ids=["deadline+over-selection", "fedbuff"])
 def test_timed_results_are_identical_for_any_number_of_cohort_workers(small_config, settings) -> None:
     from fedsim import run
