@@ -127,7 +127,7 @@ def test_a_stale_claim_of_a_dead_process_is_taken_over(small_config, dead_pid) -
 
 
 def test_a_claim_from_another_host_is_respected_and_names_the_folder_to_delete(tmp_path, dead_pid) -> None:
-    """R-ONE-OWNER: another host's claim is never taken over (its pid means nothing here); the message says what to delete."""
+    """R-ONE-OWNER: another host's claim is never taken over (its pid means nothing here); the message names it."""
     final = tmp_path / "shared"
     claim = hold(final, dead_pid, host="elsewhere.example")
     with pytest.raises(rundir.RunDirectoryExists) as refused:
