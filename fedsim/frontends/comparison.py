@@ -289,11 +289,9 @@ def compare(
                 if not swept:
                     break  # as before: only the seed differs, and seeds were checked above
 
-    parent = Path(config.output.dir).expanduser()
-    final = parent / config.output.name if config.output.name else \
-        rundir.untaken(parent, f"compare-{time.strftime('%Y%m%d-%H%M%S')}")
-    rundir.check_replaceable(final, config.output.overwrite, "comparison directory")
-    staging = rundir.create_staging(final, kind=KIND)
+    final, staging = rundir.create_output_staging(config.output.dir, config.output.name,
+                                                  f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
+                                                  config.output.overwrite, kind=KIND)
     try:
         result = _compare(config, specs, seeds, target, progress, verbose, on_run, staging, final, swept, cells)
     except RunInterrupted as interrupted:
@@ -304,6 +302,8 @@ def compare(
             failed = rundir.mark_failed(staging, final, error, kind=KIND)
             error.add_note(f"partial output kept in {failed}")
         raise
+    finally:
+        rundir.release(final)  # published, kept or failed: the name is free again
     return result
 
 

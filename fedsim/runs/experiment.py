@@ -9,7 +9,6 @@ baseline) without clients -- and publish each run directory atomically (``fedsim
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -186,14 +185,15 @@ def run_many(
     try:
         for index, (config, plan) in enumerate(zip(configs, plans)):
             try:
-                plan = stage(plan)
+                plans[index] = plan = stage(plan)
             except Exception as error:  # noqa: BLE001 - reported per run
                 outcomes[index] = error
                 continue
             jobs.append(Job(index, plan, extensions(config) if extensions else []))
-    except BaseException:  # e.g. Ctrl-C while preparing: no staging folder stays behind
-        for job in jobs:
-            shutil.rmtree(job.plan.staging, ignore_errors=True)
+    except BaseException:  # e.g. Ctrl-C while preparing: no staging folder and no claim stays behind
+        for plan in plans:
+            if plan.inputs is not None:
+                rundir.discard(plan.staging, plan.final)
         raise
     return _run_jobs(jobs, outcomes, progress, verbose, on_round, on_start)
 

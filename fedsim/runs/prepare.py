@@ -11,7 +11,6 @@ the run's method and simulated time need (a transfer set, device profiles, a tra
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -129,14 +128,15 @@ def stage(plan: RunPlan) -> RunPlan:
     validate_against_dataset(plan, dataset.num_train, dataset.num_classes)
     check_image_shape(config, dataset)
     partition, counts, holdout = make_partition(plan, dataset)
-    final = rundir.final_run_path(config)
-    staging = rundir.create_staging(final)
-    plan = replace(plan, inputs=RunInputs(dataset, partition, counts, staging, final))
+    output = config.output
+    final, staging = rundir.create_output_staging(output.dir, output.name, rundir.default_run_name(config),
+                                                  output.overwrite)
     try:
+        plan = replace(plan, inputs=RunInputs(dataset, partition, counts, staging, final))
         write_inputs(plan)
         plan.method.write_inputs(plan, holdout)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        rundir.discard(staging, final)
         raise
     return plan
 
@@ -165,8 +165,7 @@ def prepare_resume(path: str | Path) -> tuple[RunPlan, Checkpoint]:
     if recorded.shape != counts.shape or not np.array_equal(recorded, counts):
         raise InputError(f"the dataset {config.data.dataset!r} gives another partition than the one {folder} "
                          "was run on: it changed since; the run cannot be resumed exactly")
-    rundir.check_replaceable(final, config.output.overwrite)
-    staging = rundir.claim(folder, final)
+    staging = rundir.claim(folder, final, config.output.overwrite)
     discard_partial(staging)
     for state in (staging / CLIENT_STATE, staging / CHECKPOINT / CLIENT_STATE):  # a run started before namespaces:
         adopt_unnamespaced(state, LATENT_DISTILL_STATE)  # only latent-distill kept client state then
