@@ -25,6 +25,7 @@ from fedsim.config import ConfigError, ExperimentConfig, RenamedKeyWarning, pars
 from fedsim.errors import EXIT_FAILED, EXIT_INPUT, InputError
 from fedsim.ops.interrupt import EXIT_INTERRUPTED, RunInterrupted
 from fedsim.config.validation import load_config
+from fedsim.outputs.rounds_without_clients import NoClientAggregatedWarning
 
 USER_ERROR = EXIT_INPUT
 _SHOW_WARNING = warnings.showwarning
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _show_renamed_key(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
     """Print a config key's new name as one line (other warnings as Python prints them)."""
-    if issubclass(category, RenamedKeyWarning):
+    if issubclass(category, (RenamedKeyWarning, NoClientAggregatedWarning)):
         print(f"fedsim: warning: {message}", file=sys.stderr)
     else:
         _SHOW_WARNING(message, category, filename, lineno, file, line)
