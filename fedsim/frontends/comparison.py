@@ -415,7 +415,8 @@ def confirm_size(strategies: int, seeds: int, cells: int, confirm: Callable[[str
     if on_note:
         on_note(text)
     if confirm is not None and total > CONFIRM_ABOVE and not confirm(text):
-        raise RunsNotConfirmed(f"compare: {text}; not started (pass --yes to start them without the question)")
+        raise RunsNotConfirmed(f"compare: {text}; not started, as answered (fedsim compare --yes starts them "
+                               "without the question)")
 
 
 def terminal_confirmation(yes: bool) -> Callable[[str], bool] | None:
