@@ -3,6 +3,9 @@
 * The transfer set is held out of the training set **before** partitioning, so it is disjoint
   from every client's private data by construction (and :func:`check_disjoint` proves it).
   ``classes`` restricts the hold-out to some classes (a class-subset transfer set).
+* A transfer set taken from another dataset (``latent_distill.transfer_dataset``) is checked by
+  content: :func:`shared_images` counts its images that are, byte for byte, also clients' images,
+  so the clients' own file under another name is caught as well as the same file.
 * T_priv for a client is a test subset with the client's class proportions (Schmitt's code's
   ``partition_by_dist``); T_uni is the whole test set.
 """
@@ -55,3 +58,35 @@ def tpriv_indices(test_labels: np.ndarray, class_counts: np.ndarray, size: int, 
         pool = np.nonzero(test_labels == k)[0]
         chosen.append(rng.choice(pool, size=min(n, len(pool)), replace=False))
     return np.sort(np.concatenate(chosen)).astype(np.int64) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def image_hashes(images: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of the bytes of each image ``images[i]``, ``i`` in ``indices`` (int64).
+
+    Python's own hash of the image's bytes (SipHash): the fastest exact-content hash at hand
+    (about 0.2 s for CIFAR-10's 50,000 training images, read image by image from a memory map
+    without copying the set). Its values differ between processes; compare them within one call.
+    """
+    return np.fromiter((hash(images[i].tobytes()) for i in indices), dtype=np.int64, count=len(indices))
+
+
+def shared_images(transfer: np.ndarray, transfer_indices: np.ndarray, private: np.ndarray,
+                  private_indices: np.ndarray) -> int:
+    """How many of the images ``transfer[transfer_indices]`` equal, byte for byte, one of ``private[private_indices]``.
+
+    Hashes find the candidates (``np.isin`` of two hash arrays), and each candidate is compared with
+    the images of its hash, so a hash collision is never counted. Images of another shape or
+    type are never equal.
+    """
+    if transfer.shape[1:] != private.shape[1:] or transfer.dtype != private.dtype:
+        return 0
+    transfer_indices, private_indices = np.asarray(transfer_indices), np.asarray(private_indices)
+    mine, theirs = image_hashes(transfer, transfer_indices), image_hashes(private, private_indices)
+    candidates = np.flatnonzero(np.isin(mine, theirs))
+    if not len(candidates):
+        return 0
+    by_hash: dict[int, list[int]] = {}
+    for position in np.flatnonzero(np.isin(theirs, mine[candidates])):
+        by_hash.setdefault(int(theirs[position]), []).append(int(private_indices[position]))
+    return sum(any(np.array_equal(transfer[transfer_indices[c]], private[i]) for i in by_hash[int(mine[c])])
+               for c in candidates)

@@ -25,6 +25,7 @@ from fedsim.config import ConfigError, ExperimentConfig, RenamedKeyWarning, pars
 from fedsim.errors import EXIT_FAILED, EXIT_INPUT, InputError
 from fedsim.ops.interrupt import EXIT_INTERRUPTED, RunInterrupted
 from fedsim.config.validation import load_config
+from fedsim.outputs.rounds_without_clients import NoClientAggregatedWarning
 
 USER_ERROR = EXIT_INPUT
 _SHOW_WARNING = warnings.showwarning
@@ -99,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--no-progress", action="store_true", help="hide the per-round progress bars")
     comp.add_argument("--tensorboard", action="store_true",
                       help="also write TensorBoard event files into every run directory (output.tensorboard)")
+    from fedsim.frontends.comparison import CONFIRM_ABOVE
+
+    comp.add_argument("--yes", "-y", action="store_true",
+                      help=f"start the runs without asking: more than {CONFIRM_ABOVE} runs are asked about on a "
+                           "terminal, and refused without one unless --yes is given")
 
     part = sub.add_parser("partition", help="partition a dataset and report its label distribution")
     _config_args(part)
@@ -138,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _show_renamed_key(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
     """Print a config key's new name as one line (other warnings as Python prints them)."""
-    if issubclass(category, RenamedKeyWarning):
+    if issubclass(category, (RenamedKeyWarning, NoClientAggregatedWarning)):
         print(f"fedsim: warning: {message}", file=sys.stderr)
     else:
         _SHOW_WARNING(message, category, filename, lineno, file, line)
@@ -179,13 +185,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         if acc is not None:
             print(f"final test accuracy: {acc:.4f}")
     elif args.command == "compare":
-        from fedsim.frontends.comparison import compare
+        from fedsim.frontends.comparison import compare, terminal_confirmation
 
         config = _load(args)
         seeds = _seeds(args.seeds)
         result = compare(config, args.strategies, seeds, target=args.target,
                          progress=not args.no_progress, verbose=args.verbose, grid=args.grid,
-                         on_run=lambda label, seed: print(f"== {label} (seed {seed})", flush=True))
+                         on_run=lambda label, seed: print(f"== {label} (seed {seed})", flush=True),
+                         confirm=terminal_confirmation(args.yes), on_note=lambda text: print(text, flush=True))
         columns = [c for c in (*result.grid, "strategy", "runs_ok", "runs_failed", "final_accuracy_mean",
                                "final_accuracy_std", "best_accuracy_mean", "rounds_to_target_mean",
                                "total_mb_mean") if c in result.by_strategy]

@@ -40,6 +40,7 @@ import copy
 import itertools
 import json
 import re
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -51,6 +52,7 @@ import pandas as pd
 
 from fedsim.config import ConfigError, ExperimentConfig, current_name, parse_override, set_value
 from fedsim.config.validation import validate
+from fedsim.errors import InputError
 from fedsim.methods.registry import method_for
 from fedsim.outputs import rundir
 from fedsim.outputs.results import RunResult
@@ -59,6 +61,9 @@ from fedsim.strategies import STRATEGY_NAMES, StrategyError, parse_strategy_spec
 
 CENTRALIZED = "centralized"
 KIND = "comparison"  # the run-directory marker's kind (fedsim.outputs.rundir)
+CONFIRM_ABOVE = 100
+"""A comparison of more runs than this asks before it starts: ``fedsim compare`` asks on a terminal and,
+without one, needs ``--yes``; the Python API asks only through its ``confirm`` callback."""
 TIDY_METRICS = ("test_accuracy", "test_loss", "test_f1", "train_loss", "train_accuracy",
                 "fed_eval_accuracy", "cumulative_mb", "sim_hours", "staleness_mean", "clients_dropped")
 
@@ -257,6 +262,8 @@ def compare(
     verbose: bool = False,
     on_run: Callable[[str, int], None] | None = None,
     grid: str | list[str] | dict[str, list] | None = None,
+    confirm: Callable[[str], bool] | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> ComparisonResult:
     """Run every strategy for every seed (in every cell of ``grid``) on identical data; write and return it.
 
@@ -264,6 +271,12 @@ def compare(
     cell, ``"fedavg @ partition.alpha=0.1"``. Every run's config is validated before anything is
     written. A run that fails is a row with ``status = failed`` (the others go on); Ctrl-C raises
     :class:`~fedsim.ops.interrupt.RunInterrupted` with the comparison kept as ``<name>.interrupted``.
+
+    ``on_note`` gets the number of runs before anything starts (``"12 runs: 3 strategies x 2 seeds
+    x 2 grid cells"``) and, when the first run has finished, an estimate for the others (``"first
+    run took 41 s; about 7.5 min for the other 11"``). With more than :data:`CONFIRM_ABOVE` runs,
+    ``confirm`` (if given) is asked with that count first; when it answers False nothing is written
+    and :class:`RunsNotConfirmed` is raised. Without ``confirm`` nothing asks or blocks.
     """
     specs = parse_strategies(strategies)
     swept = parse_grid(grid)
@@ -278,6 +291,7 @@ def compare(
             raise ConfigError(f"strategy {spec.label!r} sets {', '.join(both)}, which the grid sweeps; a key is "
                               "either swept (--grid) or set per entry, not both")
     cells = grid_cells(swept)
+    confirm_size(len(specs), len(seeds), len(cells) if swept else 0, confirm, on_note)
     for cell in cells:  # refuse bad input before anything is written: every run's config
         where = f"grid cell {cell.describe()}, " if swept else ""
         for spec in specs:
@@ -293,7 +307,8 @@ def compare(
                                                   f"compare-{time.strftime('%Y%m%d-%H%M%S')}",
                                                   config.output.overwrite, kind=KIND)
     try:
-        result = _compare(config, specs, seeds, target, progress, verbose, on_run, staging, final, swept, cells)
+        result = _compare(config, specs, seeds, target, progress, verbose, on_run, staging, final, swept, cells,
+                          on_note)
     except RunInterrupted as interrupted:
         kept = rundir.mark_interrupted(staging, final, kind=KIND)
         raise RunInterrupted(f"{interrupted}; the comparison so far is kept in {kept}") from None
@@ -309,7 +324,8 @@ def compare(
 
 def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[int], target: float | None,
              progress: bool, verbose: bool, on_run: Callable[[str, int], None] | None, staging: Path,
-             final: Path, grid: dict[str, list], cells: list[GridCell]) -> ComparisonResult:
+             final: Path, grid: dict[str, list], cells: list[GridCell],
+             on_note: Callable[[str], None] | None = None) -> ComparisonResult:
     """Run the entries into ``staging``, write the tables and figures, publish as ``final``."""
     from fedsim.runs.experiment import run_many
 
@@ -328,8 +344,14 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
         run_config.output.overwrite = False
         run_config.output.figures = False  # the comparison draws its own; `fedsim plot` draws a run's
         run_configs.append(run_config)
-    outcomes = run_many(run_configs, progress=progress, verbose=verbose,
-                        on_start=(lambda i: on_run(names[i], entries[i][2])) if on_run else None)
+    estimate = Estimate(len(entries), on_note)
+
+    def on_start(i: int) -> None:
+        estimate.run_started()
+        if on_run:
+            on_run(names[i], entries[i][2])
+
+    outcomes = run_many(run_configs, progress=progress, verbose=verbose, on_start=on_start)
     interrupted = [o for o in outcomes if isinstance(o, RunInterrupted)]
     if interrupted:  # Ctrl-C: compare() keeps what there is as <name>.interrupted
         raise interrupted[0]
@@ -363,6 +385,89 @@ def _compare(config: ExperimentConfig, specs: list[StrategySpec], seeds: list[in
         _plot_comparison(tidy, confusions, times, staging / "figures")
     rundir.publish(staging, final, kind=KIND)
     return ComparisonResult(final, tidy, summary, by_strategy, grid)
+
+
+# ---------------------------------------------------------------------- how many runs, how long
+
+
+class RunsNotConfirmed(InputError):
+    """A comparison of more than :data:`CONFIRM_ABOVE` runs was not confirmed; nothing was written."""
+
+
+def _counted(n: int, thing: str, things: str = "") -> str:
+    return f"{n} {thing if n == 1 else things or thing + 's'}"
+
+
+def describe_size(strategies: int, seeds: int, cells: int = 0) -> tuple[int, str]:
+    """The number of runs and how it comes about: ``(12, "12 runs: 3 strategies x 2 seeds x 2 grid cells")``
+    (``cells`` = 0: no grid)."""
+    total = strategies * seeds * max(cells, 1)
+    factors = [_counted(strategies, "strategy", "strategies"), _counted(seeds, "seed")]
+    if cells:
+        factors.append(_counted(cells, "grid cell"))
+    return total, f"{_counted(total, 'run')}: {' x '.join(factors)}"
+
+
+def confirm_size(strategies: int, seeds: int, cells: int, confirm: Callable[[str], bool] | None,
+                 on_note: Callable[[str], None] | None) -> None:
+    """Say how many runs there are; above :data:`CONFIRM_ABOVE`, ask ``confirm`` (if any) before anything is written."""
+    total, text = describe_size(strategies, seeds, cells)
+    if on_note:
+        on_note(text)
+    if confirm is not None and total > CONFIRM_ABOVE and not confirm(text):
+        raise RunsNotConfirmed(f"compare: {text}; not started, as answered (fedsim compare --yes starts them "
+                               "without the question)")
+
+
+def terminal_confirmation(yes: bool) -> Callable[[str], bool] | None:
+    """The command line's ``confirm`` for :func:`compare`: none with ``--yes``; a question on a terminal;
+    without a terminal, a refusal naming ``--yes`` (exit 2), so that a script never starts thousands
+    of runs by a typo in a grid, nor waits for an answer nobody can give."""
+    if yes:
+        return None
+
+    def ask(text: str) -> bool:
+        if not sys.stdin.isatty():
+            raise RunsNotConfirmed(f"compare: {text}, more than {CONFIRM_ABOVE}, and there is no terminal to confirm "
+                                   "them on: pass --yes to start them")
+        print(f"fedsim compare: {text}, more than {CONFIRM_ABOVE}. Start them? [y/N] ", end="", file=sys.stderr,
+              flush=True)
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+    return ask
+
+
+def _duration(seconds: float) -> str:
+    """``41 s``, ``7.5 min``, ``3.2 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Estimate:
+    """Times the first run (from its start to the next run's start) and says how long the others will take."""
+
+    def __init__(self, runs: int, on_note: Callable[[str], None] | None) -> None:
+        self.runs, self.on_note = runs, on_note
+        self.first_started: float | None = None
+        self.said = False
+
+    def run_started(self) -> None:
+        now = time.perf_counter()
+        if self.first_started is None:
+            self.first_started = now
+        elif not self.said:
+            self.said = True
+            if self.on_note:
+                self.on_note(estimate_line(now - self.first_started, self.runs - 1))
+
+
+def estimate_line(first: float, others: int) -> str:
+    """``"first run took 41 s; about 7.5 min for the other 11"``."""
+    rest = "the other one" if others == 1 else f"the other {others}"
+    return f"first run took {_duration(first)}; about {_duration(first * others)} for {rest}"
 
 
 def _with_cumulative_columns(rounds: pd.DataFrame) -> pd.DataFrame:

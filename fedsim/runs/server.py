@@ -34,6 +34,7 @@ from fedsim.methods.evaluation import CentralEvaluation, CentralEvaluator
 from fedsim.methods.privacy.accounting import privacy_extensions
 from fedsim.ops.interrupt import stop_requested
 from fedsim.outputs.recorder import RunRecorder
+from fedsim.outputs.rounds_without_clients import RoundsWithoutClients
 from fedsim.outputs.tensorboard import tensorboard_log
 from fedsim.timing.setup import build_scheduler
 
@@ -102,6 +103,7 @@ def execute(plan: RunPlan, executor: Executor, extensions: list[RoundExtension] 
         own = [EngineColumns(), *method_extensions]  # first: it reads the replies before any other extension
         own += privacy_extensions(plan, strategy)  # DP strategies: (epsilon, delta) per round
         own += round_extensions(build_hooks(list(config.hooks))) + executor.round_extensions()
+        own.append(RoundsWithoutClients.of(plan))  # says so when a round aggregates no client
         own += list(extensions or []) + ([board] if board else [])  # last: it logs the rows the others filled
         loop = round_loop(plan, strategy, executor, own, outcome.recorder, report)
         outcome.final_arrays = loop.run(initial, resume=resume)

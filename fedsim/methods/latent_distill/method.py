@@ -7,7 +7,8 @@ What the server side has to do around them lives here, in one place:
 * **rules** -- how the ``[latent_distill]`` settings (:mod:`.settings`) combine with the rest of
   the config;
 * **inputs** -- the transfer set (held out of the training set before partitioning, or drawn
-  from another cached dataset) and each client's T_priv, a test subset with the client's
+  from another cached dataset, refused when it shares images with the clients' data:
+  :func:`check_transfer_disjoint`) and each client's T_priv, a test subset with the client's
   class mix (``transfer.npz``);
 * **start** -- with ``latent_distill.teacher = "server"`` a teacher of the run's architecture trained
   on the labelled transfer set with the one training loop; its transfer-set outputs become
@@ -33,11 +34,14 @@ from fedsim.clients.distill import transfer_outputs
 from fedsim.clients.training import seeded_generator, to_tensor, train
 from fedsim.datasets import (
     CachedDataset,
+    DataSettings,
     DatasetError,
     holdout_transfer,
     materialize,
     tpriv_indices,
 )
+from fedsim.datasets.cache import resolve_npz_path
+from fedsim.datasets.transfer import shared_images
 from fedsim.core.extension import PHASE_EVALUATE, RoundExtension, RoundRecord, RunContext
 from fedsim.core.protocol import TPRIV_ACCURACY, ClientReply
 from fedsim.core.recipe import DistillRecipe, SGDRecipe
@@ -140,6 +144,9 @@ class LatentDistillMethod(Method):
         """``transfer.npz``: the transfer set's indices (and source) and every client's T_priv."""
         config, dataset, split = plan.config, plan.dataset, plan.partition
         source, transfer = external_transfer(config, dataset) if holdout is None else (None, holdout)
+        if source is not None:
+            check_transfer_disjoint(config, dataset, source, transfer,
+                                    np.concatenate([split.train_indices, split.val_indices]))
         y_train = np.asarray(dataset.load()["y_train"])
         y_test = np.asarray(dataset.load()["y_test"])
         tpriv = [tpriv_indices(y_test, np.bincount(y_train[split.train_of(c)], minlength=dataset.num_classes),
@@ -219,3 +226,44 @@ def external_transfer(config: ExperimentConfig, dataset: CachedDataset) -> tuple
                            f"{other.num_train} training images")
     rng = np.random.default_rng([config.seed, 0x7D])
     return other, np.sort(rng.choice(other.num_train, size=d.transfer_size, replace=False)).astype(np.int64)
+
+
+def _npz_file(data: DataSettings) -> str:
+    """The resolved ``.npz`` file of a ``data`` section naming one ("" for the other datasets)."""
+    return str(resolve_npz_path(data).resolve()) if data.dataset == "npz" else ""
+
+
+def _describe(data_name: str, path: str, settings: str) -> str:
+    """``latent_distill.transfer_dataset = 'npz' (/data/copy.npz)`` for messages."""
+    return f"{settings} = {data_name!r}" + (f" ({path})" if path else "")
+
+
+def check_transfer_disjoint(config: ExperimentConfig, dataset: CachedDataset, source: CachedDataset,
+                            transfer: np.ndarray, private: np.ndarray) -> None:
+    """Refuse (exit 2) a transfer set from another dataset that shares images with the clients' data.
+
+    The transfer set is the one thing every client digests and the server distils on; an image
+    that is also a client's private training (or validation) image leaks that client's data into
+    every other model and into the evaluation of distillation. Refusing is the honest choice: a
+    transfer set silently shrunk by the overlap would change ``transfer_size`` and the payload,
+    and the remedy is the user's (another dataset, or ``transfer_dataset = ""``, which holds the
+    transfer set out of the training set before partitioning, disjoint by construction).
+
+    Overlap is the same cached data (the same dataset, the same resolved ``.npz`` file) or any
+    drawn transfer image equal, byte for byte, to a client's image (:func:`shared_images`: the
+    clients' file copied under another name is caught too); well under a second on CIFAR-10.
+    """
+    d, data = config.latent_distill, config.data
+    shared = shared_images(source.load()["x_train"], transfer, dataset.load()["x_train"], private)
+    same = source.folder.resolve() == dataset.folder.resolve()
+    if not (same or shared):
+        return
+    theirs = _describe(d.transfer_dataset, _npz_file(replace(data, dataset=d.transfer_dataset, path=d.transfer_path)),
+                       "latent_distill.transfer_dataset")
+    clients = _describe(data.dataset, _npz_file(data), "data.dataset")
+    what = "is the clients' own dataset" if same else "shares images with the clients' data"
+    raise DatasetError(
+        f"{theirs} {what}, {clients}: {shared} of its {len(transfer)} transfer images are also clients' "
+        "images; the transfer set must be disjoint from every client's data: take it from another "
+        'dataset, or set latent_distill.transfer_dataset = "" to hold it out of the training set before '
+        "partitioning")
