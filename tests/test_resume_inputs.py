@@ -21,9 +21,12 @@ import tomli_w
 from fedsim.frontends.cli import main
 from fedsim.ops.interrupt import RunInterrupted, request_stop
 from fedsim.runs.experiment import run
-from fedsim.runs.fingerprint import INPUTS_FILE
+from fedsim.datasets import materialize
+from fedsim.errors import InputError
+from fedsim.runs.fingerprint import INPUTS_FILE, check, record
 
-SMALL = {"train.rounds": 2, "partition.num_clients": 4, "evaluation.federated_every": 0}
+SMALL = {"train.rounds": 2, "partition.num_clients": 4, "evaluation.federated_every": 0, "data.synthetic_train": 200,
+         "data.synthetic_test": 40, "partition.min_partition_size": 5}
 
 
 def interrupted(config) -> Path:  # noqa: ANN001
@@ -71,7 +74,7 @@ def test_a_replaced_dataset_file_is_refused_and_a_copy_of_the_same_bytes_resumes
     data = write_npz(tmp_path / "data.npz", seed=0)
     original = data.read_bytes()
     kept = interrupted(small_config(**SMALL, **{"data.dataset": "npz", "data.path": str(data),
-                                                "partition.min_partition_size": 5, "output.name": "npz"}))
+                                                "output.name": "npz"}))
     write_npz(data, seed=1)
     assert data.stat().st_size == len(original) and data.read_bytes() != original
     refused(kept, capsys, f"{data} changed since the run started: its content differs (sha256 ")
@@ -153,3 +156,30 @@ def test_a_run_made_before_inputs_were_recorded_resumes_without_the_check(small_
     assert status == 0, err
     assert not kept.exists() and (kept.parent / "earlier" / "rounds.csv").is_file()
 
+
+
+def test_a_built_in_dataset_s_cache_and_a_transfer_set_file_are_fingerprinted(small_config, tmp_path) -> None:
+    """R-INPUTS: the decoded cache's arrays (a cleared cache decodes the same bytes again) and latent-distill's
+    transfer-set file are compared like any input."""
+    public = write_npz(tmp_path / "public.npz", seed=0)
+    config = small_config(**{"data.cache_dir": str(tmp_path / "cache"), "strategy.name": "latent-distill",
+                             "model.representation_dim": 16, "latent_distill.transfer_dataset": "npz",
+                             "latent_distill.transfer_path": str(public), "latent_distill.transfer_size": 100})
+    folder = tmp_path / "run"
+    folder.mkdir()
+    record(config, folder)
+    check(folder, config)
+
+    write_npz(public, seed=1)
+    with pytest.raises(InputError, match=f"{public} changed since the run started: its content differs .*"
+                                         r"\(latent_distill.transfer_path\)"):
+        check(folder, config)
+    write_npz(public, seed=0)
+    cache = materialize(config.data).folder
+    labels = np.load(cache / "y_train.npy")
+    np.save(cache / "y_train.npy", labels[::-1])  # the same labels in another order: same size, other bytes
+    with pytest.raises(InputError, match=f"{cache / 'y_train.npy'} changed since the run started: its content "
+                                         r"differs .*\(dataset y_train.npy\)"):
+        check(folder, config)
+    shutil.rmtree(cache)  # a cleared cache is decoded again, to the same bytes
+    check(folder, config)

@@ -39,6 +39,7 @@ import json
 import tomllib
 import warnings
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ INPUTS_FILE = "inputs.json"
 FORMAT = 1
 CHUNK = 1 << 20  # hash 1 MiB at a time: constant memory for any file size
 DISTILL_STRATEGY = "latent-distill"  # the strategy whose method reads latent_distill.transfer_*
+_UNSET = object()  # a config key one side lacks
 
 
 @dataclass(frozen=True)
@@ -70,9 +72,10 @@ class FileFingerprint:
     def of(cls, role: str, path: Path, known: FileFingerprint | None = None) -> FileFingerprint:
         """``path``'s fingerprint; ``known``'s hash is reused when the size and mtime are unchanged."""
         stat = path.stat()
-        if known is not None and (known.path, known.size, known.mtime_ns) == (str(path), stat.st_size, stat.st_mtime_ns):
+        version = (str(path), stat.st_size, stat.st_mtime_ns)
+        if known is not None and (known.path, known.size, known.mtime_ns) == version:
             return replace(known, role=role)
-        return cls(role, str(path), stat.st_size, stat.st_mtime_ns, sha256_of(path))
+        return cls(role, *version, _hash_once(*version))
 
 
 def sha256_of(path: Path) -> str:
@@ -82,6 +85,12 @@ def sha256_of(path: Path) -> str:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@lru_cache(maxsize=256)
+def _hash_once(path: str, size: int, mtime_ns: int) -> str:
+    """:func:`sha256_of`, once per file version in this process: the runs of a comparison share one dataset."""
+    return sha256_of(Path(path))
 
 
 def canonical_config(config: ExperimentConfig) -> str:
@@ -123,15 +132,18 @@ def record(config: ExperimentConfig, folder: Path) -> Path:
     return path
 
 
-def _recorded(folder: Path) -> dict[str, Any] | None:
+def _recorded(folder: Path) -> tuple[dict[str, Any], list[FileFingerprint]] | None:
+    """The recorded config (``sha256``, ``toml``) and file fingerprints; None without ``inputs.json``."""
     path = folder / INPUTS_FILE
     if not path.exists():
         return None
     try:
         inputs = json.loads(path.read_text())
-        inputs["config"]["toml"], inputs["files"]  # noqa: B018 - the keys every format has
-        return inputs
-    except (OSError, ValueError, KeyError, TypeError) as error:
+        config = inputs["config"]
+        if not isinstance(config.get("toml"), str):
+            raise TypeError("the config's text is not a string")
+        return config, [FileFingerprint(**entry) for entry in inputs["files"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise InputError(f"{path} cannot be read ({type(error).__name__}: {error}); it records what the run "
                          "started with, so the run cannot be checked before resuming: restore the file, or "
                          "start a new run") from error
@@ -143,12 +155,12 @@ def check(folder: Path, config: ExperimentConfig) -> None:
     Raises :class:`~fedsim.errors.InputError` naming the edited config keys (old and new values),
     or the file that changed and how. Does nothing for a run without ``inputs.json``.
     """
-    folder = Path(folder)
-    inputs = _recorded(folder)
-    if inputs is None:
+    recorded = _recorded(Path(folder))
+    if recorded is None:
         return
-    check_config(config, inputs["config"])
-    check_files(config, [FileFingerprint(**entry) for entry in inputs["files"]])
+    started, files = recorded
+    check_config(config, started)
+    check_files(config, files)
 
 
 def check_config(config: ExperimentConfig, recorded: dict[str, Any]) -> None:
@@ -158,8 +170,8 @@ def check_config(config: ExperimentConfig, recorded: dict[str, Any]) -> None:
         return
     with warnings.catch_warnings():  # the recorded text in an older schema: its renamed keys are no news
         warnings.simplefilter("ignore")
-        started = canonical_config(from_dict(tomllib.loads(recorded["toml"])))
-    changes = differences(_flat(tomllib.loads(started)), _flat(tomllib.loads(text)))
+        started = from_dict(tomllib.loads(recorded["toml"]))
+    changes = differences(_flat(started.to_dict()), _flat(config.to_dict()))
     if changes:
         raise InputError(f"config.toml was edited since the run started: {'; '.join(changes)}; a resumed run "
                          "must use the config it started with: restore it, or start a new run")
@@ -176,8 +188,8 @@ def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def differences(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     """``key old -> new`` for every dotted key whose value differs (``(unset)`` where one lacks it)."""
     keys = sorted(set(before) | set(after))
-    return [f"{key} {_show(before, key)} -> {_show(after, key)}" for key in keys if before.get(key) != after.get(key)
-            or (key in before) != (key in after)]
+    return [f"{key} {_show(before, key)} -> {_show(after, key)}" for key in keys
+            if before.get(key, _UNSET) != after.get(key, _UNSET)]
 
 
 def _show(table: dict[str, Any], key: str) -> str:
