@@ -27,6 +27,8 @@ import json
 import os
 import random
 import shutil
+import zipfile
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +219,12 @@ class Checkpoint:
 
     @classmethod
     def read(cls, run_dir: Path) -> Checkpoint:
-        """The run's checkpoint (the previous one if a write was cut short)."""
+        """The run's checkpoint (the previous one if a write was cut short).
+
+        Raises :class:`CheckpointError` naming the file (``state.json`` or ``arrays.npz``) and
+        what is wrong with it: unreadable (a cut-short or overwritten file), another format, or
+        arrays the state refers to that the archive lacks.
+        """
         run_dir = Path(run_dir)
         folder = run_dir / FOLDER
         if not (folder / STATE_FILE).is_file() and (run_dir / _OLD / STATE_FILE).is_file():
@@ -225,21 +232,44 @@ class Checkpoint:
         if not (folder / STATE_FILE).is_file():
             raise CheckpointError(f"{run_dir} has no checkpoint (no {FOLDER}/{STATE_FILE}); it stopped before "
                                   "its first checkpoint, so it cannot be resumed: start it again")
+        state = _read_state(folder / STATE_FILE)
+        arrays = _read_arrays(folder / ARRAYS_FILE)
         try:
-            state = json.loads((folder / STATE_FILE).read_text())
-            with np.load(folder / ARRAYS_FILE, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
-            if state.get("format") not in (1, FORMAT):
-                raise CheckpointError(f"checkpoint format {state.get('format')!r}; this fedsim reads 1 and {FORMAT}")
             extensions = decode(state["extensions"], arrays)
             scheduler = decode(state["scheduler"], arrays) if "scheduler" in state else _scheduler_of(extensions)
             return cls(int(state["round"]), decode(state["arrays"], arrays), decode(state["strategy"], arrays),
                        extensions, decode(state["recorder"], arrays), decode(state["rng"], arrays), scheduler)
         except CheckpointError:
             raise
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"the checkpoint in {folder} cannot be read ({type(error).__name__}: {error}); "
-                                  "it may be corrupt") from error
+        except KeyError as error:
+            raise CheckpointError(f"{folder / ARRAYS_FILE} lacks the array {error} that {STATE_FILE} refers to: "
+                                  f"{DAMAGED}") from error
+        except (OSError, ValueError, TypeError) as error:
+            raise CheckpointError(f"the checkpoint in {folder} cannot be read ({type(error).__name__}: {error}): "
+                                  f"{DAMAGED}") from error
+
+    def check_model(self, expected: dict[str, tuple[int, ...]], run_dir: Path) -> None:
+        """The global arrays must be the run's model: ``expected`` names and shapes, finite floats.
+
+        A checkpoint of another model (a wrong file copied in) or with NaN/Inf weights (a damaged
+        file) would fail inside the first round, or silently continue from garbage.
+        """
+        where = Path(run_dir) / FOLDER / ARRAYS_FILE
+        names = list(self.arrays.keys())
+        missing, extra = [k for k in expected if k not in names], [k for k in names if k not in expected]
+        if missing or extra:
+            raise CheckpointError(f"{where} does not hold the run's model: "
+                                  + "; ".join(part for part in (
+                                      f"missing {_some(missing)}" if missing else "",
+                                      f"unknown {_some(extra)}" if extra else "") if part)
+                                  + f": {DAMAGED}")
+        for name in names:
+            array = self.arrays[name].numpy()
+            if tuple(array.shape) != tuple(expected[name]):
+                raise CheckpointError(f"{where}: the model's array {name!r} has shape {tuple(array.shape)}, the run's "
+                                      f"model needs {tuple(expected[name])}: {DAMAGED}")
+            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+                raise CheckpointError(f"{where}: the model's array {name!r} holds NaN or Inf values: {DAMAGED}")
 
     def restore_client_state(self, run_dir: Path) -> None:
         """Put the checkpoint's client-state store back in place of the current one."""
@@ -247,6 +277,38 @@ class Checkpoint:
         folder = run_dir / FOLDER if (run_dir / FOLDER).is_dir() else run_dir / _OLD
         shutil.rmtree(run_dir / CLIENT_STATE, ignore_errors=True)
         _snapshot(folder / CLIENT_STATE, run_dir / CLIENT_STATE)
+
+
+DAMAGED = ("the checkpoint is damaged and the run cannot be resumed from it: restore the file from a backup, "
+           "or start the run again")
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """``state.json``, parsed and of a format this fedsim reads."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {error}): {DAMAGED}") from error
+    if not isinstance(state, dict) or state.get("format") not in (1, FORMAT):
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: checkpoint format {found!r}; this fedsim reads 1 and {FORMAT}")
+    return state
+
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of ``arrays.npz``, read in full (a cut-short archive fails here, naming the file)."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: {DAMAGED}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise CheckpointError(f"{path} cannot be read ({type(error).__name__}: {error}): {DAMAGED}") from error
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(repr(name) for name in names[:shown]) + more
 
 
 def _scheduler_of(extensions: dict[str, Any]) -> dict[str, Any] | None:

@@ -4,8 +4,10 @@
 the final location or a runtime is started, and returns the run's plan with its inputs
 (:class:`~fedsim.runs.plan.RunInputs`). It leaves a staging run directory with the resolved
 config, the partition (``partition.npz``, ``partition_counts.csv``), the run spec the workers
-read (``spec.json``: data, model, the one training recipe, per-client behaviour) and whatever
-the run's method and simulated time need (a transfer set, device profiles, a trace).
+read (``spec.json``: data, model, the one training recipe, per-client behaviour), the
+fingerprint of the config and of every input file (``inputs.json``, :mod:`fedsim.runs.fingerprint`)
+and whatever the run's method and simulated time need (a transfer set, device profiles, a trace).
+:func:`prepare_resume` checks a run directory against what it recorded before taking it over.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fedsim.models import build_model, parse_architecture
 from fedsim.outputs import rundir
 from fedsim.timing.setup import write_time_inputs
 
+from . import fingerprint
 from .plan import RunInputs, RunPlan
 
 
@@ -144,22 +147,29 @@ def stage(plan: RunPlan) -> RunPlan:
 def prepare_resume(path: str | Path) -> tuple[RunPlan, Checkpoint]:
     """An interrupted, failed or killed run, taken over to continue from its checkpoint.
 
-    Everything that can refuse (no such run, no checkpoint, a corrupt one, a changed dataset,
-    a run still going) is checked before the folder is touched; then it is renamed to this
-    process's staging name. The partition is recomputed from the run's own ``config.toml``
-    (it depends on the data and the seed alone) and must match the counts the run recorded.
-    The run spec is written anew from that config (it is derived from it alone), so a run started
-    by an earlier fedsim carries what this fedsim's workers read.
+    Everything that can refuse (no such run, no checkpoint, a damaged one, an edited
+    ``config.toml``, an input file that changed, a run still going) is checked before the folder
+    is touched; then it is renamed to this process's staging name. The config and the input
+    files are compared with what the run recorded at start (``inputs.json``,
+    :mod:`fedsim.runs.fingerprint`; a run made before it was recorded skips that comparison).
+    The partition is recomputed from the run's own ``config.toml`` (it depends on the data and
+    the seed alone) and must match the counts the run recorded. The checkpoint's global arrays
+    must be the run's model (names, shapes, finite values). The run spec is written anew from
+    that config (it is derived from it alone), so a run started by an earlier fedsim carries what
+    this fedsim's workers read.
     """
-    from fedsim.config.validation import load_config
+    from fedsim.config.parse import read_config
 
     folder, final = rundir.find_resumable(Path(path))
-    config = load_config(folder / CONFIG_FILE)
+    config = read_config(folder / CONFIG_FILE)
+    fingerprint.check(folder, config)
     plan = validate(config)
     checkpoint = Checkpoint.read(folder)
     dataset = materialize(config.data)
     check_streams(folder, config, dataset)
     validate_against_dataset(plan, dataset.num_train, dataset.num_classes)
+    if plan.method.global_model:
+        checkpoint.check_model(model_shapes(config, dataset), folder)
     partition, counts, _ = make_partition(plan, dataset)
     recorded = pd.read_csv(folder / "partition_counts.csv", index_col=0).to_numpy()
     if recorded.shape != counts.shape or not np.array_equal(recorded, counts):
@@ -172,6 +182,14 @@ def prepare_resume(path: str | Path) -> tuple[RunPlan, Checkpoint]:
     plan = replace(plan, inputs=RunInputs(dataset, partition, counts, staging, final))
     run_spec(plan).save(staging)
     return plan, checkpoint
+
+
+def model_shapes(config: ExperimentConfig, dataset: CachedDataset) -> dict[str, tuple[int, ...]]:
+    """The global model's array names and shapes (built without drawing from the global RNGs)."""
+    with torch.random.fork_rng(devices=[]):
+        model = build_model(config.model.name, dataset.num_classes, config.model.representation_dim,
+                            dataset.image_shape[-1])
+    return {name: tuple(value.shape) for name, value in model.state_dict().items()}
 
 
 def run_spec(plan: RunPlan) -> RunSpec:
@@ -193,9 +211,11 @@ def run_spec(plan: RunPlan) -> RunSpec:
 
 
 def write_inputs(plan: RunPlan) -> None:
-    """Config, per-client train/validation split, counts, the workers' run spec and the time inputs."""
+    """Config, per-client train/validation split, counts, the workers' run spec and the time inputs;
+    and the fingerprint of the config and every input file (``inputs.json``), which a resume checks."""
     folder = plan.staging
     rundir.write_config(plan.config, folder)
+    fingerprint.record(plan.config, folder)
     plan.partition.save(folder)
     counts_frame(plan.counts, plan.dataset.class_names).to_csv(folder / "partition_counts.csv")
     run_spec(plan).save(folder)
