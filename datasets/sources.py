@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedsim.errors import InputError
+from fedsim.inputs import ArraySpec, InputFileError, read_archive
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 
 
-class DatasetError(InputError, RuntimeError):
+class DatasetError(InputFileError, RuntimeError):
     """The dataset is missing or unreadable; the message says where we looked and what to do."""
 
 
@@ -51,34 +51,36 @@ def _as_hwc_uint8(x: np.ndarray, where: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+NPZ_ARRAYS = (
+    ArraySpec("x_train", "uifb"),  # the layout and dtype: _as_hwc_uint8
+    ArraySpec("y_train", "uif"),  # integer class ids: _as_labels, check_labels
+    ArraySpec("x_test", "uifb"),
+    ArraySpec("y_test", "uif"),
+    ArraySpec("class_names", ndims=(1,), required=False),
+)
+
+
 def load_npz(path: Path) -> ImageArrays:
-    """Read ``x_train, y_train, x_test, y_test`` (HWC uint8 images) from an ``.npz`` file."""
-    if not path.is_file():
+    """Read ``x_train, y_train, x_test, y_test`` (HWC uint8 images) from an ``.npz`` file.
+
+    :func:`fedsim.inputs.read_archive` opens it (never with pickle) and names the file and the array of
+    a problem; the image layout and the labels are checked here.
+    """
+    if not path.exists():
         raise DatasetError(
             f"npz dataset not found at {path}. Set data.path to a .npz file holding "
             "x_train, y_train, x_test, y_test (e.g. the real CIFAR-10 copy cifar10.npz) and "
-            "data.data_dir / $FEDSIM_DATA_DIR to its folder."
+            "data.data_dir / $FEDSIM_DATA_DIR to its folder.", path=path
         )
-    try:
-        with np.load(path) as archive:
-            missing = {"x_train", "y_train", "x_test", "y_test"} - set(archive.files)
-            if missing:
-                raise DatasetError(
-                    f"{path} lacks the arrays {sorted(missing)}; it must hold "
-                    "x_train, y_train, x_test, y_test"
-                )
-            arrays = {k: archive[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-            names = [str(n) for n in archive["class_names"]] if "class_names" in archive.files else None
-    except DatasetError:
-        raise
-    except Exception as err:  # zip/pickle errors of a corrupt file
-        raise DatasetError(f"{path} is not a readable .npz archive ({err}); re-create or re-copy it") from err
+    arrays = read_archive(path, NPZ_ARRAYS, "npz dataset", DatasetError)
+    names = [str(n) for n in arrays["class_names"]] if "class_names" in arrays else None
     x_train = _as_hwc_uint8(arrays["x_train"], f"{path}:x_train")
     x_test = _as_hwc_uint8(arrays["x_test"], f"{path}:x_test")
     y_train = _as_labels(arrays["y_train"], f"{path}:y_train")
     y_test = _as_labels(arrays["y_test"], f"{path}:y_test")
     if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-        raise DatasetError(f"{path}: image and label counts differ")
+        raise DatasetError(f"{path}: image and label counts differ (x_train {len(x_train)}, y_train {len(y_train)}, "
+                           f"x_test {len(x_test)}, y_test {len(y_test)})", path=path)
     num_classes = check_labels(y_train, y_test, names, str(path))
     if names is None:
         names = list(CIFAR10_CLASSES) if num_classes == 10 else [str(i) for i in range(num_classes)]

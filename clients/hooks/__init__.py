@@ -33,7 +33,7 @@ def _resolve(name: str) -> type:
     module_name, _, class_name = name.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
+    except (ImportError, AttributeError, ValueError, TypeError) as err:  # ValueError, TypeError: '' or '.x'
         raise HookError(f"hook {name!r} cannot be imported ({err}); give 'package.module:Class' of an "
                         "importable module") from err
     if not any(callable(getattr(cls, stage, None)) for stage in STAGES):

@@ -21,6 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from fedsim.inputs import InputFileError, read_document
 from fedsim.settings import Section, kind_options
 
 from .renamed import KIND_SHORTHANDS, RENAMED, RenamedKeyWarning
@@ -273,13 +274,10 @@ def read_config(path: str | Path | None = None,
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            raw = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {err}") from err
+            raw = read_document(Path(path), "config file")
+        except InputFileError as err:  # missing, a folder, not UTF-8, not TOML: the file and the place named
+            raise ConfigError(str(err)) from err
     config = from_dict(raw)
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
     for key, value in items:

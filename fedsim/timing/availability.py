@@ -33,14 +33,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedsim.inputs import Column, InputFileError, read_table
+
 TRACE_FILE = "availability.csv"  # the run directory's copy of the trace
 _PHASE_STREAM = 0xDA117
 _ROUND_STREAM = 0xB3A1
 EPSILON = 1e-6  # seconds past a switch-on time, so that the client is online there despite rounding
 
 
-class TraceError(ValueError):
-    """A trace file cannot be used; the message names the problem."""
+class TraceError(InputFileError):
+    """A trace file cannot be used; the message names the problem (and the file's cell)."""
 
 
 class Availability(ABC):
@@ -186,27 +188,29 @@ class Trace(Availability):
         return float("inf")
 
 
+TRACE_COLUMNS = (Column("client_id", int, 0), Column("start", float, 0.0), Column("end", float, 0.0))
+
+
 def read_trace(path: Path, period: float = 0.0) -> pd.DataFrame:
-    """A trace CSV (``client_id, start, end`` in seconds), checked and sorted."""
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError) as err:
-        raise TraceError(f"cannot read the trace file {str(path)!r}: {err}") from err
-    missing = [c for c in ("client_id", "start", "end") if c not in frame]
-    if missing:
-        raise TraceError(f"trace file {str(path)!r} lacks the column(s) {', '.join(missing)}; it needs "
-                         "client_id, start, end (seconds of simulated time)")
+    """A trace CSV (``client_id, start, end`` in seconds), checked and sorted.
+
+    Every cell is checked by :func:`fedsim.inputs.read_table`, so a bad one is named by file, line
+    and column; a :class:`TraceError` says what is wrong.
+    """
+    table = read_table(path, TRACE_COLUMNS, "trace file", TraceError)
+    frame = table.frame
     if not len(frame):
-        raise TraceError(f"trace file {str(path)!r} has no intervals")
-    times = frame[["start", "end"]].to_numpy(np.float64)
-    if not np.isfinite(times).all() or (times[:, 0] < 0).any() or (times[:, 1] <= times[:, 0]).any():
-        raise TraceError(f"trace file {str(path)!r}: every interval needs 0 <= start < end (finite seconds)")
-    ids = frame["client_id"].to_numpy()
-    if not np.issubdtype(ids.dtype, np.integer) or (ids < 0).any():
-        raise TraceError(f"trace file {str(path)!r}: client_id must be integers >= 0")
-    if period > 0 and (times[:, 1] > period).any():
-        raise TraceError(f"trace file {str(path)!r}: intervals end after time.availability.period = {period:g} s; "
-                         "a repeating trace must fit in one period")
+        raise table.error(None, None, "has no intervals")
+    start, end = frame["start"].to_numpy(), frame["end"].to_numpy()
+    backwards = np.flatnonzero(end <= start)
+    if len(backwards):
+        i = int(backwards[0])
+        raise table.error(i, "end", f"start {start[i]:g}, end {end[i]:g}: every interval needs 0 <= start < end "
+                          "(finite seconds)")
+    late = np.flatnonzero(end > period) if period > 0 else []
+    if len(late):
+        raise table.error(int(late[0]), "end", f"{end[late[0]]:g}: intervals end after time.availability.period = "
+                          f"{period:g} s; a repeating trace must fit in one period")
     return frame[["client_id", "start", "end"]].sort_values(["client_id", "start"]).reset_index(drop=True)
 
 

@@ -31,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fedsim.inputs import Column, InputFileError, read_table
+
 PROFILE_COLUMNS = ("seconds_per_sample", "download_mbps", "upload_mbps", "latency")
 DEVICES_FILE = "devices.csv"
 _STREAM = 0xDE71CE  # the device draws' generator salt
@@ -53,8 +55,8 @@ TIERS: dict[str, Tier] = {
 }
 
 
-class DeviceError(ValueError):
-    """A device file or tier setting cannot be used; the message names the problem."""
+class DeviceError(InputFileError):
+    """A device file or tier setting cannot be used; the message names the problem (and the file's cell)."""
 
 
 @dataclass
@@ -136,29 +138,32 @@ def tier_profiles(n: int, seed: int, tiers: list[str], weights: list[float], com
     return _around(rng, _draw_types(rng, tiers, weights, n), base, compute_sigma, network_sigma)
 
 
+DEVICE_COLUMNS = (
+    Column("seconds_per_sample", float, 0.0, exclusive=True),
+    Column("download_mbps", float, 0.0, exclusive=True),
+    Column("upload_mbps", float, 0.0, exclusive=True),
+    Column("latency", float, 0.0),
+    Column("client_id", int, 0, required=False),
+    Column("device", str, required=False),
+    Column("weight", float, 0.0, required=False),
+)
+
+
 def read_device_file(path: Path) -> pd.DataFrame:
-    """A device CSV, checked: the profile columns, positive values, and ``client_id`` or ``device``."""
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, ValueError) as err:
-        raise DeviceError(f"cannot read the device file {str(path)!r}: {err}") from err
-    missing = [c for c in PROFILE_COLUMNS if c not in frame]
-    if missing:
-        raise DeviceError(f"device file {str(path)!r} lacks the column(s) {', '.join(missing)}; it needs "
-                          f"{', '.join(PROFILE_COLUMNS)} and client_id or device")
+    """A device CSV, checked: the profile columns, positive values, and ``client_id`` or ``device``.
+
+    Every cell is checked by :func:`fedsim.inputs.read_table`, so a bad one is named by file, line
+    and column; a :class:`DeviceError` says what is wrong.
+    """
+    table = read_table(path, DEVICE_COLUMNS, "device file", DeviceError)
+    frame = table.frame
     if ("client_id" in frame) == ("device" in frame):
-        raise DeviceError(f"device file {str(path)!r} needs exactly one of the columns client_id (one row per "
-                          "client) or device (one row per device type)")
+        raise table.error(None, None, "needs exactly one of the columns client_id (one row per client) or device "
+                          "(one row per device type)")
     if not len(frame):
-        raise DeviceError(f"device file {str(path)!r} has no rows")
-    values = frame[list(PROFILE_COLUMNS)]
-    if not np.isfinite(values.to_numpy(np.float64)).all():
-        raise DeviceError(f"device file {str(path)!r}: every profile value must be a finite number")
-    if (frame[["seconds_per_sample", "download_mbps", "upload_mbps"]] <= 0).any().any() or (frame["latency"] < 0).any():
-        raise DeviceError(f"device file {str(path)!r}: seconds_per_sample, download_mbps and upload_mbps must be "
-                          "> 0 and latency >= 0")
-    if "weight" in frame and ((frame["weight"] < 0).any() or frame["weight"].sum() <= 0):
-        raise DeviceError(f"device file {str(path)!r}: weights must be >= 0 with a positive sum")
+        raise table.error(None, None, "has no rows")
+    if "weight" in frame and frame["weight"].sum() <= 0:
+        raise table.error(None, "weight", "weights must be >= 0 with a positive sum")
     return frame
 
 

@@ -34,16 +34,14 @@ if TYPE_CHECKING:  # type-only: the plan is resolved above this package
 
 
 def _file_problem(key: str, value: str, needed_for: str, read, errors: tuple[type[Exception], ...]) -> list[str]:  # noqa: ANN001
-    """The problem with the file ``key = value`` (missing, a folder, unreadable, malformed), if any."""
+    """The problem with the file ``key = value`` (missing, a folder, unreadable, malformed), if any.
+
+    ``read`` is the file's reader (:mod:`fedsim.inputs`): its error names the file and the bad cell.
+    """
     if not value:
         return [problem(key, "", f"{needed_for} needs the file")]
-    path = Path(value).expanduser()
-    if path.is_dir():
-        return [problem(key, value, "is a folder; give the CSV file")]
-    if not path.is_file():
-        return [problem(key, value, "no such file")]
     try:
-        read(path)
+        read(Path(value).expanduser())
     except errors as err:
         return [f"{key}: {err}"]
     return []
