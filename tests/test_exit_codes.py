@@ -40,6 +40,13 @@ TERMINATE_NOISE = ("(raylet) Task ClientAppActor.terminate failed. There are 1 r
                    "will be retried. Error: The actor died because of an error raised in its creation task")
 
 
+@pytest.fixture(autouse=True)
+def _no_stop_left_behind():  # noqa: ANN202
+    """A stop these tests request must not reach later tests' code that checks for one outside a run."""
+    yield
+    interrupt.clear_stop()
+
+
 def _run(tmp_path: Path, *args: str) -> int:
     return main(["run", *TINY, "--output", str(tmp_path / "runs"), *args])
 
