@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from flwr.app import Context, RecordDict
 
+from fedsim.config import ConfigError
 from fedsim.core.checkpoint import Checkpoint
 from fedsim.core.extension import RoundExtension
 from fedsim.frontends import cli, flower_app
@@ -103,6 +104,15 @@ def test_parquet_without_its_engine_exits_2_before_anything_is_written(tmp_path,
     assert _run(tmp_path, "--name", "pq", "--set", "output.format=parquet") == 2
     assert "output.format = 'parquet': needs the pyarrow package" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_dp_accounting_without_opacus_is_refused_naming_the_strategy(small_config, monkeypatch) -> None:
+    """R-EXIT: a DP strategy needs opacus for its accountant: without it, a ConfigError (exit 2) before the run."""
+    monkeypatch.setitem(sys.modules, "opacus.accountants", None)
+    with pytest.raises(ConfigError, match="strategy.name = 'dp-fixed-server': needs the opacus package"):
+        small_config(**{"strategy.name": "dp-fixed-server", "strategy.kwargs.noise_multiplier": 0.1,
+                        "strategy.kwargs.clipping_norm": 1.0})
+    small_config(**{"strategy.name": "fedavg"})  # no DP, no accountant: opacus is not asked for
 
 
 # -- 130 and 143: the handler and the CLI's mapping ------------------------------------------

@@ -32,6 +32,7 @@ from fedsim.methods.modes import MODES, RUN_MODES
 from fedsim.methods.registry import method_problems
 from fedsim.runs.plan import RunPlan, plan_for
 from fedsim.settings import problem
+from fedsim.strategies import STRATEGIES
 
 from .parse import read_config
 from .schema import ConfigError, ExperimentConfig
@@ -136,11 +137,8 @@ def _import_failure(modules: tuple[str, ...]) -> str:
 
 def _accounts_privacy(plan: RunPlan) -> bool:
     """Whether the run's strategy is a DP wrapper, whose privacy accountant comes from opacus."""
-    if not plan.strategy.known or plan.strategy.error:
-        return False
-    from fedsim.methods.privacy.accounting import is_dp_strategy
-
-    return is_dp_strategy(plan.strategy.build())
+    entry = STRATEGIES.get(plan.strategy.name)
+    return bool(entry and entry.wraps and not plan.strategy.error)
 
 
 def validate_against_dataset(plan: RunPlan, num_train: int, num_classes: int) -> None:
