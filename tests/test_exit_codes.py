@@ -30,6 +30,7 @@ from fedsim.frontends.cli import main
 from fedsim.ops import interrupt, logs
 from fedsim.ops.interrupt import RunInterrupted, check_stop, handling_interrupts, reclaim_signals
 from fedsim.outputs import rundir
+from fedsim.runs import simulate
 from fedsim.runs.experiment import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -146,6 +147,29 @@ def test_reclaim_signals_takes_sigterm_back_from_a_library() -> None:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(1))  # what ray.init installs
         reclaim_signals()
         assert signal.getsignal(signal.SIGTERM) is ours
+
+
+def test_starting_ray_keeps_fedsims_sigterm_handler(monkeypatch) -> None:
+    """R-SIGTERM: fedsim starts Ray with Flower's arguments, then takes SIGTERM back from ray.init's handler."""
+    calls: list[dict] = []
+
+    def init(**kwargs) -> None:  # noqa: ANN003 - what ray.init does to SIGTERM in the driver
+        calls.append(kwargs)
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+
+    fake_ray = types.ModuleType("ray")
+    fake_ray.is_initialized = lambda: bool(calls)
+    fake_ray.init = init
+    monkeypatch.setitem(sys.modules, "ray", fake_ray)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    with handling_interrupts():
+        ours = _installed(signal.SIGTERM)
+        simulate.start_ray({"num_cpus": 2, "log_to_driver": False})
+        assert signal.getsignal(signal.SIGTERM) is ours
+        simulate.start_ray({"num_cpus": 2})  # Ray runs already: not started twice
+    (kwargs,) = calls
+    assert kwargs["num_cpus"] == 2 and kwargs["include_dashboard"] is False and not kwargs["log_to_driver"]
+    assert kwargs["runtime_env"]["env_vars"]["PYTHONPATH"].endswith(os.pathsep + "/elsewhere")
 
 
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
@@ -35,6 +36,9 @@ from fedsim.clients.app import client_app
 from fedsim.config import ConfigError, ExperimentConfig
 from fedsim.config.validation import load_config
 from fedsim.errors import InputError
+
+if TYPE_CHECKING:
+    from fedsim.runs.plan import RunPlan
 
 server_app = ServerApp()
 FLOWER_LOGGER = "flwr"  # the logger Flower's runtimes log through (flwr.common.logger.FLOWER_LOGGER)
@@ -95,7 +99,7 @@ def report_input_error(error: InputError) -> LoggedInputError:
     return LoggedInputError(text)
 
 
-def prepare_from_context(grid: Grid, context: Context):  # noqa: ANN201 - a fedsim.runs.plan.RunPlan
+def prepare_from_context(grid: Grid, context: Context) -> RunPlan:
     """The run's config from Flower's run config, checked against the federation, and the prepared run."""
     from fedsim.runs.prepare import prepare
 
