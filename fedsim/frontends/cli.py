@@ -1,13 +1,17 @@
 """The ``fedsim`` command line: ``run``, ``compare``, ``partition``, ``plot``.
 
-Every error ends in one message on stderr naming the cause, and an exit status:
+Every error ends in one message on stderr naming the cause, and an exit status -- a contract
+(``docs/reliability.md``; the constants live in :mod:`fedsim.errors` and :mod:`fedsim.ops.interrupt`):
 
-- **2** -- bad input (a config value, missing or malformed data, a folder in the way, a run that
-  cannot be resumed); nothing was written;
+- **0** -- success;
 - **1** -- a run failed after it started (e.g. too few clients succeeded, the model diverged),
-  or a comparison in which any run failed; partial output is kept as ``<name>.failed``;
-- **130** -- Ctrl-C; the run is kept as ``<name>.interrupted`` with its checkpoint
-  (``fedsim run --resume`` continues it).
+  or a comparison in which any run failed; partial output is kept as ``<name>.failed`` with
+  ``error.txt``;
+- **2** -- bad input (a config value, missing or malformed data, an optional package the config
+  needs, an output path that is a file, a folder in the way, a run that cannot be resumed);
+  everything that can be checked is checked before the run folder exists, so nothing was written;
+- **130** -- SIGINT (Ctrl-C), **143** -- SIGTERM: the run stopped at a safe point and is kept as
+  ``<name>.interrupted`` with its checkpoint (``fedsim run --resume`` continues it).
 
 Tracebacks are shown only with ``--verbose``.
 """
@@ -22,12 +26,11 @@ import warnings
 from pathlib import Path
 
 from fedsim.config import ConfigError, ExperimentConfig, RenamedKeyWarning, parse_override
-from fedsim.errors import EXIT_FAILED, EXIT_INPUT, InputError
-from fedsim.ops.interrupt import EXIT_INTERRUPTED, RunInterrupted
 from fedsim.config.validation import load_config
+from fedsim.errors import EXIT_FAILED, EXIT_INPUT, EXIT_OK, InputError
+from fedsim.ops.interrupt import RunInterrupted, exit_status, signal_name, stop_signal
 from fedsim.outputs.rounds_without_clients import NoClientAggregatedWarning
 
-USER_ERROR = EXIT_INPUT
 _SHOW_WARNING = warnings.showwarning
 
 
@@ -124,11 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _show_renamed_key  # an old key name: one line, no source location
             return _dispatch(args)
     except RunInterrupted as interrupted:
-        print(f"fedsim: {interrupted}", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except KeyboardInterrupt:
-        print("fedsim: aborted (second Ctrl-C)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        print(f"fedsim: {interrupted} (stopped by {signal_name(interrupted.signum)})", file=sys.stderr)
+        return interrupted.exit_status
+    except KeyboardInterrupt:  # a second stop signal, or Ctrl-C outside a run
+        signum = stop_signal()
+        print(f"fedsim: aborted (second {signal_name(signum) if signum else 'Ctrl-C'})", file=sys.stderr)
+        return exit_status(signum)
     except BaseException as error:  # noqa: BLE001 - every error ends in one message and a status
         if isinstance(error, SystemExit):
             raise
@@ -216,7 +220,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         for path in plot_run(args.run_dir):
             print(path)
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":
