@@ -226,6 +226,7 @@ def test_extension_example_sees_every_stage_and_measures_updates(small_config) -
     assert norms.state() == {"norms": norms.norms}
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_executor_example_reverses_the_order_and_changes_nothing(small_config, monkeypatch) -> None:  # noqa: ANN001
     definitions = run_example("executor", {"__name__": "docs_executor"})
     outer: list[list[int]] = []

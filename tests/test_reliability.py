@@ -88,6 +88,7 @@ def test_interrupted_run_resumes_bitwise_identical(small_config, strategy) -> No
     same_results(reference.path, result.path)
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_the_centralized_baseline_resumes_bitwise_identical(small_config) -> None:
     """R-RESUME: the centralized baseline (no clients) checkpoints and resumes like a federated run."""
     settings = {"train.mode": "centralized", "train.rounds": 3}
@@ -394,6 +395,7 @@ def test_failed_and_interrupted_runs_leave_no_staging_folder(small_config) -> No
 
 # -- clear errors, tools ---------------------------------------------------------------------
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_compare_api_works_twice_and_cli_exits_1_when_a_run_failed(small_config, capsys) -> None:
     """R-COMPARE: fedsim.compare is callable repeatedly; a failed run -> exit status 1 naming it."""
     config = small_config(**{"train.rounds": 1, "evaluation.federated_every": 0})

@@ -19,6 +19,7 @@ TINY = {"partition.num_clients": 4, "data.synthetic_train": 240, "data.synthetic
         "evaluation.federated_every": 0}
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_alpha_sweep_tables_partitions_and_figures(small_config) -> None:
     config = small_config(**TINY, **{"output.name": "sweep", "output.figures": True})
     result = compare(config, "fedavg,uniform", seeds=[0, 1], grid={"partition.alpha": [0.1, 1.0]}, progress=False)

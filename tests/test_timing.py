@@ -404,6 +404,7 @@ def test_bad_time_settings_are_refused_with_the_rule(small_config, settings, mes
 TIMED = {"time.devices.kind": "tiers", "train.rounds": 3, "train.clients_per_round": 5, "evaluation.federated_every": 0}
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_simulated_time_without_policies_changes_no_result(small_config) -> None:
     from fedsim import run
 
@@ -465,6 +466,7 @@ def test_an_asynchronous_run_learns_and_resumes_exactly(small_config) -> None:
     same_results(reference.path, result.path)
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_compare_runs_per_entry_settings_and_plots_accuracy_against_time(small_config) -> None:
     from fedsim import compare
 
