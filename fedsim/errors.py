@@ -37,3 +37,8 @@ class InputError(FedsimError, ValueError):
 
 class RunError(FedsimError, RuntimeError):
     """A run failed after it started; its partial output is kept as ``<name>.failed``."""
+
+
+class RunDirectoryExists(InputError, FileExistsError):
+    """The output path is taken: by a run (without --overwrite), by another process's claim, or by
+    something fedsim did not create."""

@@ -23,7 +23,7 @@ from fedsim.core.extension import RoundExtension
 from fedsim.errors import InputError, RunError
 from fedsim.frontends.cli import main
 from fedsim.ops.interrupt import RunInterrupted, request_stop
-from fedsim.outputs import rundir
+from fedsim.outputs import claims, rundir
 from fedsim.runs.experiment import resume, run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,10 +61,10 @@ def dead_pid() -> int:
 
 def hold(final: Path, pid: int, host: str | None = None, what: str = "run") -> Path:
     """Make ``final``'s claim as process ``pid`` on ``host`` (this host by default) would have."""
-    claim = rundir.claim_path(final)
+    claim = claims.claim_path(final)
     claim.mkdir(parents=True)
     owner = {"pid": pid, "host": host or socket.gethostname(), "started": time.time(), "what": what}
-    (claim / rundir.OWNER).write_text(json.dumps(owner))
+    (claim / claims.OWNER).write_text(json.dumps(owner))
     return claim
 
 
@@ -76,22 +76,22 @@ def hidden(folder: Path) -> list[str]:
 def test_a_second_claim_of_a_name_is_refused_naming_the_holder(tmp_path, live_pid) -> None:
     """R-ONE-OWNER: a held name is refused with the holder's pid and host; the holder's claim is untouched."""
     final = tmp_path / "same"
-    claim = rundir.acquire(final)
-    assert claim == tmp_path / ".same.claim" and rundir.holds(final)
+    claim = claims.acquire(final)
+    assert claim == tmp_path / ".same.claim" and claims.holds(final)
     with pytest.raises(rundir.RunDirectoryExists, match=f"process {os.getpid()} on host {socket.gethostname()}"):
-        rundir.acquire(final)  # this very process, a second time (e.g. two runs of one name in one run_many)
-    rundir.release(final)
+        claims.acquire(final)  # this very process, a second time (e.g. two runs of one name in one run_many)
+    claims.release(final)
     assert not claim.exists()
 
     other = tmp_path / "other"
     held = hold(other, live_pid, what="comparison")
     with pytest.raises(rundir.RunDirectoryExists) as refused:
-        rundir.acquire(other)
+        claims.acquire(other)
     message = str(refused.value)
     assert f"{other} is being written by a comparison: process {live_pid} on host {socket.gethostname()}" in message
     assert "(claim .other.claim)" in message and "choose another name" in message
-    rundir.release(other)  # not this process's claim: left alone
-    assert json.loads((held / rundir.OWNER).read_text())["pid"] == live_pid
+    claims.release(other)  # not this process's claim: left alone
+    assert json.loads((held / claims.OWNER).read_text())["pid"] == live_pid
 
 
 def test_a_run_whose_name_is_held_is_refused_with_exit_2_and_writes_nothing(small_config, live_pid, capsys) -> None:
@@ -108,7 +108,7 @@ def test_a_run_whose_name_is_held_is_refused_with_exit_2_and_writes_nothing(smal
     err = capsys.readouterr().err
     assert status == 2 and f"{out / 'same'} is being written by a run: process {live_pid}" in err
     assert "Traceback" not in err and hidden(out) == [".same.claim"]
-    assert json.loads((out / ".same.claim" / rundir.OWNER).read_text())["pid"] == live_pid
+    assert json.loads((out / ".same.claim" / claims.OWNER).read_text())["pid"] == live_pid
 
 
 def test_a_stale_claim_of_a_dead_process_is_taken_over(small_config, dead_pid) -> None:
@@ -121,8 +121,8 @@ def test_a_stale_claim_of_a_dead_process_is_taken_over(small_config, dead_pid) -
 
     final = out / "again"
     hold(final, dead_pid)
-    rundir.acquire(final)
-    assert json.loads((rundir.claim_path(final) / rundir.OWNER).read_text())["pid"] == os.getpid()
+    claims.acquire(final)
+    assert json.loads((claims.claim_path(final) / claims.OWNER).read_text())["pid"] == os.getpid()
     assert hidden(out) == [".again.claim"]  # the stale claim was moved aside and deleted
 
 
@@ -131,24 +131,24 @@ def test_a_claim_from_another_host_is_respected_and_names_the_folder_to_delete(t
     final = tmp_path / "shared"
     claim = hold(final, dead_pid, host="elsewhere.example")
     with pytest.raises(rundir.RunDirectoryExists) as refused:
-        rundir.acquire(final)
+        claims.acquire(final)
     message = str(refused.value)
     assert f"process {dead_pid} on host elsewhere.example" in message
     assert "another host" in message and f"delete the folder {claim}" in message
-    assert (claim / rundir.OWNER).is_file()
+    assert (claim / claims.OWNER).is_file()
 
 
 def test_a_claim_without_an_owner_is_waited_for_and_taken_over_when_old(tmp_path) -> None:
     """R-ONE-OWNER: a claim without owner.json is being made (refused) unless older than a minute (abandoned)."""
     final = tmp_path / "half"
-    claim = rundir.claim_path(final)
+    claim = claims.claim_path(final)
     claim.mkdir()
     with pytest.raises(rundir.RunDirectoryExists, match="being claimed by another process right now"):
-        rundir.acquire(final)
-    old = time.time() - rundir.UNOWNED_CLAIM_SECONDS - 5
+        claims.acquire(final)
+    old = time.time() - claims.UNOWNED_CLAIM_SECONDS - 5
     os.utime(claim, (old, old))
-    rundir.acquire(final)
-    assert rundir.holds(final)
+    claims.acquire(final)
+    assert claims.holds(final)
 
 
 def test_the_claim_is_released_on_every_exit_path(small_config, monkeypatch) -> None:
@@ -170,7 +170,7 @@ def test_the_claim_is_released_on_every_exit_path(small_config, monkeypatch) -> 
     assert hidden(out) == [] and (out / "stop").is_dir()
 
     def broken(plan) -> None:  # noqa: ANN001 - a step of preparation that fails after the claim was made
-        assert rundir.holds(plan.final)
+        assert claims.holds(plan.final)
         raise OSError("the disk went away")
 
     monkeypatch.setattr(prepare, "write_inputs", broken)
@@ -190,7 +190,7 @@ def test_two_resumes_of_one_run_are_one_continuing_and_one_refused(small_config,
     with pytest.raises(rundir.RunDirectoryExists, match=f"process {live_pid}"):
         resume(kept, progress=False)
     assert kept.is_dir() and main(["run", "--resume", str(kept), "--no-progress"]) == 2
-    (claim / rundir.OWNER).unlink()
+    (claim / claims.OWNER).unlink()
     claim.rmdir()
     gone = out / "vanished.interrupted"  # found by one resumer, then taken over by another before the claim
     with pytest.raises(InputError, match="taken over by another process"):

@@ -438,7 +438,9 @@ def terminal_confirmation(yes: bool) -> Callable[[str], bool] | None:
 
 
 def _duration(seconds: float) -> str:
-    """``41 s``, ``7.5 min``, ``3.2 h``."""
+    """``0.4 s``, ``41 s``, ``7.5 min``, ``3.2 h``."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 90 * 60:
