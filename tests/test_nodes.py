@@ -24,7 +24,7 @@ from fedsim.clients.node import NodeConfigError, NodeHosting, mirror_folder
 from fedsim.config import ConfigError
 from fedsim.runs.executors import CohortExecutor, NodeError
 from fedsim.runs.experiment import run
-from fedsim.frontends.flower_app import config_from_run_config, resolve_config_file
+from fedsim.frontends.flower_app import APP_DIR, config_from_run_config, resolve_config_file
 from fedsim.runs.prepare import prepare
 from fedsim.core.spec import PartitionIndex
 
@@ -147,6 +147,9 @@ def test_flwr_run_config_file_is_found_in_the_app_folder_then_the_working_direct
     assert (config.train.rounds, config.train.lr, config.partition.alpha) == (7, 0.5, 0.1)
     with pytest.raises(ConfigError, match=r"config-file = 'c.toml': no such file in the app's folder"):
         resolve_config_file("c.toml", app)
+    # the default app folder is the project root (the one holding pyproject.toml), not the package
+    assert resolve_config_file("configs/quickstart.toml") == APP_DIR / "configs" / "quickstart.toml"
+    assert (APP_DIR / "pyproject.toml").is_file()
 
 
 @pytest.mark.slow  # a subprocess importing torch and Flower

@@ -33,7 +33,7 @@ class Executor(ABC):
         """What the strategy aggregates for these training replies: the replies themselves.
 
         A stacked update is serialized into its reply here (Flower's strategies read per-client
-        ``ArrayRecord``\ s); a strategy that aggregates stacks is not handed these
+        ``ArrayRecord`` objects); a strategy that aggregates stacks is not handed these
         (:meth:`fedsim.core.loop.RoundLoop.run_round`). An executor whose workers pre-aggregate
         (streaming) returns their partial aggregates.
         """

@@ -235,7 +235,7 @@ class RoundLoop:
 
         A strategy that aggregates stacked updates (:class:`~fedsim.core.stack.StackAggregation`)
         reads them in place when every reply has one; any other strategy gets Flower messages
-        with per-client ``ArrayRecord``\ s (or a streaming executor's partial aggregates).
+        with per-client ``ArrayRecord`` objects (or a streaming executor's partial aggregates).
         """
         replies = training.to_strategy
         if (isinstance(self.strategy, StackAggregation) and replies

@@ -44,7 +44,7 @@ server_app = ServerApp()
 FLOWER_LOGGER = "flwr"  # the logger Flower's runtimes log through (flwr.common.logger.FLOWER_LOGGER)
 
 
-APP_DIR = Path(__file__).resolve().parent.parent  # the app's folder: the project root, or Flower's copy of it
+APP_DIR = Path(__file__).resolve().parents[2]  # the app's folder (fedsim/frontends/ -> the project root, or Flower's copy of it)
 
 
 def resolve_config_file(name: str, app_dir: Path = APP_DIR) -> Path:

@@ -6,7 +6,7 @@ torch threads as a Ray worker of ``runtime.num_cpus_per_client`` CPUs gets, so t
 match the Flower executors' bit for bit on CPU. With fedsim's own ClientApp, training tasks no
 mod acts on skip it (:class:`~fedsim.clients.runner.ClientRunner`): the clients' weights stay
 one stacked tensor per dtype, read in place by the screen and the aggregate, never serialized
-per client unless a strategy asks for Flower ``ArrayRecord``\ s. An exception becomes an error reply, as
+per client unless a strategy asks for Flower ``ArrayRecord`` objects. An exception becomes an error reply, as
 Flower's runtime would report it. There is no timeout: a client that hangs blocks the round.
 Used by the fast tests, for debugging and for small runs (``executor.kind =
 "in-process"``).
