@@ -122,7 +122,8 @@ SAMPLING_ARGS = {
 }
 _INTERNAL_ARGS = {"strategy", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn",
                   "evaluate_metrics_aggr_fn"}
-# what a DP wrapper may wrap: not another wrapper, not distillation (no weights), not asynchronous aggregation
+# what a DP wrapper may wrap: not another wrapper, not distillation (no weights), not asynchronous aggregation,
+# not what _NOT_DP_BASES names (with the reason)
 _NOT_DP_BASES = {
     "fednova": "its tau_eff / a_i rescales each clipped update, beyond the clipping norm the noise is calibrated to",
 }
