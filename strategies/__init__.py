@@ -8,6 +8,7 @@ Every strategy is a ``flwr.serverapp.strategy`` class, so it also works in a pla
 from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff, staleness_weight
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg, aggregate_arrays, ema_weights
 from .distillation import LatentDistillation, consensus
+from .normalized import FedNova, effective_steps
 from .streaming import STREAMABLE, stream_weight_key
 from .registry import (
     STRATEGIES,
@@ -20,7 +21,7 @@ from .registry import (
 
 __all__ = [
     "STREAMABLE", "stream_weight_key", "AsynchronousStrategy", "FedAsync", "FedBuff", "staleness_weight",
-    "LatentDistillation", "consensus", "STRATEGIES", "STRATEGY_NAMES", "SequentialEMA",
+    "FedNova", "effective_steps", "LatentDistillation", "consensus", "STRATEGIES", "STRATEGY_NAMES", "SequentialEMA",
     "StrategyError", "UniformAvg", "WeightedFedAvg", "aggregate_arrays", "build_strategy",
     "ema_weights", "parse_strategy_spec", "strategy_arguments",
 ]

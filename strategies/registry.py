@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fedsim.errors import InputError
 from fedsim.strategies import stacked  # Flower's strategies on stacked updates
+from fedsim.strategies.normalized import FedNova
 from fedsim.core.protocol import DP_ADAPTIVE  # tells the client which clipping mod to apply
 
 from .arguments import check_arguments
@@ -53,6 +54,8 @@ class StrategyEntry:
     # defaults derived from the run: (the clients' learning rate, clients sampled per round) -> kwargs
     defaults: Callable[[float, int], dict[str, Any]] = field(default=lambda lr, clients_per_round: {})
     wraps: bool = False  # a DP wrapper: takes a `base` strategy name
+    # takes the clients' SGD momentum (train.momentum) as its `momentum` argument, filled in by the registry
+    run_momentum: bool = False
 
 
 STRATEGIES: dict[str, StrategyEntry] = {
@@ -72,6 +75,10 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "qfedavg": StrategyEntry(
         stacked.QFedAvg, "q-FedAvg fair aggregation (q, client_learning_rate = train.lr)",
         defaults=lambda lr, k: {"client_learning_rate": lr, "train_loss_key": "train-loss"},
+    ),
+    "fednova": StrategyEntry(
+        FedNova, "FedNova: normalized averaging by each client's effective local steps (Wang et al. 2020)",
+        run_momentum=True,
     ),
     "fedbuff": StrategyEntry(
         FedBuff, "FedBuff: buffered asynchronous aggregation of stale deltas (buffer_size, server_learning_rate)"),
@@ -115,9 +122,13 @@ SAMPLING_ARGS = {
 }
 _INTERNAL_ARGS = {"strategy", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn",
                   "evaluate_metrics_aggr_fn"}
-# what a DP wrapper may wrap: not another wrapper, not distillation (no weights), not asynchronous aggregation
+# what a DP wrapper may wrap: not another wrapper, not distillation (no weights), not asynchronous aggregation,
+# not what _NOT_DP_BASES names (with the reason)
+_NOT_DP_BASES = {
+    "fednova": "its tau_eff / a_i rescales each clipped update, beyond the clipping norm the noise is calibrated to",
+}
 _DP_BASES = tuple(n for n, e in STRATEGIES.items() if not e.wraps and n != "latent-distill"
-                  and not issubclass(e.cls, AsynchronousStrategy))
+                  and n not in _NOT_DP_BASES and not issubclass(e.cls, AsynchronousStrategy))
 
 
 def _parameters(cls: type) -> dict[str, inspect.Parameter]:
@@ -138,7 +149,8 @@ def _parameters(cls: type) -> dict[str, inspect.Parameter]:
 def strategy_arguments(name: str) -> list[str]:
     """The keyword arguments a user may pass to strategy ``name``."""
     entry = STRATEGIES[name]
-    allowed = [p for p in _parameters(entry.cls) if p not in SAMPLING_ARGS and p not in _INTERNAL_ARGS]
+    allowed = [p for p in _parameters(entry.cls) if p not in SAMPLING_ARGS and p not in _INTERNAL_ARGS
+               and not (entry.run_momentum and p == "momentum")]
     return (["base"] if entry.wraps else []) + allowed
 
 
@@ -150,16 +162,19 @@ def _unknown_name(name: str) -> StrategyError:
 
 
 def build_strategy(name: str, kwargs: dict[str, Any] | None = None, *, lr: float = 0.01,
-                   clients_per_round: int = 1) -> Strategy:
+                   clients_per_round: int = 1, momentum: float = 0.9) -> Strategy:
     """Instantiate strategy ``name`` with ``kwargs``; errors list what exists.
 
     ``lr`` (the clients' learning rate) and ``clients_per_round`` are what some strategies'
-    defaults derive from (q-FedAvg's client learning rate, the DP wrappers' sample size).
+    defaults derive from (q-FedAvg's client learning rate, the DP wrappers' sample size);
+    ``momentum`` (the clients' SGD momentum, ``train.momentum``) is FedNova's ``momentum``.
     """
     if name not in STRATEGIES:
         raise _unknown_name(name)
     entry = STRATEGIES[name]
     kwargs = dict(kwargs or {})
+    if entry.run_momentum:
+        _check_run_momentum(name, kwargs.pop("momentum", momentum), momentum)
     allowed = strategy_arguments(name)
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
@@ -173,12 +188,18 @@ def build_strategy(name: str, kwargs: dict[str, Any] | None = None, *, lr: float
     arguments = {k: v for k, v in SAMPLING_ARGS.items() if k in params}
     arguments.update(entry.defaults(lr, clients_per_round))
     arguments.update(kwargs)
+    if entry.run_momentum:
+        arguments["momentum"] = momentum
     if entry.wraps:
         base = arguments.pop("base", "fedavg")
+        if base in _NOT_DP_BASES:
+            raise StrategyError(f"strategy {name!r}: base = {base!r} cannot be wrapped: {_NOT_DP_BASES[base]}; "
+                                f"allowed: {', '.join(_DP_BASES)}")
         if base not in _DP_BASES:
             raise StrategyError(f"strategy {name!r}: base = {base!r} must be one of the synchronous weight-averaging "
                                 f"strategies: {', '.join(_DP_BASES)}")
-        arguments["strategy"] = build_strategy(base, {}, lr=lr, clients_per_round=clients_per_round)
+        arguments["strategy"] = build_strategy(base, {}, lr=lr, clients_per_round=clients_per_round,
+                                               momentum=momentum)
     missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty
                and p not in arguments]
     if missing:
@@ -188,6 +209,14 @@ def build_strategy(name: str, kwargs: dict[str, Any] | None = None, *, lr: float
         return entry.cls(**arguments)
     except (TypeError, ValueError) as err:
         raise StrategyError(f"strategy {name!r} rejected its arguments {kwargs}: {err}") from err
+
+
+def _check_run_momentum(name: str, given: Any, momentum: float) -> None:
+    """A strategy's ``momentum`` is the clients' (``train.momentum``): a user may only repeat it."""
+    if given != momentum or isinstance(given, bool):
+        raise StrategyError(f"strategy {name!r}: momentum = {given!r} must equal train.momentum ({momentum!r}): "
+                            "it is the clients' SGD momentum, which the strategy reads from the run; set "
+                            "train.momentum instead")
 
 
 def parse_strategy_spec(spec: str) -> tuple[str, dict[str, Any]]:

@@ -50,6 +50,7 @@ class StrategyPlan:
     kwargs: dict
     lr: float  # defaults some strategies derive (q-FedAvg's client learning rate)
     clients_per_round: int  # ... and the DP wrappers' num_sampled_clients
+    momentum: float = 0.9  # the clients' SGD momentum (FedNova's a_i)
     error: str = ""  # why the strategy cannot be built ("" when it can)
     asynchronous: bool = False  # aggregates buffered updates on the simulated clock (FedBuff, FedAsync)
     buffer_size: int = 1  # asynchronous: updates per server round
@@ -61,11 +62,13 @@ class StrategyPlan:
 
     def build(self) -> Strategy:
         """A fresh instance of the run's strategy."""
-        return build_strategy(self.name, self.kwargs, lr=self.lr, clients_per_round=self.clients_per_round)
+        return build_strategy(self.name, self.kwargs, lr=self.lr, clients_per_round=self.clients_per_round,
+                              momentum=self.momentum)
 
     @classmethod
-    def resolve(cls, name: str, kwargs: dict, lr: float, clients_per_round: int) -> StrategyPlan:
-        plan = cls(name, dict(kwargs), lr, clients_per_round)
+    def resolve(cls, name: str, kwargs: dict, lr: float, clients_per_round: int,
+                momentum: float = 0.9) -> StrategyPlan:
+        plan = cls(name, dict(kwargs), lr, clients_per_round, momentum)
         if not plan.known:
             return plan
         try:
@@ -221,7 +224,8 @@ def plan_for(config: ExperimentConfig) -> RunPlan:
         config=config,
         mode=MODES.get(train.mode, MODES["federated"]),
         method=method,
-        strategy=StrategyPlan.resolve(config.strategy.name, config.strategy.kwargs, train.lr, per_round),
+        strategy=StrategyPlan.resolve(config.strategy.name, config.strategy.kwargs, train.lr, per_round,
+                                      train.momentum),
         clients_per_round=per_round,
         clients_per_eval=sample_size(n, evaluation.fraction_evaluate, evaluation.clients_per_eval) if n >= 1 else 0,
         concurrency=config.time.policy.concurrency or per_round,
