@@ -30,6 +30,7 @@ from .arguments import check_arguments
 from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
 from .distillation import LatentDistillation
+from .scaffold import Scaffold
 
 
 class StrategyError(InputError):
@@ -76,6 +77,8 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "fedbuff": StrategyEntry(
         FedBuff, "FedBuff: buffered asynchronous aggregation of stale deltas (buffer_size, server_learning_rate)"),
     "fedasync": StrategyEntry(FedAsync, "FedAsync: mix in every arrival, weighted by staleness (mixing)"),
+    "scaffold": StrategyEntry(
+        Scaffold, "SCAFFOLD: control variates correct client drift, option II (server_learning_rate)"),
     "latent-distill": StrategyEntry(
         LatentDistillation, "federated distillation of logits + latent representations ([latent_distill])"),
     "dp-fixed-server": StrategyEntry(
@@ -115,8 +118,9 @@ SAMPLING_ARGS = {
 }
 _INTERNAL_ARGS = {"strategy", "arrayrecord_key", "configrecord_key", "train_metrics_aggr_fn",
                   "evaluate_metrics_aggr_fn"}
-# what a DP wrapper may wrap: not another wrapper, not distillation (no weights), not asynchronous aggregation
-_DP_BASES = tuple(n for n, e in STRATEGIES.items() if not e.wraps and n != "latent-distill"
+# what a DP wrapper may wrap: not another wrapper, not distillation (no weights), not asynchronous aggregation,
+# not SCAFFOLD (the wrapper would clip and noise the model update but not the control delta)
+_DP_BASES = tuple(n for n, e in STRATEGIES.items() if not e.wraps and n not in ("latent-distill", "scaffold")
                   and not issubclass(e.cls, AsynchronousStrategy))
 
 
