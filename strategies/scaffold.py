@@ -119,8 +119,11 @@ class Scaffold(WeightedFedAvg):
     def _step(self, mean: ArrayRecord, deltas: list[Mapping[str, torch.Tensor]]) -> ArrayRecord:
         """The new x from the weighted mean (server learning rate), and c updated by the deltas."""
         self.control = control_update(self.control, deltas, self.population)
-        if self.server_learning_rate == 1.0 or self.current_arrays is None:
+        if self.server_learning_rate == 1.0:
             return mean
+        if self.current_arrays is None:
+            raise ScaffoldError("SCAFFOLD aggregates from the global model its clients received: call "
+                                "configure_train before aggregate_train")
         return server_step(self.current_arrays, mean, self.server_learning_rate)
 
 

@@ -280,12 +280,14 @@ def test_upload_bytes_are_the_model_and_the_trainable_parameters(small_config) -
 
 
 def test_an_interrupted_scaffold_run_resumes_bitwise_identical(small_config) -> None:
+    """Stopped after round 3 with the checkpoint at round 2: the c_i written in round 3 are rolled back."""
     settings = {"strategy.name": "scaffold", "train.rounds": 4, "train.clients_per_round": 5,
-                "evaluation.federated_every": 2, "strategy.kwargs.server_learning_rate": 0.8}
+                "evaluation.federated_every": 2, "strategy.kwargs.server_learning_rate": 0.8,
+                "output.checkpoint_every": 2}
     reference = run(small_config(**settings, **{"output.name": "reference"}), progress=False)
     config = small_config(**settings, **{"output.name": "resumed"})
     with pytest.raises(RunInterrupted):
-        run(config, progress=False, extensions=[StopAfter(2)])
+        run(config, progress=False, extensions=[StopAfter(3)])
     result = resume(Path(config.output.dir) / "resumed.interrupted", progress=False, extensions=[StopAfter(99)])
     same_results(reference.path, result.path)
     for path in (reference.path / "client_state" / NAMESPACE).glob("*.pt"):
