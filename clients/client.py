@@ -74,11 +74,13 @@ class LocalClient:
         return len(self.run.partition.train_of(self.client_id))
 
     def fit(self, model: torch.nn.Module, server_round: int, recipe: SGDRecipe | None = None,
-            peers: list[tuple[int, dict[str, torch.Tensor]]] | None = None) -> training.TrainStats:
+            peers: list[tuple[int, dict[str, torch.Tensor]]] | None = None,
+            offset: training.StepOffset | None = None) -> training.TrainStats:
         """Local SGD on the client's training split; randomness from (seed, round, client).
 
         ``recipe`` defaults to the run's (``spec.recipe``); the handler passes it with the
-        round's proximal term when the strategy sends one. What the client trains on comes from
+        round's proximal term when the strategy sends one, and the client's step ``offset``
+        (:data:`~fedsim.clients.training.StepOffset`: SCAFFOLD's correction) when it has one. What the client trains on comes from
         :meth:`training_inputs`, which the vectorized engine uses too.
         """
         inputs = self.training_inputs(model, server_round, peers)
@@ -89,7 +91,7 @@ class LocalClient:
                 return inputs.batch_loss(xb, yb, logits, loss), logits
 
         stats = training.train(model, inputs.x, inputs.y, recipe or self.run.spec.recipe, inputs.generator,
-                               objective=objective, prepare_batch=inputs.prepare_batch)
+                               objective=objective, prepare_batch=inputs.prepare_batch, offset=offset)
         stats.hook_metrics = inputs.report()
         return stats
 

@@ -15,7 +15,7 @@ replies from it instead of training or evaluating.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -28,6 +28,7 @@ from fedsim.core.protocol import (
     CLIENT_TIMEOUT,
     CLIENT_SECONDS,
     COMPILE_SECONDS,
+    CONTROL_DELTA,
     DISTILL,
     ENGINE,
     EVAL_ACCURACY,
@@ -51,6 +52,7 @@ from .clipping import ClientClipping
 from .distill import distill_round, evaluate_views
 from .limits import time_limit
 from .process import worker_process
+from .scaffold import ClientControl
 
 if TYPE_CHECKING:
     from .lockstep.planner import LockstepOutcome
@@ -96,12 +98,15 @@ class TrainUpdate:
     """What training one client produced, before it is put in any message.
 
     ``state``: the trained weights (weight-averaging methods; the client's own tensors, safe to
-    keep); ``outputs``: what a distillation client sends instead; ``metrics``: its MetricRecord.
+    keep); ``outputs``: what a distillation client sends instead; ``metrics``: its MetricRecord;
+    ``extras``: other arrays it sends beside its weights, by record name (SCAFFOLD's
+    :data:`~fedsim.core.protocol.CONTROL_DELTA`), stacked by a worker like the weights.
     """
 
     metrics: dict[str, float | int]
     state: dict[str, torch.Tensor] | None = None
     outputs: ArrayRecord | None = None
+    extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
 
 def trains_direct(msg: Message) -> bool:
@@ -140,7 +145,10 @@ def handle_train(msg: Message, client_id: int, lockstep: LockstepOutcome | None 
     """
     update = train_update(msg, client_id, lockstep)
     arrays = ArrayRecord(update.state) if update.state is not None else update.outputs
-    return reply(msg, client_id, update.metrics, _checked(arrays) if arrays is not None else None)
+    answer = reply(msg, client_id, update.metrics, _checked(arrays) if arrays is not None else None)
+    for name, extra in update.extras.items():
+        answer.content[name] = _checked(ArrayRecord(extra))
+    return answer
 
 
 def _engine(lockstep: LockstepOutcome | None) -> dict[str, float | int]:
@@ -159,6 +167,8 @@ def _train(msg: Message, client_id: int, lockstep: LockstepOutcome | None) -> Tr
         return TrainUpdate({**values, CLIENT_SECONDS: time.perf_counter() - started, **engine}, outputs=outputs)
     if lockstep is not None and lockstep.error is not None:
         raise lockstep.error
+    control = ClientControl.of_task(client.run, msg, client_id)  # SCAFFOLD's c and c_i (None: not SCAFFOLD)
+    recipe = client.run.spec.recipe.with_proximal_mu(float(config.get(PROXIMAL_MU, 0.0)))
     if lockstep is not None and lockstep.state is not None:  # trained in lockstep (fedsim.clients.lockstep)
         stats, state, engine = lockstep.stats, lockstep.state, _engine(lockstep)
         seconds = lockstep.seconds + time.perf_counter() - started
@@ -166,16 +176,18 @@ def _train(msg: Message, client_id: int, lockstep: LockstepOutcome | None) -> Tr
             engine[COMPILE_SECONDS] = lockstep.compile_seconds
     else:
         model = global_model(client.run, msg)
-        recipe = client.run.spec.recipe.with_proximal_mu(float(config.get(PROXIMAL_MU, 0.0)))
         peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(msg)]
-        stats = client.fit(model, server_round, recipe, peers=peers)
+        stats = client.fit(model, server_round, recipe, peers=peers, offset=control.offset if control else None)
         # the worker's model is trained again for its next client: this client's weights are copied out
         state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         engine = _engine(lockstep)
         seconds = time.perf_counter() - started
+    extras = {}
+    if control is not None:  # option II: c_i+ stored, delta c_i sent
+        extras[CONTROL_DELTA] = control.finish(client.run, msg, state, stats.steps, recipe.lr)
     metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy,
                TRAIN_STEPS: stats.steps, CLIENT_SECONDS: seconds, **engine, **stats.hook_metrics}
-    return TrainUpdate(metrics, state=state)
+    return TrainUpdate(metrics, state=state, extras=extras)
 
 
 def handle_evaluate(msg: Message, client_id: int, lockstep: LockstepOutcome | None = None) -> Message:

@@ -122,17 +122,18 @@ class ClientRunner:
         try:
             # the vectorized engine's clients, trained (or evaluated) before any replies; a task is one or the other
             outcomes = [t or e for t, e in zip(train_in_lockstep(tasks), evaluate_in_lockstep(tasks))]
-            replies, states = [], {}
+            replies, states, extras = [], {}, {}
             for position, (task, outcome) in enumerate(zip(tasks, outcomes)):
                 check_stop()  # Ctrl-C in this process: no further clients
                 if self.direct and trains_direct(task.message):
-                    reply_, state = self._train_direct(task, outcome)
+                    reply_, state, extra = self._train_direct(task, outcome)
                     if state is not None:
                         states[position] = state
+                        extras[position] = extra
                     replies.append(reply_)
                 else:
                     replies.append(self._run_one(task, outcome))
-            return stack_updates(tasks, replies, states)
+            return stack_updates(tasks, replies, states, extras)
         finally:
             torch.set_num_threads(threads)
 
@@ -148,8 +149,8 @@ class ClientRunner:
             context.lockstep = None
 
     def _train_direct(self, task: ClientTask, outcome: LockstepOutcome | None
-                      ) -> tuple[ClientReply, dict[str, torch.Tensor] | None]:
-        """The client trained without its ClientApp: a metrics-only reply, and its weights apart."""
+                      ) -> tuple[ClientReply, dict[str, torch.Tensor] | None, dict[str, dict[str, torch.Tensor]]]:
+        """The client trained without its ClientApp: a metrics-only reply, its weights and its extras apart."""
         try:
             update = train_update(task.message, task.client_id, outcome)
             state, metrics = update.state, dict(update.metrics)
@@ -157,22 +158,32 @@ class ClientRunner:
             if clipping is not None and state is not None:
                 state = clipping.apply(task.message, state, metrics)
         except Exception as error:  # noqa: BLE001 - a client's failure is a reply, as in Flower
-            return failed_reply(task, f"{type(error).__name__}: {error}"), None
+            return failed_reply(task, f"{type(error).__name__}: {error}"), None, {}
         content = reply_content(task.client_id, metrics)  # no Message: made only if a strategy asks
-        return ClientReply(task.client_id, content=content, reply_to=task.message), state
+        return ClientReply(task.client_id, content=content, reply_to=task.message), state, update.extras
 
 
-def stack_updates(tasks: list[ClientTask], replies: list[ClientReply],
-                  states: dict[int, dict[str, torch.Tensor]]) -> list[ClientReply]:
+def stack_updates(tasks: list[ClientTask], replies: list[ClientReply], states: dict[int, dict[str, torch.Tensor]],
+                  extras: dict[int, dict[str, dict[str, torch.Tensor]]] | None = None) -> list[ClientReply]:
     """Stack the weights in ``states`` (by task position) per layout and give each reply its row.
 
     A client whose weights hold NaN or Inf fails alone, with the reason the ClientApp path
-    gives (``DivergedUpdate``): the stack is checked once, in one pass.
+    gives (``DivergedUpdate``): the stack is checked once, in one pass. ``extras`` (by task
+    position: record name -> arrays, e.g. SCAFFOLD's control delta) are stacked per name and
+    layout the same way and become each reply's :attr:`~fedsim.core.protocol.ClientReply.extras`.
     """
+    by_extra: dict[tuple[str, Layout], list[int]] = {}
+    for position, named in (extras or {}).items():
+        for name, arrays in named.items():
+            by_extra.setdefault((name, Layout.of(arrays)), []).append(position)
+    replies = list(replies)
+    for (name, _), positions in by_extra.items():
+        stack = UpdateStack.of([tasks[p].client_id for p in positions], [extras[p][name] for p in positions])
+        for index, position in enumerate(positions):
+            replies[position].extras[name] = stack.view(index)
     by_layout: dict[Layout, list[int]] = {}
     for position, state in states.items():
         by_layout.setdefault(Layout.of(state), []).append(position)
-    replies = list(replies)
     for positions in by_layout.values():
         stack = UpdateStack.of([tasks[p].client_id for p in positions], [states[p] for p in positions])
         for index, position in enumerate(positions):

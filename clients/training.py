@@ -148,6 +148,15 @@ def seeded_init(generator: torch.Generator) -> Iterator[None]:
         yield
 
 
+StepOffset = dict[str, torch.Tensor]
+"""A constant per-client vector v, by parameter name: after every optimizer step, w <- w - lr * v.
+
+The one way a strategy changes the local step by a per-client constant (SCAFFOLD's
+``c - c_i``, :mod:`fedsim.clients.scaffold`): both engines apply it in one place
+(here and :meth:`fedsim.clients.lockstep.engine.LockstepTrainer._sgd`). Parameters it does not
+name are not shifted; buffers never are.
+"""
+
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``(model, x_batch, y_batch, batch_indices) -> (loss, logits)``: what one SGD step minimises."""
 
@@ -168,6 +177,7 @@ def train(
     objective: Objective = cross_entropy_objective,
     prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
     dropout: torch.Generator | None = None,
+    offset: StepOffset | None = None,
 ) -> TrainStats:
     """Run ``recipe.epochs`` epochs of mini-batch SGD on ``(x, y)`` in place; return statistics.
 
@@ -176,23 +186,28 @@ def train(
     adds FedProx's proximal term (mu / 2) * ||w - w_start||^2, where w_start are the weights the
     call started from (the received global model). ``prepare_batch`` turns ``x[idx]`` into the model's
     input (fedsim's clients keep uint8 images and augment/normalise per batch). Dropout masks
-    come from ``dropout`` (default: :func:`dropout_generator` of ``generator``).
+    come from ``dropout`` (default: :func:`dropout_generator` of ``generator``). ``offset``
+    (:data:`StepOffset`) is subtracted, times ``recipe.lr``, after every optimizer step: outside
+    the momentum buffer, as NIID-Bench applies SCAFFOLD's correction (with momentum 0 this is the
+    same as adding it to the gradient).
     """
     n = len(y)
     if n == 0:
         return TrainStats(0, float("nan"), float("nan"), 0)
     with dropout_from(model, dropout if dropout is not None else dropout_generator(generator)):
-        return _train(model, x, y, recipe, generator, objective, prepare_batch)
+        return _train(model, x, y, recipe, generator, objective, prepare_batch, offset)
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: SGDRecipe, generator: torch.Generator,
-           objective: Objective, prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None) -> TrainStats:
+           objective: Objective, prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None,
+           offset: StepOffset | None) -> TrainStats:
     n = len(y)
     model.train()
     optimizer = torch.optim.SGD(
         model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
     )
     anchor = [p.detach().clone() for p in model.parameters()] if recipe.proximal_mu > 0 else None
+    shifts = [(p, offset[name]) for name, p in model.named_parameters() if name in offset] if offset else []
     single_sample_breaks = _has_batchnorm(model)
     # summed on the device: one host synchronisation per call instead of one per step
     total_loss = torch.zeros((), device=x.device)
@@ -213,6 +228,10 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: SGDRecipe
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if shifts:
+                with torch.no_grad():
+                    for p, v in shifts:
+                        p.add_(v, alpha=-recipe.lr)
             total_correct += (logits.detach().argmax(1) == y[idx]).sum()
             steps += 1
     processed = n * recipe.epochs  # a skipped single-sample batch still counts: the mean the metrics report

@@ -31,6 +31,7 @@ from .arguments import check_arguments
 from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
 from .distillation import LatentDistillation
+from .scaffold import Scaffold
 
 
 class StrategyError(InputError):
@@ -83,6 +84,8 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "fedbuff": StrategyEntry(
         FedBuff, "FedBuff: buffered asynchronous aggregation of stale deltas (buffer_size, server_learning_rate)"),
     "fedasync": StrategyEntry(FedAsync, "FedAsync: mix in every arrival, weighted by staleness (mixing)"),
+    "scaffold": StrategyEntry(
+        Scaffold, "SCAFFOLD: control variates correct client drift, option II (server_learning_rate)"),
     "latent-distill": StrategyEntry(
         LatentDistillation, "federated distillation of logits + latent representations ([latent_distill])"),
     "dp-fixed-server": StrategyEntry(
@@ -126,6 +129,7 @@ _INTERNAL_ARGS = {"strategy", "arrayrecord_key", "configrecord_key", "train_metr
 # not what _NOT_DP_BASES names (with the reason)
 _NOT_DP_BASES = {
     "fednova": "its tau_eff / a_i rescales each clipped update, beyond the clipping norm the noise is calibrated to",
+    "scaffold": "the wrapper would clip and noise the model update but not the control-variate delta",
 }
 _DP_BASES = tuple(n for n, e in STRATEGIES.items() if not e.wraps and n != "latent-distill"
                   and n not in _NOT_DP_BASES and not issubclass(e.cls, AsynchronousStrategy))

@@ -13,8 +13,10 @@ call of full batches, and a shrinking active set costs nothing. Nothing is ever 
 padded sample can touch a gradient or a running statistic.
 
 The optimiser is :class:`torch.optim.SGD`'s update written over the stacked tensors (momentum,
-weight decay, FedProx's proximal gradient mu * (w - w_start)), applied to the stepping clients
-only. In float64 the two engines agree to rounding (~1e-13 after a round; tested per model).
+weight decay, FedProx's proximal gradient mu * (w - w_start)), then each client's constant step
+offset (:data:`~fedsim.clients.training.StepOffset`, SCAFFOLD's correction), applied to the
+stepping clients only. In float64 the two engines agree to rounding (~1e-13 after a round;
+tested per model).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from fedsim.ops.interrupt import check_stop
 from fedsim.core.recipe import SGDRecipe
 
 from ..preparation import PrepareBatch
-from ..training import TrainStats, dropout_generator
+from ..training import StepOffset, TrainStats, dropout_generator
 from .batches import step_batches
 from .functional import FunctionalModel
 
@@ -49,7 +51,8 @@ class LockstepClient:
     ``generator`` shuffles (one ``randperm`` per epoch, as the sequential engine draws them);
     The client's dropout masks come from :func:`~fedsim.clients.training.dropout_generator` of
     ``generator``, layer by layer and step by step as the sequential engine draws them
-    (:func:`fedsim.clients.training.dropout_from`).
+    (:func:`fedsim.clients.training.dropout_from`). ``offset``: the client's constant step offset
+    (None: none), subtracted times the learning rate after every step as the sequential engine does.
     """
 
     x: torch.Tensor
@@ -58,6 +61,7 @@ class LockstepClient:
     generator: torch.Generator
     prepare_batch: PrepareBatch | None = None
     batch_loss: BatchLoss | None = None
+    offset: StepOffset | None = None
 
 
 @dataclass
@@ -76,6 +80,7 @@ class _Stacked:
     buffers: dict[str, torch.Tensor]
     momentum: dict[str, torch.Tensor]
     anchor: dict[str, torch.Tensor] = field(default_factory=dict)
+    offset: dict[str, torch.Tensor] = field(default_factory=dict)  # per-client step offsets (zeros where none)
 
 
 def batch_plan(n: int, recipe: SGDRecipe, generator: torch.Generator, skip_single: bool) -> list[torch.Tensor]:
@@ -106,8 +111,9 @@ class LockstepTrainer:
         self.compile = compile
         self._compiled: dict[tuple[int, int], Callable] = {}
 
-    def _functional_step(self, params: dict, buffers: dict, momentum: dict, anchor: dict, xb: torch.Tensor,
-                         yb: torch.Tensor, masks: tuple, recipe: SGDRecipe) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
+    def _functional_step(self, params: dict, buffers: dict, momentum: dict, anchor: dict, offset: dict,
+                         xb: torch.Tensor, yb: torch.Tensor, masks: tuple,
+                         recipe: SGDRecipe) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
         """One SGD step of m clients as a pure function (what ``torch.compile`` compiles whole).
 
         Per-client gradients come from ``vmap(grad_and_value(loss))``; BatchNorm updates
@@ -115,7 +121,7 @@ class LockstepTrainer:
         """
         grads, (losses, logits) = vmap(grad_and_value(self.functional.client_loss, has_aux=True))(
             params, buffers, xb, yb, masks)
-        return (*self._sgd(params, grads, momentum, anchor, recipe), losses, logits)
+        return (*self._sgd(params, grads, momentum, anchor, offset, recipe), losses, logits)
 
     def _compiled_step(self, m: int, b: int) -> tuple[Callable, bool]:
         """The compiled step for m clients x b samples, and whether this call compiles it first."""
@@ -191,7 +197,8 @@ class LockstepTrainer:
                 (self._functional_step, False)
             started = time.perf_counter()
             new_params, new_momentum, losses, logits = step(params, buffers, take(stacked.momentum),
-                                                            take(stacked.anchor), xb, yb, masks, recipe)
+                                                            take(stacked.anchor), take(stacked.offset), xb, yb,
+                                                            masks, recipe)
             compile_seconds = time.perf_counter() - started if compiling else 0.0
         else:  # hooks change the loss per client: autograd through the vmapped forward
             params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
@@ -202,7 +209,8 @@ class LockstepTrainer:
             grads = dict(zip(params, torch.autograd.grad(losses.sum(), list(params.values()))))
             with torch.no_grad():
                 new_params, new_momentum = self._sgd({n: p.detach() for n, p in params.items()}, grads,
-                                                     take(stacked.momentum), take(stacked.anchor), recipe)
+                                                     take(stacked.momentum), take(stacked.anchor),
+                                                     take(stacked.offset), recipe)
             losses, compile_seconds = losses.detach(), 0.0  # training.train reports the hooks' loss
         if not full:
             put(stacked.buffers, buffers)
@@ -211,8 +219,10 @@ class LockstepTrainer:
         return losses, logits, compile_seconds
 
     @staticmethod
-    def _sgd(params: dict, grads: dict, momentum: dict, anchor: dict, recipe: SGDRecipe) -> tuple[dict, dict]:
-        """:class:`torch.optim.SGD`'s update (plus FedProx's proximal gradient) on stacked tensors."""
+    def _sgd(params: dict, grads: dict, momentum: dict, anchor: dict, offset: dict,
+             recipe: SGDRecipe) -> tuple[dict, dict]:
+        """:class:`torch.optim.SGD`'s update (plus FedProx's proximal gradient) on stacked tensors, then
+        the clients' step offsets (``w - lr * v`` after the step, as :func:`~fedsim.clients.training.train`)."""
         new_params, new_momentum = {}, {}
         for n, p in params.items():
             g = grads[n]
@@ -223,6 +233,8 @@ class LockstepTrainer:
             if recipe.momentum != 0:
                 g = new_momentum[n] = momentum[n].mul(recipe.momentum).add(g)
             new_params[n] = p.add(g, alpha=-recipe.lr)
+            if n in offset:
+                new_params[n] = new_params[n].add(offset[n], alpha=-recipe.lr)
         return new_params, new_momentum
 
     def _stack(self, clients: list[LockstepClient], recipe: SGDRecipe) -> _Stacked:
@@ -231,7 +243,12 @@ class LockstepTrainer:
         buffers = {n: torch.stack([c.state[n].detach() for c in clients]).clone() for n in fm.buffer_names}
         momentum = {n: torch.zeros_like(p) for n, p in params.items()} if recipe.momentum != 0 else {}
         anchor = {n: p.clone() for n, p in params.items()} if recipe.proximal_mu > 0 else {}
-        return _Stacked(params, buffers, momentum, anchor)
+        offset = {}
+        if any(c.offset for c in clients):  # a client without an offset gets zeros: no shift (0 * lr)
+            offset = {n: torch.stack([c.offset[n].detach().to(p) if c.offset and n in c.offset
+                                      else torch.zeros_like(p[0]) for c in clients])
+                      for n, p in params.items() if any(c.offset and n in c.offset for c in clients)}
+        return _Stacked(params, buffers, momentum, anchor, offset)
 
     def _unstack(self, stacked: _Stacked, k: int) -> list[dict[str, torch.Tensor]]:
         merged = {**stacked.params, **stacked.buffers}

@@ -1,7 +1,8 @@
 """How many clients of one architecture fit in one lockstep chunk.
 
 A chunk of K clients holds, per client: its parameters, their gradients, SGD's momentum, the
-gathered copy a shrinking active set takes, the proximal anchor (FedProx), its BatchNorm
+gathered copy a shrinking active set takes, the proximal anchor (FedProx), a step offset
+(SCAFFOLD's correction), its BatchNorm
 buffers, and the activations autograd keeps for one batch (measured by a probe forward, and
 counted twice: the forward's outputs and their gradients). The chunk may use
 ``engine.lockstep_memory`` of the memory free on the device (CUDA: what the driver reports
@@ -47,11 +48,11 @@ def activation_bytes(model: nn.Module, input_shape: tuple[int, ...], batch: int)
     return total * batch
 
 
-def bytes_per_client(model: nn.Module, input_shape: tuple[int, ...], recipe: SGDRecipe) -> int:
+def bytes_per_client(model: nn.Module, input_shape: tuple[int, ...], recipe: SGDRecipe, offset: bool = False) -> int:
     """Estimated bytes one client occupies in a lockstep chunk (state, optimiser, one batch's activations)."""
     params = sum(p.numel() * p.element_size() for p in model.parameters())
     buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-    copies = 4 + (recipe.momentum != 0) + (recipe.proximal_mu > 0)  # weights, grads, gathered copy, update temp
+    copies = 4 + (recipe.momentum != 0) + (recipe.proximal_mu > 0) + offset  # weights, grads, gathered copy, update temp
     return copies * params + 2 * buffers + 2 * activation_bytes(model, input_shape, recipe.batch_size)
 
 

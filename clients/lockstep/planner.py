@@ -30,6 +30,7 @@ from flwr.app import MessageType
 from fedsim.core.protocol import (
     ARRAYS,
     CLIENT_TIMEOUT,
+    CONTROL,
     DISTILL,
     PROXIMAL_MU,
     RUN_DIR,
@@ -45,6 +46,7 @@ from ..hooks import build_hooks
 from ..limits import ClientTimeout, time_limit
 from ..training import EvalStats, TrainStats
 from ..process import worker_process
+from ..scaffold import ClientControl
 from ..worker import WorkerRun
 from .engine import LockstepClient, LockstepTrainer
 from .memory import LockstepMemoryError, bytes_per_client, chunk_size, free_bytes
@@ -125,7 +127,8 @@ def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float
     input_shape = (int(run.x_train.shape[-1]), *run.x_train.shape[1:3])
     trainer = _trainer(run, architecture, model, input_shape)
     try:
-        size = chunk_size(bytes_per_client(model, input_shape, recipe), free_bytes(run.device),
+        offset = CONTROL in tasks[0].message.content.array_records  # each client holds a step offset
+        size = chunk_size(bytes_per_client(model, input_shape, recipe, offset), free_bytes(run.device),
                           run.spec.lockstep_memory, run.spec.lockstep_clients, architecture)
     except LockstepMemoryError as error:
         return [LockstepOutcome(TrainingEngine.VECTORIZED, error=error) for _ in tasks]
@@ -137,8 +140,9 @@ def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float
         try:
             with time_limit(limit * len(chunk), chunk[0].client_id):
                 inputs = [_inputs(run, model, start, server_round, task) for task in chunk]
+                offsets = [_offset(run, task) for task in chunk]
                 clients = [LockstepClient(i.x, i.y, start, i.generator, i.prepare_batch,
-                                          i.batch_loss) for i in inputs]
+                                          i.batch_loss, offset) for i, offset in zip(inputs, offsets)]
                 result = trainer.train(clients, recipe)
         except ClientTimeout:  # one slow client must not fail its chunk-mates: one by one, each limited
             log.warning("lockstep training of %d %s clients exceeded %g s; they train sequentially",
@@ -166,6 +170,12 @@ def _inputs(run: WorkerRun, model: torch.nn.Module, start: dict[str, torch.Tenso
     if hooks:
         model.load_state_dict(start)  # the hooks' global_model: the received weights
     return LocalClient(task.client_id, run).training_inputs(model, server_round, peers, hooks)
+
+
+def _offset(run: WorkerRun, task: ClientTask) -> dict[str, torch.Tensor] | None:
+    """The client's step offset (SCAFFOLD's ``c - c_i``), None when its task has none."""
+    control = ClientControl.of_task(run, task.message, task.client_id)
+    return control.offset if control is not None else None
 
 
 def _trainer(run: WorkerRun, architecture: str, model: torch.nn.Module, input_shape: tuple[int, ...]) -> LockstepTrainer:

@@ -41,6 +41,8 @@ DP_ADAPTIVE = "fedsim.dp-adaptive"  # client-side adaptive clipping instead of f
 PARTITION_ID = "partition-id"  # in the reply's ``client`` record (and Flower's node_config)
 CLIENT_TIMEOUT = "fedsim.client-timeout"  # seconds one client may take on a worker (0 = no limit)
 PEER_PREFIX = "peer-"  # ArrayRecords ``peer-<client id>``: other clients' models attached to a task
+CONTROL = "control"  # SCAFFOLD: the server control variate c, an ArrayRecord sent with a train task
+CONTROL_DELTA = "control-delta"  # SCAFFOLD: a client's delta c_i, an ArrayRecord (or named stack) in its reply
 
 # ----------------------------------------------------------------------- metric keys
 NUM_EXAMPLES = "num-examples"
@@ -115,14 +117,16 @@ class ClientReply:
 
     ``sent_bytes`` is what the client uploaded when its arrays did not travel on their own (a
     streaming cohort worker summed them); None means: count the message's arrays. ``update``
-    is the client's arrays as a row of its worker's stack (not in the message).
+    is the client's arrays as a row of its worker's stack (not in the message). ``extras``: the
+    other per-client arrays a method sends (SCAFFOLD's :data:`CONTROL_DELTA`) as rows of named
+    stacks, by record name; they become ArrayRecords of those names in :meth:`materialized`.
     """
 
-    __slots__ = ("client_id", "sent_bytes", "update", "_message", "_content", "_reply_to")
+    __slots__ = ("client_id", "sent_bytes", "update", "extras", "_message", "_content", "_reply_to")
 
     def __init__(self, client_id: int, message: Message | None = None, sent_bytes: int | None = None,
                  update: StackedUpdate | None = None, *, content: RecordDict | None = None,
-                 reply_to: Message | None = None) -> None:
+                 reply_to: Message | None = None, extras: dict[str, StackedUpdate] | None = None) -> None:
         if (message is None) == (content is None):
             raise ValueError("a ClientReply needs a message or a content (with the task it replies to), not both")
         if content is not None and reply_to is None:
@@ -130,6 +134,7 @@ class ClientReply:
         self.client_id = client_id
         self.sent_bytes = sent_bytes
         self.update = update
+        self.extras: dict[str, StackedUpdate] = dict(extras or {})
         self._message = message
         self._content = content
         self._reply_to = reply_to
@@ -141,7 +146,7 @@ class ClientReply:
     def with_update(self, update: StackedUpdate) -> ClientReply:
         """This reply with another stacked row (e.g. the row after clipping); the records are shared."""
         return ClientReply(self.client_id, self._message, self.sent_bytes, update,
-                           content=self._content, reply_to=self._reply_to)
+                           content=self._content, reply_to=self._reply_to, extras=self.extras)
 
     @property
     def message(self) -> Message:
@@ -158,12 +163,17 @@ class ClientReply:
 
     @property
     def upload_bytes(self) -> int:
-        """Bytes of model arrays the client sent (what a real client would upload)."""
+        """Bytes of arrays the client sent (what a real client would upload): its model and any extras."""
         if self.sent_bytes is not None:
             return self.sent_bytes
-        if self.update is not None:
-            return self.update.nbytes
-        return 0 if not self.ok else sum(record.count_bytes() for record in self.content.array_records.values())
+        if not self.ok:
+            return 0
+        records = self.content.array_records
+        rows = ([self.update] if self.update is not None else []) + list(self.extras.values())
+        return sum(row.nbytes for row in rows) + sum(
+            record.count_bytes() for name, record in records.items()
+            if not (name == ARRAYS and self.update is not None) and name not in self.extras)
+
 
     @property
     def ok(self) -> bool:
@@ -191,6 +201,9 @@ class ClientReply:
         """
         if self.update is not None and self.ok and ARRAYS not in self.content.array_records:
             self.content[ARRAYS] = self.update.record()
+        for name, extra in self.extras.items() if self.ok else ():
+            if name not in self.content.array_records:
+                self.content[name] = extra.record()
         return self.message
 
 
@@ -345,7 +358,8 @@ def pack_cohort_replies(replies: list[ClientReply], seconds: float, stream_key: 
 
     Stacked updates (:mod:`fedsim.core.stack`) travel as their stacks: ``stack<j>`` holds one
     ``Array`` per dtype with every client's row, and ``stack<j>-*`` in the ``fedsim.cohort``
-    record say whose rows they are and how a row splits into named arrays. With a
+    record say whose rows they are, how a row splits into named arrays and, for a named extra
+    stack (:attr:`ClientReply.extras`), its record name (``stack<j>-extra``; "" for the models). With a
     ``stream_key``, the clients' arrays do not travel: ``partial:arrays`` holds their weighted
     mean (by the ``stream_key`` metric), ``partial:metrics`` the total weight, and each client's
     upload size is recorded so results still count what real clients would send.
@@ -366,7 +380,13 @@ def pack_cohort_replies(replies: list[ClientReply], seconds: float, stream_key: 
             j = stacks[id(client_reply.update.stack)] = len(stacks)
             record, layout = client_reply.update.stack.to_record()
             packed[f"stack{j}"] = record
-            meta.update({f"stack{j}-{key}": value for key, value in layout.items()})
+            meta.update({f"stack{j}-{key}": value for key, value in {**layout, "extra": ""}.items()})
+        for extra_name, extra in client_reply.extras.items():
+            if id(extra.stack) not in stacks:
+                j = stacks[id(extra.stack)] = len(stacks)
+                record, layout = extra.stack.to_record()
+                packed[f"stack{j}"] = record
+                meta.update({f"stack{j}-{key}": value for key, value in {**layout, "extra": extra_name}.items()})
         for name, record in client_reply.content.items():
             if not (stream_key and name == ARRAYS):
                 packed[f"{client_reply.client_id}:{name}"] = record
@@ -381,16 +401,22 @@ def pack_cohort_replies(replies: list[ClientReply], seconds: float, stream_key: 
     return packed
 
 
-def _unpack_stacks(packed: RecordDict) -> dict[int, StackedUpdate]:
-    """client id -> its row, for every stack a cohort reply carries."""
+def _unpack_stacks(packed: RecordDict) -> tuple[dict[int, StackedUpdate], dict[int, dict[str, StackedUpdate]]]:
+    """client id -> its model's row, and client id -> its named extra rows, for every stack a cohort reply carries."""
     meta = packed[COHORT]
     rows: dict[int, StackedUpdate] = {}
+    extras: dict[int, dict[str, StackedUpdate]] = {}
     for j in range(int(meta.get("stacks", 0))):
         prefix = f"stack{j}-"
         layout = {key[len(prefix):]: value for key, value in meta.items() if key.startswith(prefix)}
         stack = UpdateStack.from_record(packed[f"stack{j}"], layout)
-        rows.update({client_id: stack.view(k) for k, client_id in enumerate(stack.client_ids)})
-    return rows
+        name = str(layout.get("extra", ""))
+        for k, client_id in enumerate(stack.client_ids):
+            if name:
+                extras.setdefault(client_id, {})[name] = stack.view(k)
+            else:
+                rows[client_id] = stack.view(k)
+    return rows, extras
 
 
 def unpack_cohort_replies(message: Message, tasks: list[ClientTask]) -> list[ClientReply]:
@@ -402,7 +428,7 @@ def unpack_cohort_replies(message: Message, tasks: list[ClientTask]) -> list[Cli
     meta = packed[COHORT]
     reasons = dict(zip((int(c) for c in meta["failed"]), meta["reasons"]))
     streamed = dict(zip((int(c) for c in meta["streamed"]), (int(b) for b in meta["streamed-bytes"])))
-    stacked = _unpack_stacks(packed)
+    stacked, extras = _unpack_stacks(packed)
     by_client: dict[int, RecordDict] = {}
     for key, record in packed.items():
         client, sep, name = key.partition(":")
@@ -415,7 +441,8 @@ def unpack_cohort_replies(message: Message, tasks: list[ClientTask]) -> list[Cli
             continue
         content = by_client.get(task.client_id, RecordDict())
         replies.append(ClientReply(task.client_id, Message(content=content, reply_to=task.message),
-                                   streamed.get(task.client_id), stacked.get(task.client_id)))
+                                   streamed.get(task.client_id), stacked.get(task.client_id),
+                                   extras=extras.get(task.client_id)))
     return replies
 
 

@@ -10,7 +10,9 @@ stacks (one ``Array`` per dtype on the wire, :meth:`UpdateStack.to_record`), the
 them as they arrive, and each client's reply holds a :class:`StackedUpdate`: a view of its
 row. What needs one client's arrays reads the view; a strategy that wants Flower's
 per-client ``ArrayRecord`` gets one built from the view when it asks
-(:meth:`StackedUpdate.record`).
+(:meth:`StackedUpdate.record`). Other per-client arrays a method sends beside the weights (e.g.
+SCAFFOLD's control-variate delta) are stacks too, one per record name and layout: *named
+stacks*, a reply's :attr:`~fedsim.core.protocol.ClientReply.extras`.
 
 :func:`weighted_mean` is the one weighted average of fedsim's averaging strategies and of
 streaming workers: float64 accumulation over the clients in the order given (client-id

@@ -8,11 +8,12 @@ from fedsim.settings import problem
 
 from .base import Method
 from .latent_distill.method import LatentDistillMethod
+from .scaffold import ScaffoldMethod
 
 if TYPE_CHECKING:  # type-only: the config is parsed above this package
     from fedsim.config import ExperimentConfig
 
-METHODS: dict[str, Method] = {"latent-distill": LatentDistillMethod()}
+METHODS: dict[str, Method] = {"latent-distill": LatentDistillMethod(), "scaffold": ScaffoldMethod()}
 """Strategy name -> its method; every strategy not listed exchanges weights (:data:`WEIGHTS`)."""
 WEIGHTS = Method()
 
