@@ -344,7 +344,7 @@ def test_scaffold_is_selectable_by_name_and_validates_its_arguments() -> None:
         build_strategy("scaffold", {"server_learning_rate": -1})
     with pytest.raises(StrategyError, match="has no argument\\(s\\) momentum"):
         build_strategy("scaffold", {"momentum": 0.9})
-    with pytest.raises(StrategyError, match="base = 'scaffold' must be one of"):
+    with pytest.raises(StrategyError, match="base = 'scaffold' cannot be wrapped: the wrapper would clip and noise the model update but not the control-variate delta"):
         build_strategy("dp-fixed-server", {"base": "scaffold", "noise_multiplier": 0.1, "clipping_norm": 1.0})
 
 
