@@ -30,6 +30,7 @@ from fedsim.core.protocol import DP_ADAPTIVE  # tells the client which clipping 
 from .arguments import check_arguments
 from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
+from .contrastive import Moon
 from .distillation import LatentDistillation
 
 
@@ -80,6 +81,8 @@ STRATEGIES: dict[str, StrategyEntry] = {
         FedNova, "FedNova: normalized averaging by each client's effective local steps (Wang et al. 2020)",
         run_momentum=True,
     ),
+    "moon": StrategyEntry(
+        Moon, "MOON: FedAvg, clients add a model-contrastive term (mu, temperature; Li et al. 2021)"),
     "fedbuff": StrategyEntry(
         FedBuff, "FedBuff: buffered asynchronous aggregation of stale deltas (buffer_size, server_learning_rate)"),
     "fedasync": StrategyEntry(FedAsync, "FedAsync: mix in every arrival, weighted by staleness (mixing)"),
