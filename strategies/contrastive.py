@@ -30,6 +30,8 @@ class Moon(WeightedFedAvg):
         The term's temperature tau, > 0.
     """
 
+    clients_report_hook_metrics = True  # hook.moon.* per client: the server writes them to hooks.csv
+
     def __init__(self, mu: float = 1.0, temperature: float = 0.5, **kwargs) -> None:  # noqa: ANN003 - FedAvg's
         if not mu >= 0:
             raise ValueError(f"mu = {mu}: must be >= 0")
