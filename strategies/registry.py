@@ -25,12 +25,12 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.errors import InputError
 from fedsim.strategies import stacked  # Flower's strategies on stacked updates
 from fedsim.strategies.normalized import FedNova
+from fedsim.strategies.contrastive import Moon
 from fedsim.core.protocol import DP_ADAPTIVE  # tells the client which clipping mod to apply
 
 from .arguments import check_arguments
 from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
-from .contrastive import Moon
 from .distillation import LatentDistillation
 
 

@@ -173,3 +173,19 @@ def test_the_vectorized_engine_trains_moon_clients_one_by_one_and_says_so(small_
     assert set(engines) == {ENGINE_LABELS[TrainingEngine.FALLBACK_CONTRASTIVE]}
     left, right = final_model(vectorized.path), final_model(sequential.path)
     assert all(torch.equal(left[k], right[k]) for k in left)
+
+
+def test_results_are_the_same_in_process_and_on_two_streaming_cohort_workers(small_config) -> None:
+    from test_cohort import run_on_cohort
+
+    settings = {"strategy.name": "moon", "train.rounds": 2, "train.fraction_train": 0.7,
+                "evaluation.federated_every": 0}
+    reference = run(small_config(**settings, **{"output.name": "in-process"}), progress=False)
+    rounds, clients, _, executor, _ = run_on_cohort(small_config(**settings, **{"output.name": "cohort", "executor.kind": "cohort",
+                                                                   "executor.streaming": True}), 2)
+    assert executor.stream_key == "num-examples"  # the workers sent partial means
+    # streamed partial means are summed in another order: equal to float rounding, not bit for bit
+    pd.testing.assert_frame_equal(rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"),
+                                  check_exact=False, rtol=1e-5)
+    pd.testing.assert_frame_equal(clients.drop(columns="seconds"), reference.clients.drop(columns="seconds"),
+                                  check_exact=False, rtol=1e-5)
