@@ -181,8 +181,8 @@ def test_results_are_the_same_in_process_and_on_two_streaming_cohort_workers(sma
     settings = {"strategy.name": "moon", "train.rounds": 2, "train.fraction_train": 0.7,
                 "evaluation.federated_every": 0}
     reference = run(small_config(**settings, **{"output.name": "in-process"}), progress=False)
-    rounds, clients, _, executor, _ = run_on_cohort(small_config(**settings, **{"output.name": "cohort", "executor.kind": "cohort",
-                                                                   "executor.streaming": True}), 2)
+    config = small_config(**settings, **{"output.name": "cohort", "executor.kind": "cohort", "executor.streaming": True})
+    rounds, clients, _, executor, _ = run_on_cohort(config, 2)
     assert executor.stream_key == "num-examples"  # the workers sent partial means
     # streamed partial means are summed in another order: equal to float rounding, not bit for bit
     pd.testing.assert_frame_equal(rounds.drop(columns="wall_seconds"), reference.rounds.drop(columns="wall_seconds"),
