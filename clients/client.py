@@ -19,6 +19,7 @@ from fedsim.core.recipe import SGDRecipe
 
 from . import training
 from .hooks import HookContext, LocalData
+from .moon import ContrastiveObjective
 from .preparation import PrepareBatch, batch_preparation
 from .worker import WorkerRun
 
@@ -75,24 +76,30 @@ class LocalClient:
 
     def fit(self, model: torch.nn.Module, server_round: int, recipe: SGDRecipe | None = None,
             peers: list[tuple[int, dict[str, torch.Tensor]]] | None = None,
-            offset: training.StepOffset | None = None) -> training.TrainStats:
+            offset: training.StepOffset | None = None,
+            contrastive: ContrastiveObjective | None = None) -> training.TrainStats:
         """Local SGD on the client's training split; randomness from (seed, round, client).
 
         ``recipe`` defaults to the run's (``spec.recipe``); the handler passes it with the
-        round's proximal term when the strategy sends one, and the client's step ``offset``
-        (:data:`~fedsim.clients.training.StepOffset`: SCAFFOLD's correction) when it has one. What the client trains on comes from
-        :meth:`training_inputs`, which the vectorized engine uses too.
+        round's proximal term when the strategy sends one, the client's step ``offset``
+        (:data:`~fedsim.clients.training.StepOffset`: SCAFFOLD's correction) when it has one, and
+        MOON's objective (``contrastive``, :mod:`fedsim.clients.moon`) when the strategy is
+        ``moon``. What the client trains on comes from :meth:`training_inputs`, which the
+        vectorized engine uses too.
         """
         inputs = self.training_inputs(model, server_round, peers)
         objective = training.cross_entropy_objective
-        if inputs.batch_loss is not None:
+        if contrastive is not None:  # adds mu * l_con to the hooks' loss
+            contrastive.batch_loss = inputs.batch_loss
+            objective = contrastive
+        elif inputs.batch_loss is not None:
             def objective(model, xb, yb, idx):  # noqa: ANN001, ANN202 - training.Objective
                 loss, logits = training.cross_entropy_objective(model, xb, yb, idx)
                 return inputs.batch_loss(xb, yb, logits, loss), logits
 
         stats = training.train(model, inputs.x, inputs.y, recipe or self.run.spec.recipe, inputs.generator,
                                objective=objective, prepare_batch=inputs.prepare_batch, offset=offset)
-        stats.hook_metrics = inputs.report()
+        stats.hook_metrics = {**inputs.report(), **(contrastive.report() if contrastive is not None else {})}
         return stats
 
     def training_inputs(self, model: torch.nn.Module, server_round: int,

@@ -51,6 +51,7 @@ from .client import LocalClient
 from .clipping import ClientClipping
 from .distill import distill_round, evaluate_views
 from .limits import time_limit
+from .moon import contrastive_objective, keep_local_model
 from .process import worker_process
 from .scaffold import ClientControl
 
@@ -177,9 +178,13 @@ def _train(msg: Message, client_id: int, lockstep: LockstepOutcome | None) -> Tr
     else:
         model = global_model(client.run, msg)
         peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(msg)]
-        stats = client.fit(model, server_round, recipe, peers=peers, offset=control.offset if control else None)
+        contrastive = contrastive_objective(client.run, client_id, model, config)  # MOON's tasks only
+        stats = client.fit(model, server_round, recipe, peers=peers, offset=control.offset if control else None,
+                           contrastive=contrastive)
         # the worker's model is trained again for its next client: this client's weights are copied out
         state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+        if contrastive is not None:
+            keep_local_model(client.run, client_id, state)
         engine = _engine(lockstep)
         seconds = time.perf_counter() - started
     extras = {}

@@ -7,6 +7,7 @@ Every strategy is a ``flwr.serverapp.strategy`` class, so it also works in a pla
 
 from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff, staleness_weight
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg, aggregate_arrays, ema_weights
+from .contrastive import Moon
 from .distillation import LatentDistillation, consensus
 from .normalized import FedNova, effective_steps
 from .streaming import STREAMABLE, stream_weight_key
@@ -21,7 +22,7 @@ from .registry import (
 
 __all__ = [
     "STREAMABLE", "stream_weight_key", "AsynchronousStrategy", "FedAsync", "FedBuff", "staleness_weight",
-    "FedNova", "effective_steps", "LatentDistillation", "consensus", "STRATEGIES", "STRATEGY_NAMES", "SequentialEMA",
+    "FedNova", "Moon", "effective_steps", "LatentDistillation", "consensus", "STRATEGIES", "STRATEGY_NAMES", "SequentialEMA",
     "StrategyError", "UniformAvg", "WeightedFedAvg", "aggregate_arrays", "build_strategy",
     "ema_weights", "parse_strategy_spec", "strategy_arguments",
 ]

@@ -25,6 +25,7 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.errors import InputError
 from fedsim.strategies import stacked  # Flower's strategies on stacked updates
 from fedsim.strategies.normalized import FedNova
+from fedsim.strategies.contrastive import Moon
 from fedsim.core.protocol import DP_ADAPTIVE  # tells the client which clipping mod to apply
 
 from .arguments import check_arguments
@@ -81,6 +82,8 @@ STRATEGIES: dict[str, StrategyEntry] = {
         FedNova, "FedNova: normalized averaging by each client's effective local steps (Wang et al. 2020)",
         run_momentum=True,
     ),
+    "moon": StrategyEntry(
+        Moon, "MOON: FedAvg, clients add a model-contrastive term (mu, temperature; Li et al. 2021)"),
     "fedbuff": StrategyEntry(
         FedBuff, "FedBuff: buffered asynchronous aggregation of stale deltas (buffer_size, server_learning_rate)"),
     "fedasync": StrategyEntry(FedAsync, "FedAsync: mix in every arrival, weighted by staleness (mixing)"),

@@ -3,9 +3,9 @@
 A strategy qualifies when its ``aggregate_train`` is exactly the weighted mean of the replies'
 arrays by one metric (``weighted_by_key``), possibly followed by a server-side step on that
 mean: Flower's FedAvg and the FedAvg-based FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, and
-fedsim's ``fedavg``. The weighted mean of W workers' weighted means, each weighted by its
-workers' total weight, equals the weighted mean over all clients up to floating-point
-summation order. Median, trimmed mean, Krum, Bulyan, q-FedAvg, the DP wrappers (per-client
+fedsim's ``fedavg`` and ``moon`` (FedAvg's server; its contrastive term is the clients'). The
+weighted mean of W workers' weighted means, each weighted by its workers' total weight, equals
+the weighted mean over all clients up to floating-point summation order. Median, trimmed mean, Krum, Bulyan, q-FedAvg, the DP wrappers (per-client
 clipping and noise on the server), ``uniform`` and ``ema`` do not qualify.
 """
 
@@ -16,11 +16,12 @@ from flwr.serverapp.strategy import Strategy
 
 from . import stacked
 from .averaging import WeightedFedAvg
+from .contrastive import Moon
 
 STREAMABLE: tuple[type, ...] = (
     flwr_strategy.FedAvg, flwr_strategy.FedProx, flwr_strategy.FedAvgM, flwr_strategy.FedAdam,
     flwr_strategy.FedYogi, flwr_strategy.FedAdagrad, WeightedFedAvg,
-    stacked.FedProx, stacked.FedAvgM, stacked.FedAdam, stacked.FedYogi, stacked.FedAdagrad,
+    stacked.FedProx, stacked.FedAvgM, stacked.FedAdam, stacked.FedYogi, stacked.FedAdagrad, Moon,
 )
 
 

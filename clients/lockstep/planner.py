@@ -32,6 +32,7 @@ from fedsim.core.protocol import (
     CLIENT_TIMEOUT,
     CONTROL,
     DISTILL,
+    MOON_MU,
     PROXIMAL_MU,
     RUN_DIR,
     SERVER_ROUND,
@@ -99,6 +100,9 @@ def train_in_lockstep(tasks: list[ClientTask]) -> list[LockstepOutcome | None]:
             continue  # e.g. a client failing on purpose: the handler fails it alone
         if config.get(DISTILL, False):
             outcomes[position] = LockstepOutcome(TrainingEngine.FALLBACK_DISTILL)
+            continue
+        if MOON_MU in config:  # the contrastive term runs the global and previous models on every batch
+            outcomes[position] = LockstepOutcome(TrainingEngine.FALLBACK_CONTRASTIVE)
             continue
         if any(getattr(hook, "vectorizable", True) is False for hook in run.hooks):
             outcomes[position] = LockstepOutcome(TrainingEngine.FALLBACK_HOOK)

@@ -34,6 +34,8 @@ CLIENT = "client"
 # ----------------------------------------------------------------------- config keys
 SERVER_ROUND = "server-round"  # set by every Flower strategy's configure_* methods
 PROXIMAL_MU = "proximal-mu"  # set by Flower's FedProx; the client adds the proximal term
+MOON_MU = "fedsim.moon-mu"  # set by MOON: the weight of the client's model-contrastive term
+MOON_TEMPERATURE = "fedsim.moon-temperature"  # set by MOON: the contrastive term's temperature
 RUN_DIR = "fedsim.run-dir"  # where a worker finds the run's spec and partition
 DISTILL = "fedsim.distill"  # the message asks for a distillation round (latent-distill)
 SEND_OUTPUTS = "fedsim.send-outputs"  # distillation: reply with transfer-set outputs
@@ -77,6 +79,7 @@ class TrainingEngine(IntEnum):
     FALLBACK_HOOK = 4
     FALLBACK_RAISED = 5
     FALLBACK_SLOW = 6
+    FALLBACK_CONTRASTIVE = 7
 
 
 ENGINE_LABELS: dict[int, str] = {
@@ -87,6 +90,7 @@ ENGINE_LABELS: dict[int, str] = {
     TrainingEngine.FALLBACK_HOOK: "sequential: a hook opts out of lockstep (vectorizable = False)",
     TrainingEngine.FALLBACK_RAISED: "sequential: its lockstep chunk raised (see the worker's log)",
     TrainingEngine.FALLBACK_SLOW: "sequential: its lockstep chunk exceeded executor.client_timeout x its size",
+    TrainingEngine.FALLBACK_CONTRASTIVE: "sequential: MOON's contrastive term needs three models per step",
 }
 """What ``clients.csv``'s ``engine`` column says for each :class:`TrainingEngine` code: the training engine,
 or why a client of a vectorized run fell back to the sequential engine."""

@@ -20,7 +20,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import Strategy
 from tqdm.auto import tqdm
 
-from fedsim.clients.hooks import build_hooks, round_extensions
+from fedsim.clients.hooks import HookStatistics, build_hooks, round_extensions
 from fedsim.clients.lockstep.columns import EngineColumns
 from fedsim.clients.node import run_files
 from fedsim.clients.training import to_tensor
@@ -103,6 +103,8 @@ def execute(plan: RunPlan, executor: Executor, extensions: list[RoundExtension] 
         own = [EngineColumns(), *method_extensions]  # first: it reads the replies before any other extension
         own += privacy_extensions(plan, strategy)  # DP strategies: (epsilon, delta) per round
         own += round_extensions(build_hooks(list(config.hooks))) + executor.round_extensions()
+        if getattr(strategy, "clients_report_hook_metrics", False) and not config.hooks:
+            own.append(HookStatistics())  # e.g. MOON's contrastive loss per client -> hooks.csv
         own.append(RoundsWithoutClients.of(plan))  # says so when a round aggregates no client
         own += list(extensions or []) + ([board] if board else [])  # last: it logs the rows the others filled
         loop = round_loop(plan, strategy, executor, own, outcome.recorder, report)
