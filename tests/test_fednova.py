@@ -222,6 +222,7 @@ def test_equal_steps_without_momentum_is_fedavg(small_config) -> None:
     np.testing.assert_allclose(losses, pd.read_csv(runs / "fedavg-s0" / "rounds.csv")["test_loss"], rtol=1e-9)
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_results_are_the_same_in_process_and_on_one_or_two_cohort_workers(small_config) -> None:
     from test_cohort import run_on_cohort
 
@@ -236,6 +237,7 @@ def test_results_are_the_same_in_process_and_on_one_or_two_cohort_workers(small_
         pd.testing.assert_frame_equal(clients.drop(columns="seconds"), reference.clients.drop(columns="seconds"))
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_an_interrupted_fednova_run_resumes_bitwise_identical(small_config) -> None:
     from test_reliability import StopAfter, same_results
 

@@ -148,6 +148,7 @@ def test_the_previous_model_is_kept_per_client_and_read_the_next_time_it_trains(
     assert 0 < has_previous.sum() < len(trained), f"the draw {trained} should repeat a client and have a new one"
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_an_interrupted_moon_run_resumes_bitwise_identical(small_config) -> None:
     from test_reliability import StopAfter, same_results
 
@@ -165,6 +166,7 @@ def test_an_interrupted_moon_run_resumes_bitwise_identical(small_config) -> None
                                   check_exact=True)
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_the_vectorized_engine_trains_moon_clients_one_by_one_and_says_so(small_config) -> None:
     settings = {"strategy.name": "moon", "train.rounds": 2, "evaluation.federated_every": 0}
     vectorized = run(small_config(**settings, **{"engine.kind": "vectorized", "output.name": "vec"}), progress=False)
@@ -175,6 +177,7 @@ def test_the_vectorized_engine_trains_moon_clients_one_by_one_and_says_so(small_
     assert all(torch.equal(left[k], right[k]) for k in left)
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_results_are_the_same_in_process_and_on_two_streaming_cohort_workers(small_config) -> None:
     from test_cohort import run_on_cohort
 

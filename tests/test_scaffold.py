@@ -279,6 +279,7 @@ def test_upload_bytes_are_the_model_and_the_trainable_parameters(small_config) -
     assert expected < 2 * model_bytes  # resnet8's BatchNorm buffers carry no control variate
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_an_interrupted_scaffold_run_resumes_bitwise_identical(small_config) -> None:
     """Stopped after round 3 with the checkpoint at round 2: the c_i written in round 3 are rolled back."""
     settings = {"strategy.name": "scaffold", "train.rounds": 4, "train.clients_per_round": 5,
