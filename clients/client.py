@@ -77,12 +77,14 @@ class LocalClient:
     def fit(self, model: torch.nn.Module, server_round: int, recipe: SGDRecipe | None = None,
             peers: list[tuple[int, dict[str, torch.Tensor]]] | None = None,
             offset: training.StepOffset | None = None,
-            contrastive: ContrastiveObjective | None = None) -> training.TrainStats:
+            contrastive: ContrastiveObjective | None = None,
+            gradient_offset: training.StepOffset | None = None) -> training.TrainStats:
         """Local SGD on the client's training split; randomness from (seed, round, client).
 
         ``recipe`` defaults to the run's (``spec.recipe``); the handler passes it with the
         round's proximal term when the strategy sends one, the client's step ``offset``
-        (:data:`~fedsim.clients.training.StepOffset`: SCAFFOLD's correction) when it has one, and
+        (:data:`~fedsim.clients.training.StepOffset`: SCAFFOLD's correction) when it has one, its
+        ``gradient_offset`` (FedDyn's linear term, :mod:`fedsim.clients.feddyn`), and
         MOON's objective (``contrastive``, :mod:`fedsim.clients.moon`) when the strategy is
         ``moon``. What the client trains on comes from :meth:`training_inputs`, which the
         vectorized engine uses too.
@@ -98,7 +100,8 @@ class LocalClient:
                 return inputs.batch_loss(xb, yb, logits, loss), logits
 
         stats = training.train(model, inputs.x, inputs.y, recipe or self.run.spec.recipe, inputs.generator,
-                               objective=objective, prepare_batch=inputs.prepare_batch, offset=offset)
+                               objective=objective, prepare_batch=inputs.prepare_batch, offset=offset,
+                               gradient_offset=gradient_offset)
         stats.hook_metrics = {**inputs.report(), **(contrastive.report() if contrastive is not None else {})}
         return stats
 

@@ -50,6 +50,7 @@ from fedsim.core.protocol import (
 from .client import LocalClient
 from .clipping import ClientClipping
 from .distill import distill_round, evaluate_views
+from .feddyn import ClientDynamics
 from .limits import time_limit
 from .moon import contrastive_objective, keep_local_model
 from .process import worker_process
@@ -169,7 +170,10 @@ def _train(msg: Message, client_id: int, lockstep: LockstepOutcome | None) -> Tr
     if lockstep is not None and lockstep.error is not None:
         raise lockstep.error
     control = ClientControl.of_task(client.run, msg, client_id)  # SCAFFOLD's c and c_i (None: not SCAFFOLD)
+    dynamics = ClientDynamics.of_task(client.run, msg, client_id)  # FedDyn's alpha_k and H_k (None: not FedDyn)
     recipe = client.run.spec.recipe.with_proximal_mu(float(config.get(PROXIMAL_MU, 0.0)))
+    if dynamics is not None:
+        recipe = dynamics.recipe(recipe)
     if lockstep is not None and lockstep.state is not None:  # trained in lockstep (fedsim.clients.lockstep)
         stats, state, engine = lockstep.stats, lockstep.state, _engine(lockstep)
         seconds = lockstep.seconds + time.perf_counter() - started
@@ -180,7 +184,8 @@ def _train(msg: Message, client_id: int, lockstep: LockstepOutcome | None) -> Tr
         peers = [(cid, arrays.to_torch_state_dict()) for cid, arrays in read_peers(msg)]
         contrastive = contrastive_objective(client.run, client_id, model, config)  # MOON's tasks only
         stats = client.fit(model, server_round, recipe, peers=peers, offset=control.offset if control else None,
-                           contrastive=contrastive)
+                           contrastive=contrastive,
+                           gradient_offset=dynamics.gradient_offset if dynamics else None)
         # the worker's model is trained again for its next client: this client's weights are copied out
         state = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
         if contrastive is not None:
@@ -190,6 +195,8 @@ def _train(msg: Message, client_id: int, lockstep: LockstepOutcome | None) -> Tr
     extras = {}
     if control is not None:  # option II: c_i+ stored, delta c_i sent
         extras[CONTROL_DELTA] = control.finish(client.run, msg, state, stats.steps, recipe.lr)
+    if dynamics is not None:  # H_k <- H_k + (w_k - w_cloud), stored
+        dynamics.finish(client.run, state)
     metrics = {NUM_EXAMPLES: stats.num_examples, TRAIN_LOSS: stats.loss, TRAIN_ACCURACY: stats.accuracy,
                TRAIN_STEPS: stats.steps, CLIENT_SECONDS: seconds, **engine, **stats.hook_metrics}
     return TrainUpdate(metrics, state=state, extras=extras)

@@ -149,12 +149,19 @@ def seeded_init(generator: torch.Generator) -> Iterator[None]:
 
 
 StepOffset = dict[str, torch.Tensor]
-"""A constant per-client vector v, by parameter name: after every optimizer step, w <- w - lr * v.
+"""A constant per-client vector v, by parameter name, that shifts every local step. Two variants:
 
-The one way a strategy changes the local step by a per-client constant (SCAFFOLD's
-``c - c_i``, :mod:`fedsim.clients.scaffold`): both engines apply it in one place
-(here and :meth:`fedsim.clients.lockstep.engine.LockstepTrainer._sgd`). Parameters it does not
-name are not shifted; buffers never are.
+* a *step* offset (``offset=``, SCAFFOLD's ``c - c_i``, :mod:`fedsim.clients.scaffold`): after
+  every optimizer step, ``w <- w - lr * v`` -- outside momentum, as NIID-Bench applies it;
+* a *gradient* offset (``gradient_offset=``, FedDyn's ``alpha_k (H_k - w_cloud)``,
+  :mod:`fedsim.clients.feddyn`): ``v`` is added to the loss gradient before clipping, weight decay
+  and momentum -- the gradient of a linear term ``<w, v>`` in the loss, as FedDyn's official code
+  writes it.
+
+The one way a strategy changes the local step by a per-client constant: both engines apply both
+variants in one place (here, :func:`_train`, and
+:meth:`fedsim.clients.lockstep.engine.LockstepTrainer._sgd`). Parameters it does not name are not
+shifted; buffers never are.
 """
 
 Objective = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -178,6 +185,7 @@ def train(
     prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None = None,
     dropout: torch.Generator | None = None,
     offset: StepOffset | None = None,
+    gradient_offset: StepOffset | None = None,
 ) -> TrainStats:
     """Run ``recipe.epochs`` epochs of mini-batch SGD on ``(x, y)`` in place; return statistics.
 
@@ -189,18 +197,20 @@ def train(
     come from ``dropout`` (default: :func:`dropout_generator` of ``generator``). ``offset``
     (:data:`StepOffset`) is subtracted, times ``recipe.lr``, after every optimizer step: outside
     the momentum buffer, as NIID-Bench applies SCAFFOLD's correction (with momentum 0 this is the
-    same as adding it to the gradient).
+    same as adding it to the gradient). ``gradient_offset`` is added to the loss gradient after
+    every backward pass, before ``recipe.max_grad_norm`` clips it and before the optimizer's weight
+    decay and momentum (FedDyn's linear term).
     """
     n = len(y)
     if n == 0:
         return TrainStats(0, float("nan"), float("nan"), 0)
     with dropout_from(model, dropout if dropout is not None else dropout_generator(generator)):
-        return _train(model, x, y, recipe, generator, objective, prepare_batch, offset)
+        return _train(model, x, y, recipe, generator, objective, prepare_batch, offset, gradient_offset)
 
 
 def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: SGDRecipe, generator: torch.Generator,
            objective: Objective, prepare_batch: Callable[[torch.Tensor], torch.Tensor] | None,
-           offset: StepOffset | None) -> TrainStats:
+           offset: StepOffset | None, gradient_offset: StepOffset | None) -> TrainStats:
     n = len(y)
     model.train()
     optimizer = torch.optim.SGD(
@@ -208,6 +218,8 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: SGDRecipe
     )
     anchor = [p.detach().clone() for p in model.parameters()] if recipe.proximal_mu > 0 else None
     shifts = [(p, offset[name]) for name, p in model.named_parameters() if name in offset] if offset else []
+    gradient_shifts = ([(p, gradient_offset[name]) for name, p in model.named_parameters() if name in gradient_offset]
+                       if gradient_offset else [])
     single_sample_breaks = _has_batchnorm(model)
     # summed on the device: one host synchronisation per call instead of one per step
     total_loss = torch.zeros((), device=x.device)
@@ -227,6 +239,10 @@ def _train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, recipe: SGDRecipe
                 loss = loss + proximal_term(model, anchor, recipe.proximal_mu)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            for p, v in gradient_shifts:
+                p.grad = v.clone() if p.grad is None else p.grad.add_(v)
+            if recipe.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.max_grad_norm)
             optimizer.step()
             if shifts:
                 with torch.no_grad():

@@ -77,6 +77,7 @@ RANGES_BY_STRATEGY: dict[str, dict[str, Rule]] = {
     "fedtrimmedavg": {"beta": Rule(lambda v: 0 <= v < 0.5, "must be in [0, 0.5) (the share cut at each end)")},
     "ema": {"beta": Rule(lambda v: 0 <= v <= 1, "must be in [0, 1]")},
     "moon": {"mu": _non_negative(), "temperature": _positive()},
+    "feddyn": {"alpha": _positive(), "max_grad_norm": Rule(lambda v: v >= 0, "must be >= 0 (0: no clipping)")},
 }
 _WORDS = {"float": "a number", "int": "an integer", "str": "a string", "bool": "true or false"}
 _PYTHON_ONLY = "takes a Python object; it cannot be set from a config"

@@ -32,6 +32,7 @@ from .arguments import check_arguments
 from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
 from .distillation import LatentDistillation
+from .feddyn import FedDyn
 from .scaffold import Scaffold
 
 
@@ -89,6 +90,9 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "fedasync": StrategyEntry(FedAsync, "FedAsync: mix in every arrival, weighted by staleness (mixing)"),
     "scaffold": StrategyEntry(
         Scaffold, "SCAFFOLD: control variates correct client drift, option II (server_learning_rate)"),
+    "feddyn": StrategyEntry(
+        FedDyn, "FedDyn: dynamic regularisation, alpha_k per client, cloud = mean + mean state (alpha, "
+        "max_grad_norm; Acar et al. 2021)"),
     "latent-distill": StrategyEntry(
         LatentDistillation, "federated distillation of logits + latent representations ([latent_distill])"),
     "dp-fixed-server": StrategyEntry(
@@ -133,6 +137,7 @@ _INTERNAL_ARGS = {"strategy", "arrayrecord_key", "configrecord_key", "train_metr
 _NOT_DP_BASES = {
     "fednova": "its tau_eff / a_i rescales each clipped update, beyond the clipping norm the noise is calibrated to",
     "scaffold": "the wrapper would clip and noise the model update but not the control-variate delta",
+    "feddyn": "the cloud model adds the clients' mean state to the mean, beyond the clipped and noised updates",
 }
 _DP_BASES = tuple(n for n, e in STRATEGIES.items() if not e.wraps and n != "latent-distill"
                   and n not in _NOT_DP_BASES and not issubclass(e.cls, AsynchronousStrategy))

@@ -13,9 +13,12 @@ call of full batches, and a shrinking active set costs nothing. Nothing is ever 
 padded sample can touch a gradient or a running statistic.
 
 The optimiser is :class:`torch.optim.SGD`'s update written over the stacked tensors (momentum,
-weight decay, FedProx's proximal gradient mu * (w - w_start)), then each client's constant step
-offset (:data:`~fedsim.clients.training.StepOffset`, SCAFFOLD's correction), applied to the
-stepping clients only. In float64 the two engines agree to rounding (~1e-13 after a round;
+weight decay, FedProx's proximal gradient mu * (w - w_start)), with each client's constant
+gradient offset (FedDyn's linear term) added to its loss gradient and the gradient clipped per
+client (``recipe.max_grad_norm``) first, and each client's constant step offset (SCAFFOLD's
+correction) applied after the step -- the two variants of
+:data:`~fedsim.clients.training.StepOffset`, to the stepping clients only. A client may carry
+its own weight decay (FedDyn's ``alpha_k + weight_decay``). In float64 the two engines agree to rounding (~1e-13 after a round;
 tested per model).
 """
 
@@ -52,7 +55,9 @@ class LockstepClient:
     The client's dropout masks come from :func:`~fedsim.clients.training.dropout_generator` of
     ``generator``, layer by layer and step by step as the sequential engine draws them
     (:func:`fedsim.clients.training.dropout_from`). ``offset``: the client's constant step offset
-    (None: none), subtracted times the learning rate after every step as the sequential engine does.
+    (None: none), subtracted times the learning rate after every step as the sequential engine does;
+    ``gradient_offset``: the client's constant added to its loss gradient (None: none);
+    ``weight_decay``: the client's own weight decay (None: the recipe's).
     """
 
     x: torch.Tensor
@@ -62,6 +67,8 @@ class LockstepClient:
     prepare_batch: PrepareBatch | None = None
     batch_loss: BatchLoss | None = None
     offset: StepOffset | None = None
+    gradient_offset: StepOffset | None = None
+    weight_decay: float | None = None
 
 
 @dataclass
@@ -81,6 +88,8 @@ class _Stacked:
     momentum: dict[str, torch.Tensor]
     anchor: dict[str, torch.Tensor] = field(default_factory=dict)
     offset: dict[str, torch.Tensor] = field(default_factory=dict)  # per-client step offsets (zeros where none)
+    gradient_offset: dict[str, torch.Tensor] = field(default_factory=dict)  # per-client gradient offsets
+    decay: dict[str, torch.Tensor] = field(default_factory=dict)  # {"decay": (k,)}: per-client weight decay
 
 
 def batch_plan(n: int, recipe: SGDRecipe, generator: torch.Generator, skip_single: bool) -> list[torch.Tensor]:
@@ -112,7 +121,7 @@ class LockstepTrainer:
         self._compiled: dict[tuple[int, int], Callable] = {}
 
     def _functional_step(self, params: dict, buffers: dict, momentum: dict, anchor: dict, offset: dict,
-                         xb: torch.Tensor, yb: torch.Tensor, masks: tuple,
+                         gradient_offset: dict, decay: dict, xb: torch.Tensor, yb: torch.Tensor, masks: tuple,
                          recipe: SGDRecipe) -> tuple[dict, dict, torch.Tensor, torch.Tensor]:
         """One SGD step of m clients as a pure function (what ``torch.compile`` compiles whole).
 
@@ -121,7 +130,7 @@ class LockstepTrainer:
         """
         grads, (losses, logits) = vmap(grad_and_value(self.functional.client_loss, has_aux=True))(
             params, buffers, xb, yb, masks)
-        return (*self._sgd(params, grads, momentum, anchor, offset, recipe), losses, logits)
+        return (*self._sgd(params, grads, momentum, anchor, offset, gradient_offset, decay, recipe), losses, logits)
 
     def _compiled_step(self, m: int, b: int) -> tuple[Callable, bool]:
         """The compiled step for m clients x b samples, and whether this call compiles it first."""
@@ -197,8 +206,9 @@ class LockstepTrainer:
                 (self._functional_step, False)
             started = time.perf_counter()
             new_params, new_momentum, losses, logits = step(params, buffers, take(stacked.momentum),
-                                                            take(stacked.anchor), take(stacked.offset), xb, yb,
-                                                            masks, recipe)
+                                                            take(stacked.anchor), take(stacked.offset),
+                                                            take(stacked.gradient_offset), take(stacked.decay),
+                                                            xb, yb, masks, recipe)
             compile_seconds = time.perf_counter() - started if compiling else 0.0
         else:  # hooks change the loss per client: autograd through the vmapped forward
             params = {n: p.detach().requires_grad_(True) for n, p in params.items()}
@@ -210,7 +220,8 @@ class LockstepTrainer:
             with torch.no_grad():
                 new_params, new_momentum = self._sgd({n: p.detach() for n, p in params.items()}, grads,
                                                      take(stacked.momentum), take(stacked.anchor),
-                                                     take(stacked.offset), recipe)
+                                                     take(stacked.offset), take(stacked.gradient_offset),
+                                                     take(stacked.decay), recipe)
             losses, compile_seconds = losses.detach(), 0.0  # training.train reports the hooks' loss
         if not full:
             put(stacked.buffers, buffers)
@@ -219,16 +230,23 @@ class LockstepTrainer:
         return losses, logits, compile_seconds
 
     @staticmethod
-    def _sgd(params: dict, grads: dict, momentum: dict, anchor: dict, offset: dict,
-             recipe: SGDRecipe) -> tuple[dict, dict]:
-        """:class:`torch.optim.SGD`'s update (plus FedProx's proximal gradient) on stacked tensors, then
-        the clients' step offsets (``w - lr * v`` after the step, as :func:`~fedsim.clients.training.train`)."""
+    def _sgd(params: dict, grads: dict, momentum: dict, anchor: dict, offset: dict, gradient_offset: dict,
+             decay: dict, recipe: SGDRecipe) -> tuple[dict, dict]:
+        """:class:`torch.optim.SGD`'s update (plus FedProx's proximal gradient) on stacked tensors, as
+        :func:`~fedsim.clients.training.train` takes it: the clients' gradient offsets added to their
+        gradients, each client's gradient clipped to ``recipe.max_grad_norm``, then weight decay (the
+        client's own where it has one) and momentum, then the clients' step offsets (``w - lr * v``)."""
+        grads = {n: g + gradient_offset[n] if n in gradient_offset else g for n, g in grads.items()}
+        if recipe.max_grad_norm > 0:
+            grads = _clip_per_client(grads, recipe.max_grad_norm)
         new_params, new_momentum = {}, {}
         for n, p in params.items():
             g = grads[n]
             if recipe.proximal_mu > 0:  # d/dw of (mu / 2) ||w - w_start||^2
                 g = g + recipe.proximal_mu * (p - anchor[n])
-            if recipe.weight_decay != 0:
+            if decay:
+                g = g + decay["decay"].view(-1, *([1] * (p.dim() - 1))).to(p) * p
+            elif recipe.weight_decay != 0:
                 g = g.add(p, alpha=recipe.weight_decay)
             if recipe.momentum != 0:
                 g = new_momentum[n] = momentum[n].mul(recipe.momentum).add(g)
@@ -248,7 +266,18 @@ class LockstepTrainer:
             offset = {n: torch.stack([c.offset[n].detach().to(p) if c.offset and n in c.offset
                                       else torch.zeros_like(p[0]) for c in clients])
                       for n, p in params.items() if any(c.offset and n in c.offset for c in clients)}
-        return _Stacked(params, buffers, momentum, anchor, offset)
+        gradient_offset = {}
+        if any(c.gradient_offset for c in clients):
+            gradient_offset = {
+                n: torch.stack([c.gradient_offset[n].detach().to(p) if c.gradient_offset and n in c.gradient_offset
+                                else torch.zeros_like(p[0]) for c in clients])
+                for n, p in params.items() if any(c.gradient_offset and n in c.gradient_offset for c in clients)}
+        decay = {}
+        if any(c.weight_decay is not None for c in clients):  # per-client weight decay (FedDyn's alpha_k + wd)
+            device = next(iter(params.values())).device
+            decay = {"decay": torch.tensor([recipe.weight_decay if c.weight_decay is None else c.weight_decay
+                                            for c in clients], dtype=torch.float64, device=device)}
+        return _Stacked(params, buffers, momentum, anchor, offset, gradient_offset, decay)
 
     def _unstack(self, stacked: _Stacked, k: int) -> list[dict[str, torch.Tensor]]:
         merged = {**stacked.params, **stacked.buffers}
@@ -267,3 +296,12 @@ class LockstepTrainer:
             stats.append(TrainStats(num_examples=n, loss=float(total_loss[j]) / processed,
                                     accuracy=float(correct[j]) / processed, steps=steps[j]))
         return stats
+
+
+def _clip_per_client(grads: dict[str, torch.Tensor], max_norm: float) -> dict[str, torch.Tensor]:
+    """Each client's gradient (a row of every stacked tensor) scaled as ``torch.nn.utils.clip_grad_norm_``
+    scales one model's: by ``min(1, max_norm / (norm + 1e-6))``, ``norm`` over all its parameters."""
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), 2, dim=1) for g in grads.values()], dim=1)
+    total = torch.linalg.vector_norm(norms, 2, dim=1)
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    return {n: g * scale.view(-1, *([1] * (g.dim() - 1))) for n, g in grads.items()}

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from flwr.app import MessageType
@@ -32,6 +32,8 @@ from fedsim.core.protocol import (
     CLIENT_TIMEOUT,
     CONTROL,
     DISTILL,
+    FEDDYN_ALPHA,
+    FEDDYN_MAX_GRAD_NORM,
     MOON_MU,
     PROXIMAL_MU,
     RUN_DIR,
@@ -47,6 +49,7 @@ from ..hooks import build_hooks
 from ..limits import ClientTimeout, time_limit
 from ..training import EvalStats, TrainStats
 from ..process import worker_process
+from ..feddyn import ClientDynamics
 from ..scaffold import ClientControl
 from ..worker import WorkerRun
 from .engine import LockstepClient, LockstepTrainer
@@ -108,30 +111,37 @@ def train_in_lockstep(tasks: list[ClientTask]) -> list[LockstepOutcome | None]:
             outcomes[position] = LockstepOutcome(TrainingEngine.FALLBACK_HOOK)
             continue
         group = (str(config[RUN_DIR]), int(config[SERVER_ROUND]), run.spec.architecture_of(task.client_id),
-                 float(config.get(PROXIMAL_MU, 0.0)), id(task.message.content[ARRAYS]))
+                 float(config.get(PROXIMAL_MU, 0.0)), float(config.get(FEDDYN_MAX_GRAD_NORM, 0.0)),
+                 id(task.message.content[ARRAYS]))
         groups.setdefault(group, []).append(position)
-    for (run_dir, server_round, architecture, mu, _), positions in groups.items():
+    for (run_dir, server_round, architecture, mu, max_grad_norm, _), positions in groups.items():
         if len(positions) < 2:
             outcomes[positions[0]] = LockstepOutcome(TrainingEngine.FALLBACK_ALONE)
             continue
-        trained = _train_group(worker_process().run(run_dir), server_round, architecture, mu,
+        trained = _train_group(worker_process().run(run_dir), server_round, architecture, mu, max_grad_norm,
                                [tasks[p] for p in positions])
         for position, outcome in zip(positions, trained):
             outcomes[position] = outcome
     return outcomes
 
 
-def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float,
+def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float, max_grad_norm: float,
                  tasks: list[ClientTask]) -> list[LockstepOutcome]:
-    """The outcomes of one group's tasks, in their order, trained chunk by chunk."""
-    recipe = run.spec.recipe.with_proximal_mu(mu)
+    """The outcomes of one group's tasks, in their order, trained chunk by chunk.
+
+    The group shares one recipe; a FedDyn client brings its own weight decay (``alpha_k +
+    train.weight_decay``) and gradient offset (:class:`~fedsim.clients.feddyn.ClientDynamics`).
+    """
+    recipe = replace(run.spec.recipe.with_proximal_mu(mu), max_grad_norm=max_grad_norm)
     model = run.model(architecture)
     model.load_state_dict(tasks[0].message.content[ARRAYS].to_torch_state_dict(), strict=True)
     start = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
     input_shape = (int(run.x_train.shape[-1]), *run.x_train.shape[1:3])
     trainer = _trainer(run, architecture, model, input_shape)
     try:
-        offset = CONTROL in tasks[0].message.content.array_records  # each client holds a step offset
+        # each client holds a step offset (SCAFFOLD) or a gradient offset (FedDyn)
+        offset = (CONTROL in tasks[0].message.content.array_records
+                  or FEDDYN_ALPHA in message_config(tasks[0].message))
         size = chunk_size(bytes_per_client(model, input_shape, recipe, offset), free_bytes(run.device),
                           run.spec.lockstep_memory, run.spec.lockstep_clients, architecture)
     except LockstepMemoryError as error:
@@ -145,8 +155,11 @@ def _train_group(run: WorkerRun, server_round: int, architecture: str, mu: float
             with time_limit(limit * len(chunk), chunk[0].client_id):
                 inputs = [_inputs(run, model, start, server_round, task) for task in chunk]
                 offsets = [_offset(run, task) for task in chunk]
-                clients = [LockstepClient(i.x, i.y, start, i.generator, i.prepare_batch,
-                                          i.batch_loss, offset) for i, offset in zip(inputs, offsets)]
+                dynamics = [ClientDynamics.of_task(run, task.message, task.client_id) for task in chunk]
+                clients = [LockstepClient(i.x, i.y, start, i.generator, i.prepare_batch, i.batch_loss, offset,
+                                          d.gradient_offset if d else None,
+                                          d.recipe(recipe).weight_decay if d else None)
+                           for i, offset, d in zip(inputs, offsets, dynamics)]
                 result = trainer.train(clients, recipe)
         except ClientTimeout:  # one slow client must not fail its chunk-mates: one by one, each limited
             log.warning("lockstep training of %d %s clients exceeded %g s; they train sequentially",

@@ -45,6 +45,8 @@ CLIENT_TIMEOUT = "fedsim.client-timeout"  # seconds one client may take on a wor
 PEER_PREFIX = "peer-"  # ArrayRecords ``peer-<client id>``: other clients' models attached to a task
 CONTROL = "control"  # SCAFFOLD: the server control variate c, an ArrayRecord sent with a train task
 CONTROL_DELTA = "control-delta"  # SCAFFOLD: a client's delta c_i, an ArrayRecord (or named stack) in its reply
+FEDDYN_ALPHA = "fedsim.feddyn-alpha"  # set by FedDyn: the regularisation weight alpha (clients scale it to alpha_k)
+FEDDYN_MAX_GRAD_NORM = "fedsim.feddyn-max-grad-norm"  # set by FedDyn: the clients' gradient clipping norm (0: off)
 
 # ----------------------------------------------------------------------- metric keys
 NUM_EXAMPLES = "num-examples"

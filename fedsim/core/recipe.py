@@ -5,7 +5,9 @@ A leaf module. The experiment config's ``[train]`` (and, for federated distillat
 exactly once, by :func:`fedsim.runs.prepare.training_recipe` (and the method's
 ``client_distill_recipe``); the recipe travels to the workers inside the run spec, and every training call (clients, hooks' tiny committee models,
 the centralized baseline, a server-side teacher) reads it from there. Per-round values a
-strategy sends (FedProx's ``proximal-mu``) are applied with :meth:`SGDRecipe.with_proximal_mu`.
+strategy sends (FedProx's ``proximal-mu``) are applied with :meth:`SGDRecipe.with_proximal_mu`;
+per-client values (FedDyn's weight decay ``alpha_k + weight_decay`` and its gradient clipping,
+:mod:`fedsim.clients.feddyn`) with :meth:`SGDRecipe.for_feddyn`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ class SGDRecipe:
 
     ``proximal_mu > 0`` adds FedProx's proximal term (mu / 2) * ||w - w_start||^2 to every
     batch loss (Li et al., "Federated Optimization in Heterogeneous Networks", 2020).
+    ``max_grad_norm > 0`` clips the loss gradient's global norm (over all parameters, as
+    ``torch.nn.utils.clip_grad_norm_``) to it before the optimizer adds weight decay and momentum
+    (FedDyn's official code clips to 10); 0 leaves gradients alone.
     """
 
     epochs: int = 1
@@ -27,12 +32,19 @@ class SGDRecipe:
     momentum: float = 0.9
     weight_decay: float = 0.0
     proximal_mu: float = 0.0
+    max_grad_norm: float = 0.0
 
     def with_epochs(self, epochs: int) -> "SGDRecipe":
         return replace(self, epochs=epochs)
 
     def with_proximal_mu(self, mu: float) -> "SGDRecipe":
         return replace(self, proximal_mu=float(mu))
+
+    def for_feddyn(self, alpha_k: float, max_grad_norm: float) -> "SGDRecipe":
+        """FedDyn's client recipe: the quadratic term ``(alpha_k / 2) ||w||^2`` as extra weight decay
+        (``weight_decay = alpha_k + weight_decay``, as the official code builds its SGD) and the
+        gradient clipping norm."""
+        return replace(self, weight_decay=self.weight_decay + float(alpha_k), max_grad_norm=float(max_grad_norm))
 
 
 @dataclass(frozen=True)

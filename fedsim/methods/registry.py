@@ -7,13 +7,15 @@ from typing import TYPE_CHECKING
 from fedsim.settings import problem
 
 from .base import Method
+from .feddyn import FedDynMethod
 from .latent_distill.method import LatentDistillMethod
 from .scaffold import ScaffoldMethod
 
 if TYPE_CHECKING:  # type-only: the config is parsed above this package
     from fedsim.config import ExperimentConfig
 
-METHODS: dict[str, Method] = {"latent-distill": LatentDistillMethod(), "scaffold": ScaffoldMethod()}
+METHODS: dict[str, Method] = {"latent-distill": LatentDistillMethod(), "scaffold": ScaffoldMethod(),
+                              "feddyn": FedDynMethod()}
 """Strategy name -> its method; every strategy not listed exchanges weights (:data:`WEIGHTS`)."""
 WEIGHTS = Method()
 

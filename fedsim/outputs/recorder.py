@@ -22,6 +22,7 @@ ROUND_COLUMNS = (
     "sim_round_seconds", "sim_time", "staleness_mean", "staleness_max",
     "clients_vectorized", "compile_seconds",
     "dp_epsilon",  # privacy spent so far (DP strategies: fedsim.methods.privacy); empty otherwise
+    "avg_model_test_loss", "avg_model_test_accuracy",  # FedDyn's plain client mean (fedsim.methods.feddyn)
 )
 HOOK_COLUMNS = ("round", "client_id", "hook", "metric", "value")
 CLIENT_COLUMNS = ("round", "phase", "client_id", "status", "num_examples", "loss", "accuracy",
