@@ -26,13 +26,13 @@ from fedsim.errors import InputError
 from fedsim.strategies import stacked  # Flower's strategies on stacked updates
 from fedsim.strategies.normalized import FedNova
 from fedsim.strategies.contrastive import Moon
+from fedsim.strategies.feddyn import FedDyn
 from fedsim.core.protocol import DP_ADAPTIVE  # tells the client which clipping mod to apply
 
 from .arguments import check_arguments
 from .asynchronous import AsynchronousStrategy, FedAsync, FedBuff
 from .averaging import SequentialEMA, UniformAvg, WeightedFedAvg
 from .distillation import LatentDistillation
-from .feddyn import FedDyn
 from .scaffold import Scaffold
 
 
