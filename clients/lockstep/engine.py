@@ -18,8 +18,8 @@ gradient offset (FedDyn's linear term) added to its loss gradient and the gradie
 client (``recipe.max_grad_norm``) first, and each client's constant step offset (SCAFFOLD's
 correction) applied after the step -- the two variants of
 :data:`~fedsim.clients.training.StepOffset`, to the stepping clients only. A client may carry
-its own weight decay (FedDyn's ``alpha_k + weight_decay``). In float64 the two engines agree to rounding (~1e-13 after a round;
-tested per model).
+its own weight decay (FedDyn's ``alpha_k + weight_decay``). In float64 the two engines agree to
+rounding (~1e-13 after a round; tested per model).
 """
 
 from __future__ import annotations

@@ -76,7 +76,8 @@ class FedDynMethod(Method):
                             "drift out of the clients' mean state; set it to false")]
         return []
 
-    def start(self, strategy: Strategy, plan: RunPlan, recorder: RunRecorder) -> tuple[ArrayRecord, list[RoundExtension]]:
+    def start(self, strategy: Strategy, plan: RunPlan,
+              recorder: RunRecorder) -> tuple[ArrayRecord, list[RoundExtension]]:
         """The seeded initial model, the weight exchange's extensions and the averaged model's evaluation."""
         assert isinstance(strategy, FedDyn), "feddyn's method drives FedDyn"
         arrays, extensions = super().start(strategy, plan, recorder)
