@@ -9,7 +9,7 @@ same partition, initial weights and data order for a seed (``fedsim compare``).
     python experiments/niid_bench.py --data-dir DIR                         # the full table: hours on 2 CPUs
     python experiments/niid_bench.py --data-dir DIR --rounds 10 --docs      # what fits, labelled with its rounds
 
-``--tabulate DIR`` tabulates a finished comparison directory instead of running one.
+``--tabulate DIR [DIR ...]`` tabulates finished comparison directories instead of running one.
 ``--strategies`` takes ``fedsim compare``'s specs (default: every algorithm of the table that
 this fedsim offers). Writes ``experiments/out/niid-bench-r<rounds>/`` (the comparison directory)
 and, with ``--docs``, ``docs/experiments/niid_bench_r<rounds>.csv`` (one row per strategy: final
@@ -100,10 +100,17 @@ def draw(tidy: pd.DataFrame, rounds: int):  # noqa: ANN201 - a drawing callback 
     return to
 
 
-def tabulate(folder: Path, docs: bool) -> int:
-    """Print (and with ``docs`` publish) the table of a finished comparison directory."""
-    summary, tidy = pd.read_csv(folder / "summary.csv"), pd.read_csv(folder / "tidy.csv")
+def tabulate(folders: list[Path], docs: bool) -> int:
+    """Print (and with ``docs`` publish) the table of finished comparison directories.
+
+    Comparisons of this script with the same rounds and seeds share the partition, the initial
+    weights and the sampling, so their strategies can stand in one table.
+    """
+    summary = pd.concat([pd.read_csv(folder / "summary.csv") for folder in folders], ignore_index=True)
+    tidy = pd.concat([pd.read_csv(folder / "tidy.csv") for folder in folders], ignore_index=True)
     rounds = int(tidy["round"].max())
+    if summary.duplicated(["strategy", "seed"]).any() or tidy.groupby("strategy")["round"].max().nunique() != 1:
+        raise SystemExit("the comparisons overlap in strategy and seed, or ran different numbers of rounds")
     rows = table(summary, rounds)
     print(rows.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     if docs:
@@ -120,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="another config override (as fedsim run --set)")
     parser.add_argument("--docs", action="store_true", help="write the table and figure into docs/")
-    parser.add_argument("--tabulate", type=Path, metavar="COMPARISON_DIR",
-                        help="run nothing: tabulate a finished comparison directory of this script")
+    parser.add_argument("--tabulate", type=Path, nargs="+", metavar="COMPARISON_DIR",
+                        help="run nothing: tabulate finished comparison directories of this script (several: "
+                             "their strategies side by side, e.g. one added later with --set output.name=...)")
     args = parser.parse_args(argv)
     if args.tabulate:
         return tabulate(args.tabulate, args.docs)
