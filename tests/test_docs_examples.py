@@ -148,6 +148,7 @@ def test_layering_script_passes_and_catches_violations(monkeypatch: pytest.Monke
     assert "layering OK" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_strategy_example_aggregates_with_a_server_learning_rate(small_config, monkeypatch) -> None:  # noqa: ANN001
     module_from_example("strategy", "fedsim.strategies.damped", monkeypatch)
     files = apply_diff(code_of("strategy-registry", "diff"))
@@ -262,6 +263,7 @@ def test_executor_example_reverses_the_order_and_changes_nothing(small_config, m
     assert all(torch.equal(final_model(reversed_run)[k], w) for k, w in final_model(reference).items())
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_dataset_example_runs_a_new_dataset_end_to_end(small_config, monkeypatch) -> None:  # noqa: ANN001
     with pytest.raises(ConfigError, match="data.dataset = 'stripes'"):
         small_config(**{"data.dataset": "stripes"})

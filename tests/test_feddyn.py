@@ -173,6 +173,7 @@ def test_gradient_offsets_weight_decays_and_clipping_give_the_same_weights_in_bo
     assert not any(torch.equal(unclipped.state_dict()[n], sequential[0][n]) for n in sequential[0])  # clipping acted
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_a_vectorized_feddyn_run_gives_the_sequential_runs_results(small_config) -> None:
     overrides = {"strategy.name": "feddyn", "train.rounds": 2, "evaluation.federated_every": 0,
                  "strategy.kwargs.alpha": 0.1}

@@ -199,6 +199,7 @@ def test_composed_and_user_hooks_in_the_training_loop(small_config) -> None:
     assert stats.num_examples == even // 2 + even // 2  # selected subset + one copy each
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_hook_statistics_reach_the_run_directory(small_config) -> None:
     config = small_config(**{"train.rounds": 2, "evaluation.federated_every": 0, "output.name": "hookrun",
                              "hooks": [{"name": "crucial", "k": 3, "theta": 2, "tiny_epochs": 1},

@@ -51,6 +51,7 @@ def run_on(config, grid, wait: float = 5.0):  # noqa: ANN001, ANN201 - (state, r
     return state, prepared.staging
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_nodes_with_their_own_data_host_their_shard_and_give_the_same_numbers(small_config, tmp_path) -> None:  # noqa: ANN001
     overrides = {"train.rounds": 2, "train.fraction_train": 0.7, "faults.fail_clients": [4]}
     reference = run(small_config(**overrides, **{"output.name": "reference"}), progress=False)

@@ -40,6 +40,7 @@ def _gone(pid: int, started: str, within: float) -> bool:
     return False
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_a_process_orphaned_just_before_the_kill_is_killed_with_its_owner() -> None:
     bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True,

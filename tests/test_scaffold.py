@@ -179,6 +179,7 @@ def test_the_step_offset_gives_the_same_weights_in_both_engines_in_float64() -> 
     assert not any(torch.equal(plain.state_dict()[n], sequential[0][n]) for n in sequential[0])  # the offset acted
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_a_vectorized_scaffold_run_gives_the_sequential_runs_results(small_config) -> None:
     overrides = {"strategy.name": "scaffold", "train.rounds": 2, "evaluation.federated_every": 0}
     sequential = run(small_config(**overrides, **{"output.name": "sequential"}), progress=False)

@@ -149,6 +149,7 @@ def _same_results(sequential, vectorized, rtol: float = 1e-5) -> None:  # noqa: 
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=rtol, equal_nan=True)
 
 
+@pytest.mark.slow  # keeps the fast set under a minute
 def test_a_vectorized_run_gives_the_sequential_runs_results_and_records_its_engine(small_config) -> None:
     sequential, vectorized = _runs(small_config, **{"train.rounds": 2})
     _same_results(sequential, vectorized)
