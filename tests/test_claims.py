@@ -19,25 +19,14 @@ from pathlib import Path
 import pytest
 
 import fedsim
-from fedsim.core.extension import RoundExtension
 from fedsim.errors import InputError, RunError
 from fedsim.frontends.cli import main
-from fedsim.ops.interrupt import RunInterrupted, request_stop
+from fedsim.ops.interrupt import RunInterrupted
 from fedsim.outputs import claims, rundir
 from fedsim.runs.experiment import resume, run
+from interrupting import StopAfter
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-class StopAfter(RoundExtension):
-    """Presses Ctrl-C (a stop request) at the end of round ``server_round``."""
-
-    def __init__(self, server_round: int) -> None:
-        self.server_round = server_round
-
-    def on_round_end(self, record, arrays) -> None:  # noqa: ANN001
-        if record.server_round == self.server_round:
-            request_stop()
 
 
 @pytest.fixture

@@ -239,7 +239,7 @@ def test_results_are_the_same_in_process_and_on_one_or_two_cohort_workers(small_
 
 @pytest.mark.slow  # keeps the fast set under a minute
 def test_an_interrupted_fednova_run_resumes_bitwise_identical(small_config) -> None:
-    from test_reliability import StopAfter, same_results
+    from interrupting import StopAfter, same_results
 
     settings = {"strategy.name": "fednova", "train.rounds": 2, "evaluation.federated_every": 0}
     reference = run(small_config(**settings, **{"output.name": "reference"}), progress=False)

@@ -150,7 +150,7 @@ def test_the_previous_model_is_kept_per_client_and_read_the_next_time_it_trains(
 
 @pytest.mark.slow  # keeps the fast set under a minute
 def test_an_interrupted_moon_run_resumes_bitwise_identical(small_config) -> None:
-    from test_reliability import StopAfter, same_results
+    from interrupting import StopAfter, same_results
 
     # stopped after round 3 with the checkpoint at round 2: round 3's previous models must be rolled back
     settings = {"strategy.name": "moon", "strategy.kwargs.mu": 5.0, "train.rounds": 4, "output.checkpoint_every": 2,

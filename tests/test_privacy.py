@@ -12,23 +12,14 @@ from opacus.accountants import RDPAccountant
 
 from fedsim.config import ConfigError
 from fedsim.runs.experiment import resume, run
-from fedsim.core.extension import RoundExtension
-from fedsim.ops.interrupt import RunInterrupted, request_stop
+from fedsim.ops.interrupt import RunInterrupted
 from fedsim.methods.privacy.accounting import PrivacyAccounting, adaptive_noise_multiplier, epsilon, resolve_delta
+from interrupting import StopAfter
 
 N, K = 10, 4  # small_config's clients; clients sampled per round
 DP_FIXED = {"strategy.name": "dp-fixed-server", "strategy.kwargs.noise_multiplier": 1.0,
             "strategy.kwargs.clipping_norm": 0.01, "strategy.kwargs.base": "uniform",  # small noise: no divergence
             "train.clients_per_round": K, "train.rounds": 3, "evaluation.federated_every": 0}
-
-
-class StopAfter(RoundExtension):
-    def __init__(self, server_round: int) -> None:
-        self.server_round = server_round
-
-    def on_round_end(self, record, arrays) -> None:  # noqa: ANN001
-        if record.server_round == self.server_round:
-            request_stop()
 
 
 def direct_epsilons(z: float, q: float, rounds: int, delta: float) -> list[float]:

@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 import fedsim
 from fedsim.outputs import rundir
@@ -30,34 +29,14 @@ from fedsim.core.checkpoint import Checkpoint, CheckpointError
 from fedsim.frontends.cli import main
 from fedsim.errors import InputError, RunError
 from fedsim.runs.experiment import resume, run
-from fedsim.core.extension import RoundExtension
 from fedsim.ops.interrupt import RunInterrupted, request_stop
 from fedsim.core.screening import DivergenceError
+from interrupting import StopAfter, same_results
 
 ROOT = Path(__file__).resolve().parents[1]
 VOLATILE = ["wall_seconds"]  # timings differ between any two runs
 
 
-class StopAfter(RoundExtension):
-    """Presses Ctrl-C (a stop request) at the end of round ``server_round``."""
-
-    def __init__(self, server_round: int) -> None:
-        self.server_round = server_round
-
-    def on_round_end(self, record, arrays) -> None:  # noqa: ANN001
-        if record.server_round == self.server_round:
-            request_stop()
-
-
-def same_results(a: Path, b: Path) -> None:
-    """Two run directories hold the same results, bit for bit (timings aside)."""
-    for table in ("rounds.csv", "clients.csv"):
-        left, right = pd.read_csv(a / table), pd.read_csv(b / table)
-        drop = [c for c in VOLATILE + ["seconds"] if c in left]
-        pd.testing.assert_frame_equal(left.drop(columns=drop), right.drop(columns=drop), check_exact=True)
-    left, right = torch.load(a / "final_model.pt"), torch.load(b / "final_model.pt")
-    assert left.keys() == right.keys()
-    assert all(torch.equal(left[k], right[k]) for k in left)
 
 
 # -- checkpoints and exact resume ---------------------------------------------------------

@@ -28,7 +28,6 @@ from fedsim.config import ConfigError
 from fedsim.core.loop import ClientGrid, tasks_of
 from fedsim.core.protocol import (
     ARRAYS,
-    CONTROL,
     CONTROL_DELTA,
     NUM_EXAMPLES,
     ClientReply,
@@ -37,14 +36,14 @@ from fedsim.core.protocol import (
     reply_content,
     unpack_cohort_replies,
 )
-from fedsim.core.extension import RoundExtension
 from fedsim.core.recipe import SGDRecipe
 from fedsim.methods.scaffold import ScaffoldMethod
 from fedsim.models import build_model
-from fedsim.ops.interrupt import RunInterrupted, request_stop
+from fedsim.ops.interrupt import RunInterrupted
 from fedsim.runs.experiment import resume, run
 from fedsim.strategies import StrategyError, build_strategy
 from fedsim.strategies.scaffold import Scaffold, ScaffoldError, control_record_bytes
+from interrupting import StopAfter, same_results
 
 LR = 0.1
 ONE_STEP = SGDRecipe(epochs=1, batch_size=64, lr=LR, momentum=0.0)
@@ -295,27 +294,6 @@ def test_an_interrupted_scaffold_run_resumes_bitwise_identical(small_config) -> 
     for path in (reference.path / "client_state" / NAMESPACE).glob("*.pt"):
         left, right = torch.load(path), torch.load(result.path / "client_state" / NAMESPACE / path.name)
         assert all(torch.equal(left[k], right[k]) for k in left)
-
-
-class StopAfter(RoundExtension):
-    """Presses Ctrl-C (a stop request) at the end of round ``server_round``."""
-
-    def __init__(self, server_round: int) -> None:
-        self.server_round = server_round
-
-    def on_round_end(self, record, arrays) -> None:  # noqa: ANN001
-        if record.server_round == self.server_round:
-            request_stop()
-
-
-def same_results(a: Path, b: Path) -> None:
-    """Two run directories hold the same tables and final model, bit for bit (timings aside)."""
-    for table in ("rounds.csv", "clients.csv"):
-        left, right = pd.read_csv(a / table), pd.read_csv(b / table)
-        drop = [c for c in ("wall_seconds", "seconds") if c in left]
-        pd.testing.assert_frame_equal(left.drop(columns=drop), right.drop(columns=drop), check_exact=True)
-    left, right = torch.load(a / "final_model.pt"), torch.load(b / "final_model.pt")
-    assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
 
 
 # -- named extra stacks on the wire ------------------------------------------------------------

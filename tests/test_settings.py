@@ -265,7 +265,7 @@ def as_written_before_the_reshape(folder: Path) -> None:
 def test_a_run_started_by_an_earlier_fedsim_resumes_to_the_same_results(small_config) -> None:  # noqa: ANN001
     from fedsim import resume, run
     from fedsim.ops.interrupt import RunInterrupted
-    from test_reliability import StopAfter, same_results
+    from interrupting import StopAfter, same_results
 
     settings = {"time.devices.kind": "tiers", "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3,
                 "train.clients_per_round": 6, "train.rounds": 4, "evaluation.federated_every": 0,
@@ -302,7 +302,7 @@ def test_a_run_made_with_other_random_streams_is_not_resumed_when_it_draws_from_
     from fedsim import resume, run
     from fedsim.errors import InputError
     from fedsim.ops.interrupt import RunInterrupted, clear_stop
-    from test_reliability import StopAfter
+    from interrupting import StopAfter
 
     config = small_config(**{"train.rounds": 2, "evaluation.federated_every": 0, "output.name": "augmented",
                              "hooks": [{"name": "augment", "transform": "flip_crop", "mode": "online"}]})

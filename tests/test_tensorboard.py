@@ -12,20 +12,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from fedsim.core.checkpoint import Checkpoint
 from fedsim.frontends.cli import _load, build_parser, main
 from fedsim.runs.experiment import resume, run
-from fedsim.core.extension import RoundExtension
-from fedsim.ops.interrupt import RunInterrupted, request_stop
+from fedsim.ops.interrupt import RunInterrupted
 from fedsim.outputs.tensorboard import FOLDER, HEATMAP_TAG, histogram_tag, scalar_tag
-
-
-class StopAfter(RoundExtension):
-    """Presses Ctrl-C (a stop request) at the end of round ``server_round``."""
-
-    def __init__(self, server_round: int) -> None:
-        self.server_round = server_round
-
-    def on_round_end(self, record, arrays) -> None:
-        if record.server_round == self.server_round:
-            request_stop()
+from interrupting import StopAfter
 
 
 def events(run_dir: Path) -> EventAccumulator:

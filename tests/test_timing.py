@@ -450,7 +450,7 @@ def test_an_asynchronous_run_learns_and_resumes_exactly(small_config) -> None:
     from fedsim import resume, run
     from fedsim.ops.interrupt import RunInterrupted
 
-    from test_reliability import StopAfter, same_results
+    from interrupting import StopAfter, same_results
 
     settings = {"time.devices.kind": "tiers", "strategy.name": "fedbuff", "strategy.kwargs.buffer_size": 3,
                 "train.clients_per_round": 6, "train.rounds": 8, "evaluation.federated_every": 0,
