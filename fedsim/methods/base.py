@@ -20,6 +20,7 @@ from fedsim.core.extension import RoundExtension
 from fedsim.core.recipe import DistillRecipe
 from fedsim.methods.evaluation import CentralEvaluation, CentralEvaluator, ClientModelEvaluation
 from fedsim.outputs.recorder import RunRecorder
+from fedsim.settings import problem
 
 if TYPE_CHECKING:  # type-only: the config and the plan are resolved above this package
     from fedsim.config import ExperimentConfig
@@ -33,9 +34,14 @@ class Method:
     heterogeneous_architectures = False  # clients may train different architectures
     accepts_hooks = True  # client hooks may be configured
     evaluates_without_validation_split = False  # federated evaluation works with val_fraction = 0
+    # Why this method cannot let dropped clients train on (``time.policy.train_dropped``): each client
+    # stores state from its own update, which the server then leaves out ("": it can).
+    refuses_dropped_training = ""
 
     def check(self, config: ExperimentConfig) -> list[str]:
         """Problems with the config that concern this method."""
+        if self.refuses_dropped_training and config.time.policy.train_dropped:
+            return [problem("time.policy.train_dropped", True, f"{self.refuses_dropped_training}; set it to false")]
         return []
 
     def check_for_dataset(self, config: ExperimentConfig, num_train: int, num_classes: int) -> list[str]:

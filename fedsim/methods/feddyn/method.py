@@ -27,14 +27,12 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.core.extension import RoundExtension, RoundRecord, RunContext
 from fedsim.core.sampling import due
 from fedsim.outputs.recorder import RunRecorder
-from fedsim.settings import problem
 from fedsim.strategies.feddyn import FedDyn
 
 from ..base import Method
 from ..evaluation import CentralEvaluation, CentralEvaluator
 
 if TYPE_CHECKING:  # type-only: the config and the plan are resolved above this package
-    from fedsim.config import ExperimentConfig
     from fedsim.runs.plan import RunPlan
 
 
@@ -69,12 +67,8 @@ class AverageModelEvaluation(RoundExtension):
 class FedDynMethod(Method):
     """Weight exchange plus FedDyn's state: mean_H prepared at the start, the averaged model evaluated."""
 
-    def check(self, c: ExperimentConfig) -> list[str]:
-        if c.time.policy.train_dropped:
-            return [problem("time.policy.train_dropped", True,
-                            "feddyn: a dropped client would store its new state H_k while the server leaves its "
-                            "drift out of the clients' mean state; set it to false")]
-        return []
+    refuses_dropped_training = ("feddyn: a dropped client would store its new state H_k while the server leaves its "
+                                "drift out of the clients' mean state")
 
     def start(self, strategy: Strategy, plan: RunPlan,
               recorder: RunRecorder) -> tuple[ArrayRecord, list[RoundExtension]]:

@@ -27,7 +27,6 @@ from flwr.serverapp.strategy import Strategy
 from fedsim.core.extension import RoundExtension
 from fedsim.models import build_model
 from fedsim.outputs.recorder import RunRecorder
-from fedsim.settings import problem
 from fedsim.strategies.scaffold import Scaffold
 
 from ..base import Method
@@ -40,12 +39,8 @@ if TYPE_CHECKING:  # type-only: the config and the plan are resolved above this 
 class ScaffoldMethod(Method):
     """Weight exchange plus control variates: c prepared at the start, twice the bytes each way."""
 
-    def check(self, c: ExperimentConfig) -> list[str]:
-        if c.time.policy.train_dropped:
-            return [problem("time.policy.train_dropped", True,
-                            "scaffold: a dropped client would store its new control variate c_i while the server "
-                            "discards its delta, so c would no longer be the mean of the c_i; set it to false")]
-        return []
+    refuses_dropped_training = ("scaffold: a dropped client would store its new control variate c_i while the server "
+                                "discards its delta, so c would no longer be the mean of the c_i")
 
     def upload_bytes(self, config: ExperimentConfig, model_bytes: int, output_width: int, num_classes: int) -> int:
         """The model and delta c_i (the trainable parameters' record)."""
